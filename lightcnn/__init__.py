@@ -1,0 +1,24 @@
+"""lightcnn: small, tested building blocks for making convolutional networks small and fast.
+
+The package behind the book *Lightweight CNNs*: every chapter imports it as ``lc``::
+
+    import lightcnn as lc
+    budget = lc.setup(seed=0)
+
+Each module is one technique and imports only torch, torchvision, numpy and other lightcnn
+modules, so a single file can be copied into another project.
+"""
+
+from .budget import BUDGETS, Budget, get_budget
+from .data import (CLASSES, DatasetError, FashionMNIST, balanced_subset, find_data_dir,
+                   get_dataloaders, load_fashion_mnist, normalize)
+from .models import BaselineCNN, LeNet5, create_model, list_models, register_model
+from .profile import (Latency, Table, compare, count_macs, count_macs_by_module,
+                      count_macs_thop, count_nonzero_params, count_params, measure_latency,
+                      model_size_bytes, profile_model)
+from .results import load_all_results, load_results, results_dir, save_results
+from .runtime import seed_everything, set_threads, setup
+from .train import History, confusion_matrix, evaluate, fit, predict
+from . import zoo
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""The compute budget: one knob that sets how much every chapter trains and measures.
+
+``LIGHTCNN_BUDGET=full`` (the default) is what the book publishes: the whole
+Fashion-MNIST training set, full training schedules, many latency repeats. ``ci`` uses
+small class-balanced subsets and one or two epochs, so that CI can execute every
+chapter in minutes. Chapters read subset sizes and epochs from here and nowhere else.
+
+Taught in chapters/01_cnn_basics (the benchmarking protocol).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, asdict
+
+__all__ = ["Budget", "BUDGETS", "get_budget"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to train and measure.
+
+    Attributes:
+        name: ``"full"`` or ``"ci"``.
+        train_size: training images used (``None``: all 60,000).
+        test_size: test images used (``None``: all 10,000).
+        epochs: epochs for training a model from scratch.
+        finetune_epochs: epochs for fine-tuning after compression.
+        proxy_epochs: epochs for a quick proxy training (searches, sweeps).
+        calib_size: images used to calibrate quantization observers.
+        latency_warmup: untimed forward passes before timing.
+        latency_repeats: timed forward passes; the median is reported.
+        latency_batch_sizes: batch sizes at which latency is reported.
+    """
+
+    name: str
+    train_size: int | None
+    test_size: int | None
+    epochs: int
+    finetune_epochs: int
+    proxy_epochs: int
+    calib_size: int
+    latency_warmup: int
+    latency_repeats: int
+    latency_batch_sizes: tuple[int, ...] = (1, 256)
+
+    def as_dict(self) -> dict:
+        """The budget as a plain dict (stored with trained models and results)."""
+        return asdict(self)
+
+
+BUDGETS: dict[str, Budget] = {
+    "full": Budget("full", train_size=None, test_size=None, epochs=15, finetune_epochs=3,
+                   proxy_epochs=2, calib_size=1024, latency_warmup=10, latency_repeats=50),
+    # Small, class-balanced subsets: every notebook runs end to end in about a minute.
+    "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
+                 proxy_epochs=1, calib_size=128, latency_warmup=2, latency_repeats=5),
+}
+
+
+def get_budget(name: str | None = None) -> Budget:
+    """Return the budget named ``name``, or the one set by ``LIGHTCNN_BUDGET`` (default full).
+
+    Raises:
+        ValueError: the name is not one of ``BUDGETS``.
+    """
+    if name is None:
+        name = os.environ.get("LIGHTCNN_BUDGET", "full").strip().lower() or "full"
+    if name not in BUDGETS:
+        raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {name!r} "
+                         "(set LIGHTCNN_BUDGET=full or LIGHTCNN_BUDGET=ci)")
+    return BUDGETS[name]

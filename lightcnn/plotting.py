@@ -1,0 +1,138 @@
+"""Plots used by the chapters; every helper returns ``(fig, ax)``.
+
+A fixed figure size and style keep the figures' text output stable across runs (nbval
+compares the text that stands for a figure).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["set_style", "plot_images", "plot_history", "plot_confusion_matrix",
+           "plot_filters", "plot_feature_maps", "plot_tradeoff"]
+
+FIGSIZE = (6.4, 4.0)
+
+
+def set_style() -> None:
+    """The book's plot style: fixed size, readable fonts, light grid, no top/right spines."""
+    matplotlib.rcParams.update({
+        "figure.figsize": FIGSIZE, "figure.dpi": 100, "savefig.dpi": 100,
+        "font.size": 10, "axes.grid": True, "grid.alpha": 0.3,
+        "axes.spines.top": False, "axes.spines.right": False,
+        "image.cmap": "gray",
+    })
+
+
+def _grid(n: int, cols: int, scale: float = 1.3):
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def plot_images(images: torch.Tensor, labels: Sequence[str] | None = None, cols: int = 10):
+    """Show ``(N, H, W)`` or ``(N, 1, H, W)`` images in a grid with optional titles."""
+    images = images.detach().reshape(len(images), *images.shape[-2:]).cpu()
+    fig, axes = _grid(len(images), cols)
+    for i, img in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(img.numpy(), cmap="gray_r")
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=7)
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_history(history, title: str = "learning curves"):
+    """Training loss and test accuracy per epoch on two y-axes."""
+    fig, ax = plt.subplots()
+    epochs = np.arange(1, len(history.train_loss) + 1)
+    ax.plot(epochs, history.train_loss, "o-", color="C0", label="training loss")
+    if history.test_loss:
+        ax.plot(epochs, history.test_loss, "s--", color="C1", label="test loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(title)
+    handles, names = ax.get_legend_handles_labels()
+    if history.test_accuracy:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, 100 * np.asarray(history.test_accuracy), "^-", color="C2",
+                 label="test accuracy")
+        ax2.set_ylabel("test accuracy (%)")
+        ax2.grid(False)
+        h2, n2 = ax2.get_legend_handles_labels()
+        handles, names = handles + h2, names + n2
+    ax.legend(handles, names, loc="center right")
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]):
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    m = matrix.double()
+    m = (m / m.sum(1, keepdim=True).clamp(min=1)).numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.grid(False)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if m[i, j] >= 0.005:
+                ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix (% of each true class)")
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_filters(weight: torch.Tensor, cols: int = 8):
+    """First-layer kernels ``(C_out, 1, K, K)``, each scaled to its own range."""
+    w = weight.detach().cpu()[:, 0]
+    fig, axes = _grid(len(w), cols, scale=0.9)
+    for i, k in enumerate(w):
+        axes.flat[i].imshow(k.numpy(), cmap="RdBu_r", vmin=-k.abs().max(), vmax=k.abs().max())
+    fig.suptitle("first-layer filters (red > 0 > blue)")
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_feature_maps(maps: torch.Tensor, cols: int = 8, title: str = "feature maps"):
+    """Feature maps ``(C, H, W)`` of one image."""
+    maps = maps.detach().cpu()
+    fig, axes = _grid(len(maps), cols, scale=0.9)
+    for i, fm in enumerate(maps):
+        axes.flat[i].imshow(fm.numpy(), cmap="viridis")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
+                  logx: bool = True, title: str | None = None):
+    """Scatter of result rows (e.g. accuracy vs MACs), each point labelled by its name."""
+    fig, ax = plt.subplots()
+    xs = [r[x] for r in rows]
+    ys = [100 * r[y] if y == "accuracy" else r[y] for r in rows]
+    ax.scatter(xs, ys)
+    for r, xv, yv in zip(rows, xs, ys):
+        ax.annotate(r["name"], (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel("accuracy (%)" if y == "accuracy" else y)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig, ax

@@ -1,0 +1,141 @@
+"""Trained models, cached on disk, so chapters share one baseline and one teacher.
+
+``get_trained("baseline_cnn")`` trains the model deterministically on first use, at the
+current budget, and stores its weights under the user cache. Later calls (from any
+chapter) load it. The cache key hashes everything that changes the result: the model name
+and arguments, the training recipe, the budget, the seed, the source code of the model,
+the data and the training loop, and torch's version. A stale entry is never loaded (its
+key differs), and an unreadable or corrupted one (its SHA-256 does not match) is trained
+again, with a warning. Weights are never committed to the repository.
+
+Taught in chapters/01_cnn_basics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import data as _data
+from . import models as _models
+from . import train as _train
+from .budget import Budget, get_budget
+from .data import get_dataloaders, user_cache_dir
+from .train import History, evaluate, fit
+
+__all__ = ["RECIPES", "TrainedModel", "cache_key", "cache_path", "get_trained"]
+
+# How each model is trained from scratch; epochs come from the budget.
+RECIPES: dict[str, dict] = {
+    "baseline_cnn": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle",
+                         batch_size=128, augment=True),
+    "lenet5": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="onecycle",
+                   batch_size=128, augment=False),
+}
+DEFAULT_RECIPE = RECIPES["baseline_cnn"]
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with its test accuracy, its history and where it is cached."""
+
+    model: nn.Module
+    accuracy: float
+    history: History
+    path: Path
+    trained_now: bool
+
+
+def _source_hash(name: str) -> str:
+    factory_module = inspect.getmodule(_models._REGISTRY[name])
+    sources = [inspect.getsource(m) for m in (factory_module, _models, _data, _train)]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()
+
+
+def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = None,
+              **model_kwargs) -> str:
+    """16 hex digits identifying one trained model (see the module docstring)."""
+    recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
+    spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
+            "budget": budget.as_dict(), "seed": seed, "code": _source_hash(name),
+            "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_path(name: str, budget: Budget, key: str) -> Path:
+    """Where the weights of one trained model live."""
+    return user_cache_dir() / "zoo" / f"{name}-{budget.name}-{key}.pt"
+
+
+def _load(path: Path) -> dict | None:
+    """The cached entry, or None if absent; warns and returns None if it is damaged."""
+    digest_file = path.with_suffix(".sha256")
+    if not path.exists():
+        return None
+    try:
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != digest_file.read_text().strip():
+            raise ValueError("SHA-256 mismatch")
+        return torch.load(io.BytesIO(blob), weights_only=True)
+    except Exception as err:  # any damage means: do not trust it, train again
+        warnings.warn(f"zoo: cache entry {path} is unreadable or corrupted ({err}); "
+                      "training the model again", stacklevel=3)
+        return None
+
+
+def _store(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(entry, buffer)
+    blob = buffer.getvalue()
+    # Write both files through temporary names so an interrupted run leaves no entry.
+    for target, content in ((path, blob),
+                            (path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest().encode())):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(content)
+        tmp.replace(target)
+
+
+def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
+                progress: bool = True, recipe: dict | None = None, **model_kwargs) -> TrainedModel:
+    """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
+
+    Args:
+        name: a registered model (see ``lc.list_models()``).
+        budget: defaults to ``LIGHTCNN_BUDGET``; sets the data subset and the epochs.
+        seed: seeds the initial weights, the shuffling and the augmentation.
+        progress: show progress bars while training.
+        recipe: overrides ``RECIPES[name]`` (keys: optimizer, lr, weight_decay, schedule,
+            batch_size, augment).
+        **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
+    """
+    budget = budget or get_budget()
+    recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
+    torch.manual_seed(seed)  # the initial weights depend on the seed only
+    model = _models.create_model(name, **model_kwargs)
+    key = cache_key(name, budget, seed, recipe, **model_kwargs)
+    path = cache_path(name, budget, key)
+    entry = _load(path)
+    if entry is not None:
+        model.load_state_dict(entry["state_dict"])
+        model.eval()
+        return TrainedModel(model, entry["accuracy"], History.from_dict(entry["history"]),
+                            path, trained_now=False)
+    train_loader, test_loader = get_dataloaders(recipe["batch_size"], budget,
+                                                augment=recipe["augment"], seed=seed)
+    history = fit(model, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
+                  weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
+                  schedule=recipe["schedule"], seed=seed, progress=progress)
+    accuracy = evaluate(model, test_loader)["accuracy"]
+    _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
+                  "history": history.as_dict(), "key": key})
+    model.eval()
+    return TrainedModel(model, accuracy, history, path, trained_now=True)

@@ -1,0 +1,111 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
+
+import lightcnn as lc
+
+
+def conv_macs(k, c_in, c_out, h_out, w_out, groups=1):
+    return k * k * (c_in // groups) * c_out * h_out * w_out
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,groups,size", [
+    (3, 16, 3, 1, 1, 1, 32),
+    (16, 32, 5, 2, 2, 1, 28),
+    (32, 32, 3, 1, 1, 32, 14),   # depthwise
+    (12, 24, 1, 1, 0, 3, 7),     # grouped 1x1
+])
+def test_conv_macs_follow_the_formula(c_in, c_out, k, stride, padding, groups, size):
+    conv = nn.Conv2d(c_in, c_out, k, stride, padding, groups=groups, bias=False)
+    out = (size + 2 * padding - k) // stride + 1
+    assert lc.count_macs(conv, (c_in, size, size)) == conv_macs(k, c_in, c_out, out, out, groups)
+    assert lc.count_params(conv) == k * k * (c_in // groups) * c_out
+
+
+def test_linear_macs_and_params():
+    fc = nn.Sequential(nn.Flatten(), nn.Linear(784, 100))
+    assert lc.count_macs(fc, (1, 28, 28)) == 784 * 100
+    assert lc.count_params(fc) == 784 * 100 + 100
+
+
+def test_mobilenet_v2_matches_torchvision_published_counts():
+    model = torchvision.models.mobilenet_v2()
+    assert lc.count_params(model) == 3_504_872
+    assert 300e6 <= lc.count_macs(model, (3, 224, 224)) <= 301e6
+
+
+def test_thop_agrees_on_conv_and_linear_only_models():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 26 * 26, 10))
+    assert lc.count_macs_thop(model) == lc.count_macs(model)
+
+
+def test_thop_counts_more_than_flop_counter_when_bn_is_present():
+    model = lc.create_model("baseline_cnn")
+    assert lc.count_macs_thop(model) > lc.count_macs(model)
+
+
+def test_nonzero_params_see_zeros_and_pruning_masks():
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    assert lc.count_nonzero_params(model) == 100
+    with torch.no_grad():
+        model[0].weight[:5] = 0
+    assert lc.count_nonzero_params(model) == 50
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    prune.l1_unstructured(model[0], "weight", amount=0.3)
+    assert lc.count_params(model) == 100  # weight_orig counted once, mask not at all
+    assert lc.count_nonzero_params(model) == 70
+
+
+def test_size_bytes_is_about_four_bytes_a_parameter():
+    model = lc.create_model("baseline_cnn")
+    size = lc.model_size_bytes(model)
+    assert 4 * lc.count_params(model) < size < 4 * lc.count_params(model) + 50_000
+    zero = nn.Linear(1000, 1000)
+    nn.init.zeros_(zero.weight)
+    # zeros compress to almost nothing; random floats barely compress
+    assert lc.model_size_bytes(zero, compressed=True) < lc.model_size_bytes(zero) / 50
+
+
+def test_latency_reports_median_inside_its_quartiles():
+    model = lc.create_model("lenet5")
+    lat = lc.measure_latency(model, batch_size=4, warmup=1, repeats=7, threads=1)
+    assert lat.q1_ms <= lat.median_ms <= lat.q3_ms and lat.iqr_ms >= 0
+    assert lat.batch_size == 4 and lat.threads == 1 and lat.repeats == 7
+    assert torch.get_num_threads() == 2  # restored
+    assert model.training  # mode restored
+
+
+def test_bad_arguments_are_rejected():
+    model = lc.create_model("lenet5")
+    with pytest.raises(ValueError, match="batch_size"):
+        lc.measure_latency(model, batch_size=0)
+    with pytest.raises(ValueError, match="repeats"):
+        lc.measure_latency(model, repeats=0)
+    with pytest.raises(ValueError, match="input_shape"):
+        lc.count_macs(model, (28, 28))
+    with pytest.raises(TypeError, match="model"):
+        lc.count_params("not a model")
+
+
+def test_compare_computes_ratios_against_the_baseline():
+    base = {"name": "base", "baseline": None, "accuracy": 0.9, "params": 100, "nonzero_params": 100,
+            "macs": 1000, "size_bytes": 400, "latency_ms_b1": 2.0, "latency_ms_b256": 10.0}
+    small = dict(base, name="small", baseline="base", accuracy=0.89, nonzero_params=25,
+                 macs=250, size_bytes=100, latency_ms_b1=1.0, latency_ms_b256=4.0)
+    table = lc.compare([base, small])
+    row = table.rows[1]
+    assert row["d_acc"] == pytest.approx(-1.0)
+    assert row["x_macs"] == 4 and row["x_latency_ms_b256"] == 2.5
+    assert "small" in str(table) and "<table>" in table._repr_html_()
+    with pytest.raises(ValueError, match="baseline"):
+        lc.compare([dict(small, baseline="missing")])
+
+
+def test_profile_model_has_the_result_keys():
+    row = lc.profile_model(lc.create_model("lenet5"), "lenet5", accuracy=0.5, budget="ci",
+                           warmup=1, repeats=3)
+    for key in lc.results.REQUIRED_KEYS:
+        assert key in row
+    assert row["params"] == 61_706 and row["macs"] == lc.count_macs(lc.create_model("lenet5"))

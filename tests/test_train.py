@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+import lightcnn as lc
+
+
+def _loaders(budget):
+    return lc.get_dataloaders(batch_size=50, budget=budget, augment=True)
+
+
+def test_loss_falls_on_a_tiny_subset(tiny_budget):
+    train, test = _loaders(tiny_budget)
+    model = lc.create_model("lenet5")
+    before = lc.evaluate(model, test)
+    history = lc.fit(model, train, epochs=3, test_loader=test, lr=0.05, progress=False)
+    assert len(history.train_loss) == 3 and len(history.test_accuracy) == 3
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert lc.evaluate(model, test)["loss"] < before["loss"]
+
+
+def test_same_seed_gives_identical_results(tiny_budget):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = lc.create_model("baseline_cnn")
+        train, test = _loaders(tiny_budget)
+        history = lc.fit(model, train, epochs=1, test_loader=test, seed=7, progress=False)
+        runs.append((model.state_dict(), history))
+    (s1, h1), (s2, h2) = runs
+    assert h1.train_loss == h2.train_loss and h1.test_accuracy == h2.test_accuracy
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_different_seed_gives_different_shuffling(tiny_budget):
+    losses = []
+    for seed in (0, 1):
+        torch.manual_seed(0)
+        model = lc.create_model("lenet5")
+        train, _ = _loaders(tiny_budget)
+        losses.append(lc.fit(model, train, 1, seed=seed, progress=False).train_loss[0])
+    assert losses[0] != losses[1]
+
+
+def test_schedules_and_optimizers(tiny_budget):
+    train, _ = _loaders(tiny_budget)
+    for optimizer, schedule, lr in (("sgd", "cosine", 0.05), ("adamw", None, 1e-3)):
+        history = lc.fit(lc.create_model("lenet5"), train, 2, lr=lr, optimizer=optimizer,
+                         schedule=schedule, progress=False)
+        if schedule is None:
+            assert history.lr == [lr, lr]
+        else:
+            assert history.lr[-1] < lr
+
+
+def test_confusion_matrix_counts():
+    logits = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [0, 2.0, 0], [0, 0, 2.0]])
+    labels = torch.tensor([0, 1, 2, 2])
+    expected = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    assert torch.equal(lc.confusion_matrix(logits, labels), expected)
+
+
+def test_bad_arguments_are_rejected(tiny_budget):
+    train, _ = _loaders(tiny_budget)
+    model = lc.create_model("lenet5")
+    with pytest.raises(ValueError, match="epochs"):
+        lc.fit(model, train, 0)
+    with pytest.raises(ValueError, match="lr"):
+        lc.fit(model, train, 1, lr=0)
+    with pytest.raises(ValueError, match="schedule"):
+        lc.fit(model, train, 1, schedule="linear")
+    with pytest.raises(ValueError, match="optimizer"):
+        lc.fit(model, train, 1, optimizer="rmsprop")

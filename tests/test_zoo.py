@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+import lightcnn as lc
+from lightcnn import zoo
+
+
+def test_cache_hit_does_not_retrain(isolated_cache, tiny_budget, monkeypatch):
+    first = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    assert first.trained_now and first.path.is_file()
+    assert first.path.is_relative_to(isolated_cache)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    second = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    assert not second.trained_now and second.accuracy == first.accuracy
+    s1, s2 = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert second.history.train_loss == first.history.train_loss
+
+
+def test_training_is_deterministic(isolated_cache, tiny_budget, tmp_path, monkeypatch):
+    first = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    monkeypatch.setenv("LIGHTCNN_CACHE", str(tmp_path / "other"))
+    second = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    assert second.trained_now
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                second.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "digest"])
+def test_corrupted_cache_is_retrained(isolated_cache, tiny_budget, damage):
+    first = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    blob = bytearray(first.path.read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 2] ^= 0xFF
+        first.path.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        first.path.write_bytes(bytes(blob[:100]))
+    else:
+        first.path.with_suffix(".sha256").write_text("0" * 64)
+    with pytest.warns(UserWarning, match="corrupted"):
+        again = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    assert again.trained_now and again.accuracy == first.accuracy
+    # The retrained entry is stored again and is now a clean hit.
+    assert not zoo.get_trained("lenet5", budget=tiny_budget, progress=False).trained_now
+
+
+def test_key_changes_with_recipe_budget_and_seed(tiny_budget):
+    base = zoo.cache_key("lenet5", tiny_budget)
+    assert zoo.cache_key("lenet5", tiny_budget) == base
+    assert zoo.cache_key("lenet5", tiny_budget, seed=1) != base
+    assert zoo.cache_key("lenet5", lc.get_budget("full")) != base
+    recipe = dict(zoo.RECIPES["lenet5"], lr=0.01)
+    assert zoo.cache_key("lenet5", tiny_budget, recipe=recipe) != base
+
+
+def test_unknown_model_lists_known_ones(isolated_cache, tiny_budget):
+    with pytest.raises(ValueError, match="baseline_cnn"):
+        zoo.get_trained("no_such_model", budget=tiny_budget)
