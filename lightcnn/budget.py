@@ -50,7 +50,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "full": Budget("full", train_size=None, test_size=None, epochs=15, finetune_epochs=3,
+    "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
                    proxy_epochs=2, calib_size=1024, latency_warmup=10, latency_repeats=50),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,

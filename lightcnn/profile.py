@@ -143,6 +143,7 @@ class Latency:
     batch_size: int
     threads: int
     repeats: int
+    times_ms: tuple[float, ...] = ()
 
     @property
     def iqr_ms(self) -> float:
@@ -193,7 +194,7 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
     else:
         q1 = q3 = times[0]
-    return Latency(statistics.median(times), q1, q3, len(x), threads, repeats)
+    return Latency(statistics.median(times), q1, q3, len(x), threads, repeats, tuple(times))
 
 
 def profile_model(model: nn.Module, name: str, accuracy: float | None = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -46,12 +46,15 @@ class History:
         return cls(**{k: list(v) for k, v in d.items()})
 
 
-def _progress(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
+def _progress_bar(total: int, enabled: bool, desc: str):
+    """One tqdm bar over all training steps (tqdm.auto: a widget in notebooks where
+    ipywidgets is installed, text elsewhere), or None when disabled."""
     if not enabled:
-        return iterable
-    from tqdm.auto import tqdm  # tqdm.auto: widgets in notebooks, text in terminals
+        return None
+    from tqdm.auto import tqdm
 
-    return tqdm(iterable, **kwargs)
+    # A single bar (no nested per-epoch bars) keeps stored notebook output readable.
+    return tqdm(total=total, desc=desc, mininterval=5.0, unit="step")
 
 
 def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: float,
@@ -121,11 +124,12 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
     if getattr(train_loader, "generator", None) is not None:
         train_loader.generator.manual_seed(seed)
     history = History()
-    for epoch in _progress(range(epochs), progress, desc="epochs"):
+    bar = _progress_bar(steps, progress, desc="training")
+    for epoch in range(epochs):
         model.train()
         start = time.perf_counter()
         total_loss, seen = 0.0, 0
-        for x, y in _progress(train_loader, progress, desc=f"epoch {epoch + 1}", leave=False):
+        for x, y in train_loader:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, x, y)
             loss.backward()
@@ -136,6 +140,8 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
                 after_step(model)
             total_loss += loss.item() * len(y)
             seen += len(y)
+            if bar is not None:
+                bar.update(1)
         history.lr.append(opt.param_groups[0]["lr"])
         history.train_loss.append(total_loss / seen)
         history.seconds.append(time.perf_counter() - start)
@@ -143,6 +149,13 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             metrics = evaluate(model, test_loader)
             history.test_loss.append(metrics["loss"])
             history.test_accuracy.append(metrics["accuracy"])
+        if bar is not None:
+            postfix = {"epoch": epoch + 1, "loss": f"{history.train_loss[-1]:.4f}"}
+            if history.test_accuracy:
+                postfix["test_acc"] = f"{history.test_accuracy[-1]:.4f}"
+            bar.set_postfix(postfix)
+    if bar is not None:
+        bar.close()
     return history
 
 

@@ -14,9 +14,13 @@ from lightcnn.budget import Budget
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    # One thread: tests check correctness, not speed, and small tensors only wait on a
+    # second OpenMP thread when the CPU is shared (by nbval or a training run).
     lc.seed_everything(0)
-    torch.set_num_threads(2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

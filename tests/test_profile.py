@@ -70,10 +70,12 @@ def test_size_bytes_is_about_four_bytes_a_parameter():
 
 def test_latency_reports_median_inside_its_quartiles():
     model = lc.create_model("lenet5")
-    lat = lc.measure_latency(model, batch_size=4, warmup=1, repeats=7, threads=1)
+    before = torch.get_num_threads()
+    lat = lc.measure_latency(model, batch_size=4, warmup=1, repeats=7, threads=2)
     assert lat.q1_ms <= lat.median_ms <= lat.q3_ms and lat.iqr_ms >= 0
-    assert lat.batch_size == 4 and lat.threads == 1 and lat.repeats == 7
-    assert torch.get_num_threads() == 2  # restored
+    assert lat.batch_size == 4 and lat.threads == 2 and lat.repeats == 7
+    assert len(lat.times_ms) == 7 and min(lat.times_ms) <= lat.median_ms <= max(lat.times_ms)
+    assert torch.get_num_threads() == before  # restored
     assert model.training  # mode restored
 
 

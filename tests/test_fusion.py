@@ -1,0 +1,67 @@
+"""Tests for lightcnn.fusion: folding batch norm keeps the eval-mode function."""
+
+import pytest
+import torch
+from torch import nn
+
+import lightcnn as lc
+from lightcnn.fusion import fuse_conv_bn
+from lightcnn.profile import count_params
+
+
+
+
+def _trained_bn(model: nn.Module) -> nn.Module:
+    """Give every batch norm non-trivial statistics and affine parameters."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # running mean/var from real activations
+            model(torch.randn(4, 1, 28, 28))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def _count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["baseline_cnn", "mobilenet_v2", "shufflenet_v2", "ghostnet",
+                                  "mobilenet_v3_small"])
+def test_fused_model_equals_original_in_eval(name):
+    model = _trained_bn(lc.create_model(name))
+    fused = fuse_conv_bn(model)
+    assert _count(fused, nn.BatchNorm2d) == 0
+    assert _count(model, nn.BatchNorm2d) > 0  # the input model is left alone
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    # each fold: -2 per channel (gamma, beta), +1 per channel (bias) where the conv had none
+    assert count_params(fused) < count_params(model)
+    assert not fused.training
+
+
+def test_fold_follows_formula():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    fused = fuse_conv_bn(nn.Sequential(conv, bn))
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(fused[0].weight, conv.weight * scale.view(-1, 1, 1, 1))
+    torch.testing.assert_close(fused[0].bias, bn.bias + (conv.bias - bn.running_mean) * scale)
+    assert isinstance(fused[1], nn.Identity)
+
+
+def test_fuse_rejects_bad_input():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fuse_conv_bn("not a model")
+    no_stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    with pytest.raises(ValueError, match="running statistics"):
+        fuse_conv_bn(no_stats)
