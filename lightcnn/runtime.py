@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 
 import numpy as np
 import torch
@@ -48,8 +47,6 @@ def setup(seed: int = 0, threads: int = DEFAULT_THREADS, plots: bool = True) -> 
     """
     seed_everything(seed)
     set_threads(threads)
-    # Without ipywidgets, tqdm.auto falls back to text bars; that is fine, say nothing.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     torch.use_deterministic_algorithms(True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if plots:

@@ -14,6 +14,8 @@ Taught in chapters/01_cnn_basics.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -46,15 +48,49 @@ class History:
         return cls(**{k: list(v) for k, v in d.items()})
 
 
-def _progress_bar(total: int, enabled: bool, desc: str):
-    """One tqdm bar over all training steps (tqdm.auto: a widget in notebooks where
-    ipywidgets is installed, text elsewhere), or None when disabled."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _live_bar_available() -> bool:
+    """True where a progress bar redraws in place: a terminal, or a notebook with ipywidgets.
 
-    # A single bar (no nested per-epoch bars) keeps stored notebook output readable.
-    return tqdm(total=total, desc=desc, mininterval=5.0, unit="step")
+    In a notebook without ipywidgets (and when nbconvert or nbval execute one) tqdm's text
+    bar would be stored as hundreds of lines, so ``fit`` prints one line per epoch instead.
+    """
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        return importlib.util.find_spec("ipywidgets") is not None
+    return sys.stderr.isatty()
+
+
+class _Progress:
+    """A tqdm bar over all steps where it can redraw, else one printed line per epoch."""
+
+    def __init__(self, total: int, epochs: int, enabled: bool):
+        self.epochs = epochs
+        self.enabled = enabled
+        self.bar = None
+        if enabled and _live_bar_available():
+            from tqdm.auto import tqdm  # a widget in notebooks, text in terminals
+
+            self.bar = tqdm(total=total, desc="training", unit="step")
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch_end(self, epoch: int, history: "History") -> None:
+        if not self.enabled:
+            return
+        summary = f"epoch {epoch + 1}/{self.epochs}: train loss {history.train_loss[-1]:.4f}"
+        if history.test_accuracy:
+            summary += f", test accuracy {100 * history.test_accuracy[-1]:.2f}%"
+        summary += f" ({history.seconds[-1]:.1f} s)"
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary)
+        else:
+            print(summary, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: float,
@@ -98,7 +134,8 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         seed: seeds shuffling and augmentation, so two calls give identical results.
         loss_fn: ``loss_fn(model, x, y) -> loss``; cross-entropy of ``model(x)`` by default
             (distillation and sparsity penalties pass their own).
-        progress: show tqdm progress bars.
+        progress: report progress: a tqdm bar in terminals and in notebooks with
+            ipywidgets, one line per epoch elsewhere.
         after_step: called with the model after every optimizer step (e.g. to re-apply
             pruning masks).
     """
@@ -124,7 +161,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
     if getattr(train_loader, "generator", None) is not None:
         train_loader.generator.manual_seed(seed)
     history = History()
-    bar = _progress_bar(steps, progress, desc="training")
+    reporter = _Progress(steps, epochs, progress)
     for epoch in range(epochs):
         model.train()
         start = time.perf_counter()
@@ -140,8 +177,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
                 after_step(model)
             total_loss += loss.item() * len(y)
             seen += len(y)
-            if bar is not None:
-                bar.update(1)
+            reporter.step()
         history.lr.append(opt.param_groups[0]["lr"])
         history.train_loss.append(total_loss / seen)
         history.seconds.append(time.perf_counter() - start)
@@ -149,13 +185,8 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             metrics = evaluate(model, test_loader)
             history.test_loss.append(metrics["loss"])
             history.test_accuracy.append(metrics["accuracy"])
-        if bar is not None:
-            postfix = {"epoch": epoch + 1, "loss": f"{history.train_loss[-1]:.4f}"}
-            if history.test_accuracy:
-                postfix["test_acc"] = f"{history.test_accuracy[-1]:.4f}"
-            bar.set_postfix(postfix)
-    if bar is not None:
-        bar.close()
+        reporter.epoch_end(epoch, history)
+    reporter.close()
     return history
 
 

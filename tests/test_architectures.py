@@ -17,8 +17,6 @@ FAMILIES = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_
             "efficientnet_b0", "ghostnet"]
 
 
-
-
 def test_families_are_registered():
     assert set(FAMILIES) <= set(lc.list_models())
 

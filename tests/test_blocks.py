@@ -13,8 +13,6 @@ from lightcnn.blocks import (ConvBNAct, DepthwiseSeparable, Fire, GhostBottlenec
 from lightcnn.profile import count_macs, count_params
 
 
-
-
 def _randomize_bn(model: nn.Module) -> None:
     """Non-trivial batch-norm statistics, so eval-mode checks test the affine map too."""
     gen = torch.Generator().manual_seed(0)

@@ -116,3 +116,15 @@ def test_augmentation_keeps_shape_and_changes_pixels():
     assert xs.shape == (100, 1, 28, 28)
     assert not torch.equal(xs, plain.images)
     assert torch.equal(aug.labels, plain.labels)
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(per_class=st.integers(1, 50), seed=st.integers(0, 2**31 - 1))
+def test_balanced_subset_property(per_class, seed):
+    labels = torch.arange(300) % 5  # 60 of each of 5 classes
+    index = balanced_subset(labels, 5 * per_class, seed)
+    assert len(index.unique()) == len(index) == 5 * per_class
+    assert torch.equal(torch.bincount(labels[index], minlength=5), torch.full((5,), per_class))

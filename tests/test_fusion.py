@@ -9,8 +9,6 @@ from lightcnn.fusion import fuse_conv_bn
 from lightcnn.profile import count_params
 
 
-
-
 def _trained_bn(model: nn.Module) -> nn.Module:
     """Give every batch norm non-trivial statistics and affine parameters."""
     torch.manual_seed(0)

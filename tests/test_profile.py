@@ -111,3 +111,19 @@ def test_profile_model_has_the_result_keys():
     for key in lc.results.REQUIRED_KEYS:
         assert key in row
     assert row["params"] == 61_706 and row["macs"] == lc.count_macs(lc.create_model("lenet5"))
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 4), c_in_per_group=st.integers(1, 4), c_out_per_group=st.integers(1, 4),
+       k=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 2), size=st.integers(5, 20))
+def test_conv_macs_formula_holds_for_any_geometry(groups, c_in_per_group, c_out_per_group, k,
+                                                  stride, padding, size):
+    c_in, c_out = groups * c_in_per_group, groups * c_out_per_group
+    conv = nn.Conv2d(c_in, c_out, k, stride, padding, groups=groups)
+    out = (size + 2 * padding - k) // stride + 1
+    assert conv(torch.zeros(1, c_in, size, size)).shape[-1] == out
+    assert lc.count_macs(conv, (c_in, size, size)) == conv_macs(k, c_in, c_out, out, out, groups)
+    assert lc.count_params(conv) == k * k * c_in_per_group * c_out + c_out

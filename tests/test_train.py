@@ -70,3 +70,13 @@ def test_bad_arguments_are_rejected(tiny_budget):
         lc.fit(model, train, 1, schedule="linear")
     with pytest.raises(ValueError, match="optimizer"):
         lc.fit(model, train, 1, optimizer="rmsprop")
+
+
+def test_progress_prints_one_line_per_epoch_when_no_bar_can_redraw(tiny_budget, capsys):
+    train, test = _loaders(tiny_budget)
+    lc.fit(lc.create_model("lenet5"), train, 2, test_loader=test, progress=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/2: train loss") and "test accuracy" in lines[0]
+    lc.fit(lc.create_model("lenet5"), train, 1, progress=False)
+    assert capsys.readouterr().out == ""
