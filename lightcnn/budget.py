@@ -27,6 +27,9 @@ class Budget:
         epochs: epochs for training a model from scratch.
         finetune_epochs: epochs for fine-tuning after compression.
         proxy_epochs: epochs for a quick proxy training (searches, sweeps).
+        survey_epochs: epochs for each model of a many-model comparison (the architecture
+            survey of chapter 3), where ``epochs`` for every model would not fit a
+            chapter's time limit on a 2-core CPU.
         calib_size: images used to calibrate quantization observers.
         latency_warmup: untimed forward passes before timing.
         latency_repeats: timed forward passes; the median is reported.
@@ -39,6 +42,7 @@ class Budget:
     epochs: int
     finetune_epochs: int
     proxy_epochs: int
+    survey_epochs: int
     calib_size: int
     latency_warmup: int
     latency_repeats: int
@@ -51,10 +55,10 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
-                   proxy_epochs=2, calib_size=1024, latency_warmup=10, latency_repeats=50),
+                   proxy_epochs=2, survey_epochs=2, calib_size=1024, latency_warmup=10, latency_repeats=50),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
-                 proxy_epochs=1, calib_size=128, latency_warmup=2, latency_repeats=5),
+                 proxy_epochs=1, survey_epochs=1, calib_size=128, latency_warmup=2, latency_repeats=5),
 }
 
 

@@ -120,9 +120,20 @@ def plot_feature_maps(maps: torch.Tensor, cols: int = 8, title: str = "feature m
 
 
 def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
-                  logx: bool = True, title: str | None = None):
-    """Scatter of result rows (e.g. accuracy vs MACs), each point labelled by its name."""
+                  logx: bool = True, title: str | None = None, front: bool = False,
+                  xlabel: str | None = None):
+    """Scatter of result rows (e.g. accuracy vs MACs), each point labelled by its name.
+
+    With ``front``, the Pareto front (cheapest in ``x`` for its ``y``) is drawn as a line.
+    """
     fig, ax = plt.subplots()
+    if front:
+        from .profile import pareto_front
+
+        best = pareto_front(list(rows), cost=x, quality=y)
+        ax.plot([r[x] for r in best], [100 * r[y] if y == "accuracy" else r[y] for r in best],
+                "--", color="C1", label="Pareto front", zorder=0)
+        ax.legend(loc="lower right")
     xs = [r[x] for r in rows]
     ys = [100 * r[y] if y == "accuracy" else r[y] for r in rows]
     ax.scatter(xs, ys)
@@ -130,7 +141,7 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         ax.annotate(r["name"], (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(x)
+    ax.set_xlabel(xlabel or x)
     ax.set_ylabel("accuracy (%)" if y == "accuracy" else y)
     if title:
         ax.set_title(title)

@@ -18,11 +18,14 @@ Taught in chapters/01_cnn_basics.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import io
 import math
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
@@ -33,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
     "count_macs_thop", "model_size_bytes", "Latency", "measure_latency", "profile_model",
-    "Table", "compare",
+    "Table", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
 ]
 
 # One Fashion-MNIST image: (channels, height, width).
@@ -133,6 +136,37 @@ def model_size_bytes(model: nn.Module, compressed: bool = False) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0)) if compressed else len(data)
 
 
+@contextlib.contextmanager
+def _deployment_mode():
+    """Time the model as it would be deployed: without ``lc.setup``'s deterministic mode.
+
+    Deterministic mode is for reproducible *training*; it also makes torch fill every
+    new tensor (``fill_uninitialized_memory``), work a deployed model never does.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence the profiler's native log lines (written to file descriptor 2, not to
+    ``sys.stderr``, so notebooks would store them as output)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass(frozen=True)
 class Latency:
     """Latency of one forward pass, in milliseconds, over ``repeats`` timed runs."""
@@ -160,9 +194,9 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
                     example: torch.Tensor | None = None) -> Latency:
     """Median wall time of ``model(x)`` for a ``(batch_size, *input_shape)`` input.
 
-    The model runs in eval and inference mode; ``warmup`` untimed runs let allocators,
-    caches and lazy initialisation settle; the thread count is set for the measurement
-    and restored afterwards.
+    The model runs in eval and inference mode, with deterministic algorithms off (as
+    deployed); ``warmup`` untimed runs let allocators, caches and lazy initialisation
+    settle; the thread count and the deterministic setting are restored afterwards.
 
     Args:
         example: an input to use instead of random data (its batch size wins).
@@ -180,7 +214,7 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
     model.eval()
     times = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _deployment_mode():
             for _ in range(warmup):
                 model(x)
             for _ in range(repeats):
@@ -310,3 +344,93 @@ def compare(rows: list[dict]) -> Table:
         ("x_latency_ms_b256", "speed-up b=256", ratio),
     ]
     return Table(enriched, columns)
+
+
+def pareto_front(rows: list[dict], cost: str = "macs", quality: str = "accuracy") -> list[dict]:
+    """The rows no other row beats: none is at most as costly and strictly more accurate,
+    or strictly cheaper and at least as accurate. Sorted by ``cost``, cheapest first.
+
+    Args:
+        rows: result rows (as from :func:`profile_model`).
+        cost: key to minimise (``"macs"``, ``"latency_ms_b256"``, ...).
+        quality: key to maximise.
+
+    Raises:
+        ValueError: a row lacks ``cost`` or ``quality``.
+    """
+    for row in rows:
+        for key in (cost, quality):
+            if row.get(key) is None:
+                raise ValueError(f"row {row.get('name')!r} has no value for {key!r}")
+    front, best = [], -math.inf
+    # cheapest first; among equal costs the most accurate first, so only it can enter
+    for row in sorted(rows, key=lambda r: (r[cost], -r[quality])):
+        if row[quality] > best:
+            front.append(row)
+            best = row[quality]
+    return front
+
+
+# aten operator name fragments -> category, first match wins (checked in this order).
+OP_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("convolution", ("conv", "mkldnn_convolution")),
+    ("linear", ("addmm", "mm", "linear", "matmul")),
+    ("batch norm", ("batch_norm",)),
+    ("activation", ("relu", "hardtanh", "clamp", "silu", "hardswish", "hardsigmoid",
+                    "sigmoid", "gelu", "threshold")),
+    ("pooling", ("pool", "mean")),
+    ("add / multiply", ("add", "mul")),
+    ("memory (copy, cat, split, shuffle)", ("cat", "copy", "contiguous", "clone", "chunk",
+                                            "split", "transpose", "view", "reshape", "narrow",
+                                            "slice", "stack", "permute")),
+)
+
+
+def _category(op_name: str) -> str:
+    name = op_name.removeprefix("aten::")
+    for category, fragments in OP_CATEGORIES:
+        if any(f in name for f in fragments):
+            return category
+    return "other"
+
+
+def time_by_op_category(model: nn.Module, batch_size: int = 256,
+                        input_shape: tuple[int, ...] = INPUT_SHAPE, threads: int = 2,
+                        warmup: int = 3, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per forward pass spent in each kind of operator, from ``torch.profiler``.
+
+    The model runs in eval and inference mode like :func:`measure_latency`; each aten
+    operator's *self* CPU time (its own work, without the operators it calls) is summed
+    into the categories of :data:`OP_CATEGORIES` and divided by ``repeats``. The totals
+    include profiler overhead, so compare shares, not absolute times, with latency.
+    """
+    _check_model(model)
+    _check_shape(input_shape)
+    for arg, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1),
+                            ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(batch_size, *input_shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _deployment_mode(), _quiet_native_stderr():
+            for _ in range(warmup):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(repeats):
+                    model(x)
+    finally:
+        torch.set_num_threads(previous)
+        model.train(was_training)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        category = _category(event.key)
+        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1000.0 / repeats
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

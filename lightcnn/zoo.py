@@ -13,6 +13,7 @@ Taught in chapters/01_cnn_basics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import io
@@ -29,9 +30,14 @@ from . import models as _models
 from . import train as _train
 from .budget import Budget, get_budget
 from .data import get_dataloaders, user_cache_dir
-from .train import History, evaluate, fit
+from .train import History, fit
 
-__all__ = ["RECIPES", "TrainedModel", "cache_key", "cache_path", "get_trained"]
+__all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
+           "get_trained"]
+
+# The budget fields that change a trained model (data seen, epochs, test set it is scored
+# on); latency and calibration settings do not, so changing them keeps the cache valid.
+TRAINING_BUDGET_FIELDS = ("name", "train_size", "test_size", "epochs")
 
 # How each model is trained from scratch; epochs come from the budget.
 RECIPES: dict[str, dict] = {
@@ -64,8 +70,9 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
               **model_kwargs) -> str:
     """16 hex digits identifying one trained model (see the module docstring)."""
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
+    budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
-            "budget": budget.as_dict(), "seed": seed, "code": _source_hash(name),
+            "budget": budget_fields, "seed": seed, "code": _source_hash(name),
             "torch": torch.__version__.split("+")[0]}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -105,7 +112,8 @@ def _store(path: Path, entry: dict) -> None:
 
 
 def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
-                progress: bool = True, recipe: dict | None = None, **model_kwargs) -> TrainedModel:
+                progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
+                **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
 
     Args:
@@ -115,9 +123,15 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         progress: show progress bars while training.
         recipe: overrides ``RECIPES[name]`` (keys: optimizer, lr, weight_decay, schedule,
             batch_size, augment).
+        epochs: train for this many epochs instead of ``budget.epochs``; pass another of
+            the budget's fields (e.g. ``budget.survey_epochs``), never a literal.
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
     budget = budget or get_budget()
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        budget = dataclasses.replace(budget, epochs=epochs)  # part of the cache key
     recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = _models.create_model(name, **model_kwargs)
@@ -134,7 +148,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     history = fit(model, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
                   schedule=recipe["schedule"], seed=seed, progress=progress)
-    accuracy = evaluate(model, test_loader)["accuracy"]
+    # fit scored the final model on the same test loader after its last epoch
+    accuracy = history.test_accuracy[-1]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
                   "history": history.as_dict(), "key": key})
     model.eval()

@@ -127,3 +127,61 @@ def test_conv_macs_formula_holds_for_any_geometry(groups, c_in_per_group, c_out_
     assert conv(torch.zeros(1, c_in, size, size)).shape[-1] == out
     assert lc.count_macs(conv, (c_in, size, size)) == conv_macs(k, c_in, c_out, out, out, groups)
     assert lc.count_params(conv) == k * k * c_in_per_group * c_out + c_out
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    rows = [dict(name="a", macs=10, accuracy=0.90), dict(name="b", macs=20, accuracy=0.85),
+            dict(name="c", macs=30, accuracy=0.95), dict(name="d", macs=5, accuracy=0.80),
+            dict(name="e", macs=10, accuracy=0.88)]
+    assert [r["name"] for r in lc.pareto_front(rows)] == ["d", "a", "c"]
+    # brute force: a row is on the front iff no other row dominates it
+    def dominated(r):
+        return any(o is not r and o["macs"] <= r["macs"] and o["accuracy"] >= r["accuracy"]
+                   and (o["macs"] < r["macs"] or o["accuracy"] > r["accuracy"]) for o in rows)
+    assert {r["name"] for r in rows if not dominated(r)} == {"d", "a", "c"}
+
+
+def test_pareto_front_rejects_rows_without_the_keys():
+    with pytest.raises(ValueError, match="latency_ms_b1"):
+        lc.pareto_front([dict(name="a", accuracy=0.9)], cost="latency_ms_b1")
+
+
+def test_time_by_op_category_sees_convs_norms_and_activations():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    times = lc.time_by_op_category(model, batch_size=4, threads=1, warmup=1, repeats=2)
+    for category in ("convolution", "batch norm", "activation", "linear"):
+        assert times[category] > 0, category
+    assert all(v >= 0 for v in times.values())
+    assert model.training  # the mode is restored
+
+
+@pytest.mark.parametrize("op, category", [("aten::mkldnn_convolution", "convolution"),
+                                          ("aten::addmm", "linear"),
+                                          ("aten::native_batch_norm", "batch norm"),
+                                          ("aten::hardswish", "activation"),
+                                          ("aten::add_", "add / multiply"),
+                                          ("aten::cat", "memory (copy, cat, split, shuffle)"),
+                                          ("aten::empty", "other")])
+def test_op_categories(op, category):
+    from lightcnn.profile import _category
+    assert _category(op) == category
+
+
+def test_time_by_op_category_rejects_bad_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        lc.time_by_op_category(nn.Linear(2, 2), repeats=0)
+
+
+def test_latency_is_measured_outside_deterministic_mode_and_restores_it():
+    seen = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    model.register_forward_hook(lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        lc.measure_latency(model, 1, input_shape=(1, 2, 2), warmup=1, repeats=2)
+        assert seen and not any(seen)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -57,6 +57,26 @@ def test_key_changes_with_recipe_budget_and_seed(tiny_budget):
     assert zoo.cache_key("lenet5", tiny_budget, recipe=recipe) != base
 
 
+def test_key_ignores_budget_fields_that_do_not_change_training(tiny_budget):
+    import dataclasses
+
+    base = zoo.cache_key("lenet5", tiny_budget)
+    more_repeats = dataclasses.replace(tiny_budget, latency_repeats=tiny_budget.latency_repeats + 7)
+    assert zoo.cache_key("lenet5", more_repeats) == base
+    more_epochs = dataclasses.replace(tiny_budget, epochs=tiny_budget.epochs + 1)
+    assert zoo.cache_key("lenet5", more_epochs) != base
+
+
+def test_epochs_override_is_part_of_the_key(isolated_cache, tiny_budget):
+    one = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    two = zoo.get_trained("lenet5", budget=tiny_budget, progress=False, epochs=2)
+    assert two.trained_now and len(two.history.train_loss) == 2
+    assert one.path != two.path
+    assert not zoo.get_trained("lenet5", budget=tiny_budget, progress=False, epochs=2).trained_now
+    with pytest.raises(ValueError, match="epochs"):
+        zoo.get_trained("lenet5", budget=tiny_budget, epochs=0)
+
+
 def test_unknown_model_lists_known_ones(isolated_cache, tiny_budget):
     with pytest.raises(ValueError, match="baseline_cnn"):
         zoo.get_trained("no_such_model", budget=tiny_budget)
