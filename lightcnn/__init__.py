@@ -21,7 +21,7 @@ from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
 from .train import History, confusion_matrix, evaluate, fit, predict
 from . import zoo
-from . import architectures, blocks, search
+from . import architectures, blocks, design, search
 from .fusion import fuse_conv_bn
 
 __version__ = "0.1.0"

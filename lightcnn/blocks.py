@@ -260,9 +260,10 @@ class Fire(nn.Module):
 
     Squeezing to ``S < C_in`` channels before the 3x3 convs cuts their input width
     (Iandola et al. 2016, strategy 2); half the expand filters are 1x1 (strategy 1).
-    Convs have biases and no batch norm, as in the paper.
+    Convs have biases and no batch norm, as in the paper, unless ``norm`` is set.
 
-    Params: ``C_in*S + S*E1 + 9*S*E3 + S + E1 + E3``.
+    Params: ``C_in*S + S*E1 + 9*S*E3 + S + E1 + E3`` (with ``norm``: no biases, and
+    ``2*(S + E1 + E3)`` batch-norm parameters instead).
     MACs: ``(C_in*S + S*E1 + 9*S*E3) * H*W``.
 
     Args:
@@ -270,17 +271,18 @@ class Fire(nn.Module):
         squeeze_channels: ``S``.
         expand1x1_channels: ``E1``.
         expand3x3_channels: ``E3``; the output has ``E1 + E3`` channels.
+        norm: batch norm after each conv (the paper predates its common use).
     """
 
     def __init__(self, in_channels: int, squeeze_channels: int, expand1x1_channels: int,
-                 expand3x3_channels: int):
+                 expand3x3_channels: int, norm: bool = False):
         super().__init__()
         _check_channels(in_channels=in_channels, squeeze_channels=squeeze_channels,
                         expand1x1_channels=expand1x1_channels,
                         expand3x3_channels=expand3x3_channels)
-        self.squeeze = ConvBNAct(in_channels, squeeze_channels, 1, norm=False)
-        self.expand1x1 = ConvBNAct(squeeze_channels, expand1x1_channels, 1, norm=False)
-        self.expand3x3 = ConvBNAct(squeeze_channels, expand3x3_channels, 3, norm=False)
+        self.squeeze = ConvBNAct(in_channels, squeeze_channels, 1, norm=norm)
+        self.expand1x1 = ConvBNAct(squeeze_channels, expand1x1_channels, 1, norm=norm)
+        self.expand3x3 = ConvBNAct(squeeze_channels, expand3x3_channels, 3, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze(x)

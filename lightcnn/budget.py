@@ -30,6 +30,11 @@ class Budget:
         survey_epochs: epochs for each model of a many-model comparison (the architecture
             survey of chapter 3), where ``epochs`` for every model would not fit a
             chapter's time limit on a 2-core CPU.
+        overfit_train_size: a small class-balanced training subset on which a model
+            overfits (the regularization experiments of chapter 2).
+        overfit_epochs: epochs on that subset.
+        search_train_size: training images for each proxy training of an architecture
+            search (``proxy_epochs`` epochs each).
         calib_size: images used to calibrate quantization observers.
         latency_warmup: untimed forward passes before timing.
         latency_repeats: timed forward passes; the median is reported.
@@ -43,6 +48,9 @@ class Budget:
     finetune_epochs: int
     proxy_epochs: int
     survey_epochs: int
+    overfit_train_size: int
+    overfit_epochs: int
+    search_train_size: int
     calib_size: int
     latency_warmup: int
     latency_repeats: int
@@ -55,10 +63,12 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
-                   proxy_epochs=2, survey_epochs=2, calib_size=1024, latency_warmup=10, latency_repeats=50),
+                   proxy_epochs=2, survey_epochs=2, overfit_train_size=6000, overfit_epochs=10,
+                   search_train_size=10000, calib_size=1024, latency_warmup=10, latency_repeats=50),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
-                 proxy_epochs=1, survey_epochs=1, calib_size=128, latency_warmup=2, latency_repeats=5),
+                 proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
+                 search_train_size=500, calib_size=128, latency_warmup=2, latency_repeats=5),
 }
 
 

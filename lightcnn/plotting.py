@@ -119,28 +119,44 @@ def plot_feature_maps(maps: torch.Tensor, cols: int = 8, title: str = "feature m
     return fig, axes
 
 
+def _count_label(value: float, _pos=None) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= div:
+            return f"{value / div:g}{unit}"
+    return f"{value:g}"
+
+
 def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
                   logx: bool = True, title: str | None = None, front: bool = False,
-                  xlabel: str | None = None):
+                  xlabel: str | None = None, strip: str = ""):
     """Scatter of result rows (e.g. accuracy vs MACs), each point labelled by its name.
 
     With ``front``, the Pareto front (cheapest in ``x`` for its ``y``) is drawn as a line.
+    ``strip`` is removed from the labels (e.g. a suffix every row shares). Labels
+    alternate above and below their points so that neighbours overlap less.
     """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, ax = plt.subplots()
+    value = lambda r, key: 100 * r[key] if key == "accuracy" else r[key]
     if front:
         from .profile import pareto_front
 
         best = pareto_front(list(rows), cost=x, quality=y)
-        ax.plot([r[x] for r in best], [100 * r[y] if y == "accuracy" else r[y] for r in best],
-                "--", color="C1", label="Pareto front", zorder=0)
+        ax.plot([r[x] for r in best], [value(r, y) for r in best], "--", color="C1",
+                label="Pareto front", zorder=0)
         ax.legend(loc="lower right")
-    xs = [r[x] for r in rows]
-    ys = [100 * r[y] if y == "accuracy" else r[y] for r in rows]
-    ax.scatter(xs, ys)
-    for r, xv, yv in zip(rows, xs, ys):
-        ax.annotate(r["name"], (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ordered = sorted(rows, key=lambda r: r[x])
+    ax.scatter([r[x] for r in ordered], [value(r, y) for r in ordered])
+    for k, r in enumerate(ordered):
+        ax.annotate(r["name"].replace(strip, "") if strip else r["name"], (r[x], value(r, y)),
+                    textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11), fontsize=8)
     if logx:
         ax.set_xscale("log")
+        # plain labels ("2M", "50") instead of overlapping 2x10^6-style minor labels
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel("accuracy (%)" if y == "accuracy" else y)
     if title:

@@ -230,3 +230,13 @@ def test_ghost_bottleneck_shapes_and_shortcut():
     down = GhostBottleneck(16, 48, 24, kernel_size=5, stride=2, se_channels=12)
     assert down(torch.randn(2, 16, 8, 8)).shape == (2, 24, 4, 4)
     assert isinstance(down.shortcut, DepthwiseSeparable)
+
+
+def test_fire_with_norm_swaps_biases_for_batch_norm():
+    from lightcnn.blocks import Fire
+    plain, normed = Fire(16, 4, 8, 8), Fire(16, 4, 8, 8, norm=True)
+    s, e1, e3 = 4, 8, 8
+    weights = 16 * s + s * e1 + 9 * s * e3
+    assert sum(p.numel() for p in plain.parameters()) == weights + s + e1 + e3
+    assert sum(p.numel() for p in normed.parameters()) == weights + 2 * (s + e1 + e3)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.modules()) == 3

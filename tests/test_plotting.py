@@ -1,0 +1,26 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+import lightcnn as lc
+from lightcnn import plotting
+
+ROWS = [dict(name="a x0.25", macs=2e6, accuracy=0.90), dict(name="b x0.25", macs=8e6, accuracy=0.88),
+        dict(name="c x0.25", macs=2e7, accuracy=0.93)]
+
+
+def test_plot_tradeoff_labels_every_row_and_draws_the_front():
+    fig, ax = plotting.plot_tradeoff(ROWS, front=True, strip=" x0.25")
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == ["a", "b", "c"]
+    front_line = [l for l in ax.get_lines() if l.get_label() == "Pareto front"][0]
+    assert list(front_line.get_xdata()) == [2e6, 2e7]  # b is dominated by a
+    assert ax.get_xscale() == "log"
+    matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("value, text", [(2e6, "2M"), (5e3, "5K"), (50, "50"), (1.5e9, "1.5G")])
+def test_count_labels(value, text):
+    assert plotting._count_label(value) == text
