@@ -152,6 +152,32 @@ def _deployment_mode():
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
+def _check_run(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, threads: int,
+               warmup: int, repeats: int) -> None:
+    _check_model(model)
+    _check_shape(input_shape)
+    for arg, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1),
+                            ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module, threads: int):
+    """Run ``model`` as deployed: eval and inference mode, deterministic mode off, a fixed
+    thread count; the model's mode and the thread count are restored afterwards."""
+    previous = torch.get_num_threads()
+    was_training = model.training
+    torch.set_num_threads(threads)
+    model.eval()
+    try:
+        with torch.inference_mode(), _deployment_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
+        model.train(was_training)
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr():
     """Silence the profiler's native log lines (written to file descriptor 2, not to
@@ -201,29 +227,16 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
     Args:
         example: an input to use instead of random data (its batch size wins).
     """
-    _check_model(model)
-    _check_shape(input_shape)
-    for arg, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1),
-                            ("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    _check_run(model, input_shape, batch_size, threads, warmup, repeats)
     x = example if example is not None else torch.randn(batch_size, *input_shape)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    was_training = model.training
-    model.eval()
     times = []
-    try:
-        with torch.inference_mode(), _deployment_mode():
-            for _ in range(warmup):
-                model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous)
-        model.train(was_training)
+    with _inference(model, threads):
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1000.0)
     if repeats >= 2:
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
     else:
@@ -404,29 +417,16 @@ def time_by_op_category(model: nn.Module, batch_size: int = 256,
     into the categories of :data:`OP_CATEGORIES` and divided by ``repeats``. The totals
     include profiler overhead, so compare shares, not absolute times, with latency.
     """
-    _check_model(model)
-    _check_shape(input_shape)
-    for arg, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1),
-                            ("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    _check_run(model, input_shape, batch_size, threads, warmup, repeats)
     from torch.profiler import ProfilerActivity, profile
 
     x = torch.randn(batch_size, *input_shape)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), _deployment_mode(), _quiet_native_stderr():
-            for _ in range(warmup):
+    with _inference(model, threads), _quiet_native_stderr():
+        for _ in range(warmup):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
                 model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(repeats):
-                    model(x)
-    finally:
-        torch.set_num_threads(previous)
-        model.train(was_training)
     totals: dict[str, float] = {}
     for event in prof.key_averages():
         if not event.key.startswith("aten::"):
