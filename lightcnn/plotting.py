@@ -151,7 +151,10 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
     for k, r in enumerate(ordered):
         ax.annotate(r["name"].replace(strip, "") if strip else r["name"], (r[x], value(r, y)),
                     textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11), fontsize=8)
-    if logx:
+    if not ordered:
+        # e.g. every model filtered out at the ci budget: an empty, labelled plot, no error
+        ax.text(0.5, 0.5, "no rows to plot", ha="center", va="center", transform=ax.transAxes)
+    elif logx:
         ax.set_xscale("log")
         # plain labels ("2M", "50") instead of overlapping 2x10^6-style minor labels
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))

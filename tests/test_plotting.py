@@ -24,3 +24,9 @@ def test_plot_tradeoff_labels_every_row_and_draws_the_front():
 @pytest.mark.parametrize("value, text", [(2e6, "2M"), (5e3, "5K"), (50, "50"), (1.5e9, "1.5G")])
 def test_count_labels(value, text):
     assert plotting._count_label(value) == text
+
+
+def test_plot_tradeoff_accepts_no_rows():
+    fig, ax = plotting.plot_tradeoff([], front=True, title="nothing trained")
+    assert [t.get_text() for t in ax.texts] == ["no rows to plot"]
+    matplotlib.pyplot.close(fig)
