@@ -120,10 +120,10 @@ def plot_feature_maps(maps: torch.Tensor, cols: int = 8, title: str = "feature m
 
 
 def _count_label(value: float, _pos=None) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= div:
-            return f"{value / div:g}{unit}"
-    return f"{value:g}"
+    """Axis tick label: ``2M``, ``50`` (a matplotlib FuncFormatter takes ``_pos`` too)."""
+    from .profile import _fmt_count
+
+    return _fmt_count(value, spec="g", plain="g")
 
 
 def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",

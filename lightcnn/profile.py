@@ -277,13 +277,14 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
     return row
 
 
-def _fmt_count(n: float) -> str:
+def _fmt_count(n: float, spec: str = ".2f", plain: str = ".0f") -> str:
+    """``n`` with a K/M/G suffix: ``2.00M`` (tables); ``spec="g"`` gives ``2M`` (axes)."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "-"
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
+            return f"{n / div:{spec}}{unit}"
+    return f"{n:{plain}}"
 
 
 class Table:
