@@ -442,8 +442,11 @@ class ShuffleNetV2(_Classifier):
 class SqueezeNet(_Classifier):
     """SqueezeNet: a conv, Fire modules between max pools, a 1x1 conv classifier.
 
-    No batch norm and no linear layer: the last conv maps to ``num_classes`` channels and
-    global pooling gives the logits. Mirrors torchvision's ``squeezenet1_0``/``1_1``.
+    No linear layer: the last conv maps to ``num_classes`` channels and global pooling
+    gives the logits. Without ``norm`` (the paper, and the ImageNet configuration) there is
+    no batch norm and it mirrors torchvision's ``squeezenet1_0``/``1_1``. The Fashion-MNIST
+    configuration adds batch norm after every conv but the classifier: without it the
+    book's recipe (one-cycle to learning rate 0.1) makes the network diverge (chapter 03).
 
     Args:
         version: ``"1_0"`` or ``"1_1"`` (2.4x fewer MACs, same accuracy).
@@ -452,10 +455,12 @@ class SqueezeNet(_Classifier):
         in_channels: input channels.
         stem_stride: stride of the first conv; 1 also pads it ("same" output size).
         dropout: before the classifier conv.
+        norm: batch norm after the stem and every Fire conv (not in the paper).
     """
 
     def __init__(self, version: str = "1_0", num_classes: int = 1000, width_mult: float = 1.0,
-                 in_channels: int = 3, stem_stride: int = 2, dropout: float = 0.5):
+                 in_channels: int = 3, stem_stride: int = 2, dropout: float = 0.5,
+                 norm: bool = False):
         super().__init__()
         if version not in SQUEEZENET_STAGES:
             raise ValueError(f"version must be one of {sorted(SQUEEZENET_STAGES)}, "
@@ -468,14 +473,14 @@ class SqueezeNet(_Classifier):
             return nn.MaxPool2d(3, 2, ceil_mode=True)
 
         layers: list[nn.Module] = [
-            ConvBNAct(in_channels, channels, kernel, stem_stride, norm=False,
+            ConvBNAct(in_channels, channels, kernel, stem_stride, norm=norm,
                       padding=0 if stem_stride == 2 else kernel // 2), pool()]
         for row in table:
             if row == "M":
                 layers.append(pool())
                 continue
             s, e1, e3 = (make_divisible(c * width_mult) for c in row)
-            layers.append(Fire(channels, s, e1, e3))
+            layers.append(Fire(channels, s, e1, e3, norm=norm))
             channels = e1 + e3
         self.features = nn.Sequential(*layers)
         # a 1x1 conv as classifier, then pooling: (B, num_classes, H, W) -> (B, num_classes)
@@ -656,7 +661,8 @@ def squeezenet1_0(num_classes: int = 10, width_mult: float = 1.0, config: str = 
                   ) -> nn.Module:
     """SqueezeNet 1.0 (see :class:`SqueezeNet`)."""
     _check_args(num_classes, width_mult, config)
-    return SqueezeNet("1_0", num_classes, width_mult, CONFIGS[config], _stem_stride(config))
+    return SqueezeNet("1_0", num_classes, width_mult, CONFIGS[config], _stem_stride(config),
+                      norm=config == "fmnist")
 
 
 @register_model
@@ -664,7 +670,8 @@ def squeezenet1_1(num_classes: int = 10, width_mult: float = 1.0, config: str = 
                   ) -> nn.Module:
     """SqueezeNet 1.1 (see :class:`SqueezeNet`)."""
     _check_args(num_classes, width_mult, config)
-    return SqueezeNet("1_1", num_classes, width_mult, CONFIGS[config], _stem_stride(config))
+    return SqueezeNet("1_1", num_classes, width_mult, CONFIGS[config], _stem_stride(config),
+                      norm=config == "fmnist")
 
 
 @register_model

@@ -60,20 +60,34 @@ class TrainedModel:
     trained_now: bool
 
 
-def _source_hash(name: str) -> str:
+def _code_modules(name: str) -> list:
+    """The modules whose source decides what ``name`` trains into."""
     factory_module = inspect.getmodule(_models._REGISTRY[name])
-    sources = [inspect.getsource(m) for m in (factory_module, _models, _data, _train)]
+    modules = [factory_module, _models, _data, _train]
+    # the lightcnn modules the factory's module builds from (architectures -> blocks), so
+    # an edited block retrains the models made of it
+    package = __name__.rpartition(".")[0]
+    imported = {inspect.getmodule(v) for v in vars(factory_module).values()}
+    return modules + sorted((m for m in imported if m is not None and m not in modules
+                             and m.__name__.startswith(package + ".")),
+                            key=lambda m: m.__name__)
+
+
+def _source_hash(name: str) -> str:
+    sources = [inspect.getsource(m) for m in _code_modules(name)]
     return hashlib.sha256("".join(sources).encode()).hexdigest()
 
 
 def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = None,
-              **model_kwargs) -> str:
+              channels_last: bool = False, **model_kwargs) -> str:
     """16 hex digits identifying one trained model (see the module docstring)."""
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
     budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
             "budget": budget_fields, "seed": seed, "code": _source_hash(name),
             "torch": torch.__version__.split("+")[0]}
+    if channels_last:  # other kernels, other rounding: another model (absent = old keys stay)
+        spec["memory_format"] = "channels_last"
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -113,7 +127,7 @@ def _store(path: Path, entry: dict) -> None:
 
 def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
-                **model_kwargs) -> TrainedModel:
+                channels_last: bool = False, **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
 
     Args:
@@ -125,6 +139,10 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
             batch_size, augment).
         epochs: train for this many epochs instead of ``budget.epochs``; pass another of
             the budget's fields (e.g. ``budget.survey_epochs``), never a literal.
+        channels_last: train with the weights in channels-last (NHWC) memory format, which
+            oneDNN's CPU convolutions prefer: faster for most depthwise families, slower
+            for some (ShuffleNetV2, GhostNet; chapter 03). The returned model is converted
+            back to the default format, so latency is always measured in one format.
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
     budget = budget or get_budget()
@@ -135,7 +153,9 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = _models.create_model(name, **model_kwargs)
-    key = cache_key(name, budget, seed, recipe, **model_kwargs)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
+    key = cache_key(name, budget, seed, recipe, channels_last, **model_kwargs)
     path = cache_path(name, budget, key)
     entry = _load(path)
     if entry is not None:
@@ -145,9 +165,13 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                             path, trained_now=False)
     train_loader, test_loader = get_dataloaders(recipe["batch_size"], budget,
                                                 augment=recipe["augment"], seed=seed)
+    if channels_last:
+        # NCHW inputs meet NHWC weights: oneDNN then runs the convolutions in NHWC
+        model.to(memory_format=torch.channels_last)
     history = fit(model, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
                   schedule=recipe["schedule"], seed=seed, progress=progress)
+    model.to(memory_format=torch.contiguous_format)
     # fit scored the final model on the same test loader after its last epoch
     accuracy = history.test_accuracy[-1]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,

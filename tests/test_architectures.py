@@ -144,3 +144,14 @@ def test_unknown_model_lists_known_ones():
 def test_bad_shufflenet_groups_is_rejected():
     with pytest.raises(ValueError, match="groups must be one of"):
         lc.create_model("shufflenet_v1", groups=5)
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1"])
+def test_squeezenet_has_batch_norm_only_in_the_fashion_mnist_config(name):
+    def norms(model):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+    small = lc.create_model(name, width_mult=0.25)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in small.modules())
+    assert norms(small) == convs - 1          # every conv but the classifier
+    assert norms(lc.create_model(name, num_classes=1000, config="imagenet")) == 0

@@ -80,3 +80,24 @@ def test_epochs_override_is_part_of_the_key(isolated_cache, tiny_budget):
 def test_unknown_model_lists_known_ones(isolated_cache, tiny_budget):
     with pytest.raises(ValueError, match="baseline_cnn"):
         zoo.get_trained("no_such_model", budget=tiny_budget)
+
+
+def test_key_covers_the_modules_a_model_is_built_from():
+    from lightcnn import architectures, blocks, data, models, train
+    assert zoo._code_modules("mobilenet_v2") == [architectures, models, data, train, blocks]
+    # the baseline is built from models.py alone: its key does not move when a block changes
+    assert set(zoo._code_modules("baseline_cnn")) == {models, data, train}
+
+
+def test_channels_last_training_is_its_own_entry(isolated_cache, tiny_budget):
+    plain = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    nhwc = zoo.get_trained("lenet5", budget=tiny_budget, progress=False, channels_last=True)
+    assert nhwc.trained_now and nhwc.path != plain.path
+    # returned in the default format, so it is measured like every other model
+    assert all(p.is_contiguous() for p in nhwc.model.parameters())
+    # same data, same seed, other kernels: accuracy within rounding of the NCHW run
+    assert abs(nhwc.accuracy - plain.accuracy) < 0.05
+    assert not zoo.get_trained("lenet5", budget=tiny_budget, progress=False,
+                               channels_last=True).trained_now
+    with pytest.raises(TypeError, match="channels_last"):
+        zoo.get_trained("lenet5", budget=tiny_budget, channels_last="yes")
