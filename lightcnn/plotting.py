@@ -166,3 +166,32 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         ax.set_title(title)
     fig.tight_layout()
     return fig, ax
+
+
+def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,
+                ylabel: str, title: str | None = None, percent: bool = False,
+                reference: float | None = None, reference_label: str = "reference"):
+    """One line per named series over shared ``x`` values (e.g. accuracy vs sparsity).
+
+    ``percent`` multiplies the series by 100 (fractions to %); ``reference`` draws a
+    dashed horizontal line (e.g. the unpruned model's accuracy).
+    """
+    if not series:
+        raise ValueError("series must name at least one curve")
+    lengths = {k: len(v) for k, v in series.items() if len(v) != len(x)}
+    if lengths:
+        raise ValueError(f"every series needs {len(x)} values (one per x), got {lengths}")
+    fig, ax = plt.subplots()
+    scale = 100 if percent else 1
+    for name, values in series.items():
+        ax.plot(list(x), [scale * v for v in values], marker="o", markersize=3, label=name)
+    if reference is not None:
+        ax.axhline(scale * reference, color="grey", linestyle="--", linewidth=1,
+                   label=reference_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax

@@ -248,7 +248,8 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
                   baseline: str | None = None, budget: str | None = None,
                   input_shape: tuple[int, ...] = INPUT_SHAPE, batch_sizes: tuple[int, ...] = (1, 256),
                   threads: int = 2, warmup: int = 10, repeats: int = 50,
-                  macs: int | None = None) -> dict:
+                  macs: int | None = None, size_bytes: int | None = None,
+                  size_gzip_bytes: int | None = None) -> dict:
     """One row of a comparison table: accuracy, counts, bytes and latency of ``model``.
 
     Args:
@@ -257,6 +258,9 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
         budget: the budget name stored with the row.
         macs: pass the MACs when the model's real work is not what ``flop_counter`` sees
             (e.g. a sparse or integer kernel); counted from the model otherwise.
+        size_bytes: pass the bytes when the model is stored in another format than
+            ``torch.save``'s dense one (e.g. a sparse file); ``size_gzip_bytes`` likewise
+            (``None`` with ``size_bytes`` given: not reported).
     """
     row = {
         "name": name,
@@ -265,8 +269,10 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
         "macs": int(macs) if macs is not None else count_macs(model, input_shape),
-        "size_bytes": model_size_bytes(model),
-        "size_gzip_bytes": model_size_bytes(model, compressed=True),
+        "size_bytes": int(size_bytes) if size_bytes is not None else model_size_bytes(model),
+        "size_gzip_bytes": (int(size_gzip_bytes) if size_gzip_bytes is not None
+                            else None if size_bytes is not None
+                            else model_size_bytes(model, compressed=True)),
     }
     for b in batch_sizes:
         lat = measure_latency(model, b, input_shape, threads, warmup, repeats)

@@ -30,3 +30,17 @@ def test_plot_tradeoff_accepts_no_rows():
     fig, ax = plotting.plot_tradeoff([], front=True, title="nothing trained")
     assert [t.get_text() for t in ax.texts] == ["no rows to plot"]
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_curves_draws_one_line_per_series_and_a_reference():
+    fig, ax = lc.plotting.plot_curves([0.1, 0.5, 0.9], {"a": [0.9, 0.8, 0.5], "b": [0.9, 0.9, 0.7]},
+                                      "sparsity", "accuracy (%)", percent=True, reference=0.92)
+    lines = ax.get_lines()
+    assert len(lines) == 3                              # two series + the reference
+    assert list(lines[0].get_ydata()) == pytest.approx([90, 80, 50])
+    assert lines[2].get_ydata()[0] == pytest.approx(92)
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="one per x"):
+        lc.plotting.plot_curves([1, 2], {"a": [1]}, "x", "y")
+    with pytest.raises(ValueError, match="series"):
+        lc.plotting.plot_curves([1, 2], {}, "x", "y")

@@ -185,3 +185,12 @@ def test_latency_is_measured_outside_deterministic_mode_and_restores_it():
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_profile_model_takes_the_stored_size_from_the_caller():
+    model = lc.create_model("lenet5")
+    row = lc.profile_model(model, "sparse file", size_bytes=1234, warmup=1, repeats=2,
+                           batch_sizes=(1,))
+    assert row["size_bytes"] == 1234 and row["size_gzip_bytes"] is None
+    dense = lc.profile_model(model, "dense", warmup=1, repeats=2, batch_sizes=(1,))
+    assert dense["size_bytes"] == lc.model_size_bytes(model)

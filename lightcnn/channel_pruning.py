@@ -1,0 +1,669 @@
+"""Structured pruning: remove whole channels, so the network really gets smaller and faster.
+
+Pruning Filters for Efficient ConvNets (Li et al. 2017, arXiv:1608.08710); Learning
+Efficient Convolutional Networks through Network Slimming (Liu et al. 2017,
+arXiv:1708.06519); DepGraph: Towards Any Structural Pruning (Fang et al. 2023,
+arXiv:2301.12900).
+
+Zeroing weights leaves every tensor its original shape, so dense kernels do the same work.
+Removing an output channel of a convolution instead shrinks that convolution, its batch
+norm, and the input of every layer that reads the channel. Those layers form a
+*dependency group*: a depthwise convolution filters channel ``j`` with filter ``j`` (remove
+both), a residual addition ``x + f(x)`` forces the same channels out of ``x`` and ``f(x)``
+(and of every block chained by additions), a concatenation shifts indices, and a
+``flatten -> Linear`` reads ``H*W`` features per channel. This module traces the model
+with ``torch.fx``, assigns every channel of every tensor a slot, and joins slots that must
+go together (union-find); channels that pass through a channel split or shuffle, the
+input and the output stay, since removing them would change a fixed permutation.
+
+Every importance rule is a callable ``module -> Tensor | None``: one score per output
+channel of the modules it scores, ``None`` for the others; a group's score is the sum
+over its modules. ``RandomImportance`` is the control.
+
+Taught in chapters/04_pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .blocks import channel_shuffle
+
+__all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
+           "RandomImportance", "ChannelGroup", "channel_groups", "plan_channel_pruning",
+           "remove_channels", "zero_channels", "resize_to_state_dict", "bn_l1_penalty",
+           "slimming_loss"]
+
+Importance = Callable[[nn.Module], "torch.Tensor | None"]
+
+# ---------------------------------------------------------------------------------------
+# Importance rules: module -> one score per output channel (None: not scored by this rule)
+# ---------------------------------------------------------------------------------------
+
+
+def l1_importance(module: nn.Module) -> torch.Tensor | None:
+    """L1 norm of each output filter, ``sum |W[j]|`` (Li et al. 2017): small filters make
+    small activations."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return module.weight.detach().abs().flatten(1).sum(1)
+    return None
+
+
+def l2_importance(module: nn.Module) -> torch.Tensor | None:
+    """L2 norm of each output filter, ``sqrt(sum W[j]^2)``."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return module.weight.detach().flatten(1).norm(dim=1)
+    return None
+
+
+def bn_scale_importance(module: nn.Module) -> torch.Tensor | None:
+    """``|gamma_j|`` of each batch-norm channel (Liu et al. 2017): the BN output of a
+    channel with ``gamma = 0`` is the constant ``beta``, whatever its input."""
+    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        return module.weight.detach().abs()
+    return None
+
+
+class RandomImportance:
+    """The control: uniform random scores (seeded), for convs, linears and batch norms."""
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, module: nn.Module) -> torch.Tensor | None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return torch.rand(module.weight.shape[0], generator=self.generator)
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Dependency analysis
+# ---------------------------------------------------------------------------------------
+
+_SAME_CHANNELS_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.LeakyReLU,
+                          nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU,
+                          nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d,
+                          nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_SAME_CHANNELS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.silu, F.hardswish, F.hardsigmoid,
+                            F.sigmoid, F.gelu, F.dropout, F.max_pool2d, F.avg_pool2d,
+                            F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu,
+                            torch.sigmoid, torch.tanh}
+_SAME_CHANNELS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_",
+                          "sigmoid_"}
+_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
+                torch.sub, torch.mul, torch.div, operator.iadd, operator.imul}
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+
+
+class _Tracer(fx.Tracer):
+    # channel_shuffle is one opaque node: its view/transpose/view would hide the permutation
+    def __init__(self):
+        super().__init__(autowrap_functions=(channel_shuffle,))
+
+
+@dataclass
+class _Analysis:
+    parent: list[int] = field(default_factory=list)       # union-find over channel slots
+    fixed: set[int] = field(default_factory=set)           # slots that must stay
+    producer: dict[int, tuple[str, int]] = field(default_factory=dict)  # slot -> (conv, j)
+    slots_in: dict[str, list[int]] = field(default_factory=dict)
+    slots_out: dict[str, list[int]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)         # modules in call order
+
+    def new(self, n: int, fixed: bool = False, owner: str | None = None) -> list[int]:
+        slots = list(range(len(self.parent), len(self.parent) + n))
+        self.parent.extend(slots)
+        for j, s in enumerate(slots):
+            if fixed:
+                self.fixed.add(s)
+            if owner is not None:
+                self.producer[s] = (owner, j)
+        return slots
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def fix(self, slots: Sequence[int]) -> None:
+        self.fixed.update(slots)
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _channel_dim(dim: int, ndim: int) -> bool:
+    return dim % ndim == 1
+
+
+def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> _Analysis:
+    """Trace ``model`` and build the channel slots and their unions."""
+    graph = _Tracer().trace(model)
+    gm = fx.GraphModule(model, graph)
+    was_training = model.training
+    gm.eval()
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    modules = dict(model.named_modules())
+    a = _Analysis()
+    env: dict[fx.Node, object] = {}
+    called: set[str] = set()
+
+    def slots_of(arg) -> list[int] | None:
+        return env.get(arg) if isinstance(arg, fx.Node) else None
+
+    def unsupported(what: str) -> ValueError:
+        return ValueError(f"channel pruning does not support {what}; supported: Conv2d "
+                          "(dense or depthwise), Linear, BatchNorm, activations, pooling, "
+                          "Flatten, add/mul, cat, chunk and channel_shuffle")
+
+    for node in graph.nodes:
+        args = [x for x in node.args]
+        if node.op == "placeholder":
+            shape = _shape(node)
+            env[node] = a.new(shape[1], fixed=True) if shape and len(shape) >= 2 else None
+        elif node.op == "get_attr":
+            env[node] = None
+        elif node.op == "call_module":
+            name, module = node.target, modules[node.target]
+            if name in called:
+                raise ValueError(f"module {name!r} is called twice in forward; channel "
+                                 "pruning needs one call per layer")
+            called.add(name)
+            x = slots_of(args[0])
+            if isinstance(module, nn.Conv2d):
+                a.order.append(name)
+                a.slots_in[name] = x
+                if module.groups == 1:
+                    out = a.new(module.out_channels, owner=name)
+                elif module.groups == module.in_channels == module.out_channels:
+                    out = x                      # depthwise: filter j reads channel j only
+                else:                            # grouped: channel counts fixed per group
+                    a.fix(x)
+                    out = a.new(module.out_channels, fixed=True)
+                a.slots_out[name] = out
+                env[node] = out
+            elif isinstance(module, nn.Linear):
+                if len(_shape(args[0]) or ()) != 2:
+                    raise unsupported(f"a Linear on a {len(_shape(args[0]) or ())}-D input "
+                                      f"({name})")
+                a.order.append(name)
+                a.slots_in[name] = x
+                out = a.new(module.out_features, owner=name)
+                a.slots_out[name] = out
+                env[node] = out
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                a.order.append(name)
+                a.slots_in[name] = a.slots_out[name] = x
+                env[node] = x
+            elif isinstance(module, _SAME_CHANNELS_MODULES):
+                env[node] = x
+            elif isinstance(module, nn.Flatten):
+                env[node] = _flatten(a, x, _shape(args[0]), module.start_dim, name)
+            else:
+                raise unsupported(f"{type(module).__name__} ({name})")
+        elif node.op in ("call_function", "call_method"):
+            env[node] = _function(a, node, env, unsupported)
+        elif node.op == "output":
+            def fix_all(value):
+                if isinstance(value, fx.Node) and isinstance(env.get(value), list):
+                    a.fix(env[value])
+                elif isinstance(value, (tuple, list)):
+                    for v in value:
+                        fix_all(v)
+                elif isinstance(value, dict):
+                    for v in value.values():
+                        fix_all(v)
+            fix_all(node.args[0])
+    return a
+
+
+def _flatten(a: _Analysis, x: list[int] | None, shape: tuple[int, ...] | None, start_dim: int,
+             where: str) -> list[int] | None:
+    if x is None or shape is None:
+        return None
+    if start_dim % len(shape) != 1:
+        raise ValueError(f"channel pruning supports flatten from dim 1 only ({where})")
+    spatial = 1
+    for s in shape[2:]:
+        spatial *= s
+    # (B, C, H, W) -> (B, C*H*W): feature c*H*W + p belongs to channel c
+    return [s for s in x for _ in range(spatial)]
+
+
+def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
+    target, args, kwargs = node.target, list(node.args), dict(node.kwargs)
+    tensors = [x for x in args if isinstance(x, fx.Node) and isinstance(env.get(x), list)]
+    first = env[tensors[0]] if tensors else None
+    is_method = node.op == "call_method"
+    if is_method and target in ("size", "dim", "numel", "shape"):
+        return None
+    if not tensors and not any(isinstance(env.get(x), tuple) for x in args
+                               if isinstance(x, fx.Node)) and target is not torch.cat \
+            and target is not operator.getitem:
+        return None                              # no channel tensor involved
+    if (not is_method and target in _SAME_CHANNELS_FUNCTIONS) or \
+            (is_method and target in _SAME_CHANNELS_METHODS):
+        return first
+    if (not is_method and target in _ELEMENTWISE) or (is_method and target in _ELEMENTWISE_METHODS):
+        if len(tensors) == 2:
+            x, y = env[tensors[0]], env[tensors[1]]
+            if len(x) == len(y):
+                for s, t in zip(x, y):           # x + f(x): channel j of both goes together
+                    a.union(s, t)
+                return x
+            a.fix(x)                             # broadcasting over channels: keep all
+            a.fix(y)
+            return x if len(x) >= len(y) else y
+        return first
+    if not is_method and target is channel_shuffle:
+        groups = args[1] if len(args) > 1 else kwargs["groups"]
+        n = len(first)
+        a.fix(first)                             # a shuffle of fewer channels is another permutation
+        return [first[(j % groups) * (n // groups) + j // groups] for j in range(n)]
+    if (not is_method and target is torch.cat) or (is_method and target == "cat"):
+        parts = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        ndim = len(_shape(node) or ())
+        if not _channel_dim(dim, ndim):
+            raise unsupported(f"cat along dim {dim} ({node.name})")
+        out = []
+        for p in parts:
+            out += env[p]
+        return out
+    if (is_method and target in ("chunk", "split")) or \
+            (not is_method and target in (torch.chunk, torch.split)):
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        ndim = len(_shape(args[0]) or ())
+        if not _channel_dim(dim, ndim):
+            raise unsupported(f"{target} along dim {dim} ({node.name})")
+        a.fix(first)                             # a split needs its sizes unchanged
+        sizes = [m.shape[1] for m in node.meta["tensor_meta"]]
+        out, start = [], 0
+        for size in sizes:
+            out.append(first[start:start + size])
+            start += size
+        return tuple(out)
+    if target is operator.getitem:
+        source, index = args
+        if isinstance(env.get(source), tuple):
+            return env[source][index]
+        if isinstance(env.get(source), list):
+            # x[:, :k]: keep the sliced channels as they are
+            a.fix(env[source])
+            index = index if isinstance(index, tuple) else (index,)
+            if len(index) >= 2 and isinstance(index[1], slice):
+                return env[source][index[1]]
+            if len(index) >= 2 or not isinstance(index[0], slice) or index[0] != slice(None):
+                raise unsupported(f"indexing {index} ({node.name})")
+            return env[source]
+        return None
+    if (is_method and target in ("flatten", "view", "reshape")) or \
+            (not is_method and target is torch.flatten):
+        shape_in = _shape(args[0])
+        if target in ("view", "reshape"):
+            shape_out = _shape(node)
+            if shape_in and shape_out and shape_out[:2] == shape_in[:2]:
+                return first
+            return _flatten(a, first, shape_in, 1, node.name) if shape_out and len(shape_out) == 2 \
+                else _raise(unsupported(f"{target} to {shape_out} ({node.name})"))
+        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0 if not is_method else 0)
+        return _flatten(a, first, shape_in, start, node.name)
+    if (is_method and target in ("mean", "amax", "sum")) or \
+            (not is_method and target in (torch.mean, torch.amax, torch.sum)):
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        ndim = len(_shape(args[0]) or ())
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        if dims is not None and all(d is not None and not _channel_dim(d, ndim) for d in dims):
+            return first
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    raise unsupported(f"the operation {name!r} ({node.name})")
+
+
+def _raise(err: Exception):
+    raise err
+
+
+# ---------------------------------------------------------------------------------------
+# Groups and plans
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ChannelGroup:
+    """Channels that can only be removed together, one entry per "layer".
+
+    Attributes:
+        layer: the first convolution (or linear) in call order that produces these
+            channels; plans name channels by this layer and its output index.
+        producers: every conv/linear whose outputs are coupled with them (more than one
+            when residual additions chain several blocks).
+        size: channels in the layer.
+        prunable: whether channel ``j`` of ``layer`` may be removed (channels that reach
+            the output, a split or a shuffle may not).
+        modules: every module touching each channel, ``(name, index)`` per channel.
+    """
+
+    layer: str
+    producers: list[str]
+    size: int
+    prunable: list[bool]
+    modules: list[list[tuple[str, int]]]
+
+
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)
+                   ) -> list[ChannelGroup]:
+    """The model's channel dependency groups, one :class:`ChannelGroup` per layer."""
+    _check_model(model, input_shape)
+    a = _analyse(model, input_shape)
+    return _groups(a)
+
+
+def _groups(a: _Analysis) -> list[ChannelGroup]:
+    members: dict[int, list[tuple[str, int]]] = {}
+    producers: dict[int, list[tuple[str, int]]] = {}
+    for name in a.order:
+        for j, s in enumerate(a.slots_out[name]):
+            members.setdefault(a.find(s), []).append((name, j))
+    for s, (name, j) in sorted(a.producer.items()):
+        producers.setdefault(a.find(s), []).append((name, j))
+    fixed_roots = {a.find(s) for s in a.fixed}
+    # a layer = the set of producers of a channel; its channels are its output indices
+    layers: dict[tuple[str, ...], dict[int, int]] = {}
+    for root, prods in producers.items():
+        names = tuple(sorted({n for n, _ in prods}, key=a.order.index))
+        first_j = min(j for n, j in prods if n == names[0])
+        layers.setdefault(names, {})[first_j] = root
+    groups = []
+    for names, by_index in layers.items():
+        size = max(by_index) + 1
+        roots = [by_index[j] for j in range(size)]
+        groups.append(ChannelGroup(layer=names[0], producers=list(names), size=size,
+                                   prunable=[r not in fixed_roots for r in roots],
+                                   modules=[members.get(r, []) for r in roots]))
+    groups.sort(key=lambda g: a.order.index(g.layer))
+    return groups
+
+
+def _check_model(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not (isinstance(input_shape, tuple) and len(input_shape) == 3
+            and all(isinstance(s, int) and s > 0 for s in input_shape)):
+        raise ValueError(f"input_shape must be (C, H, W) positive ints, got {input_shape!r}")
+    reparametrized = [n for n, m in model.named_modules() if hasattr(m, "weight_orig")]
+    if reparametrized:
+        raise ValueError(f"layers {reparametrized} carry pruning masks; call "
+                         "torch.nn.utils.prune.remove (or lc.pruning.remove_masks) first")
+
+
+def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance = l1_importance,
+                         input_shape: tuple[int, ...] = (1, 28, 28), scope: str = "layer",
+                         exclude: Sequence[str] = ()) -> dict[str, list[int]]:
+    """Which channels to remove: ``{layer: [output indices]}``, least important first.
+
+    ``scope="layer"`` removes ``round(ratio * n)`` of the ``n`` prunable channels of every
+    layer (Li et al.); ``scope="global"`` ranks all prunable channels by their raw score and
+    removes the lowest ``round(ratio * total)`` (Network Slimming's global threshold on
+    ``|gamma|``), keeping at least one channel per layer. A channel's score is the sum of
+    ``importance(module)[index]`` over the modules of its group.
+
+    Args:
+        model: the network; left unchanged.
+        ratio: fraction of channels to remove, in ``[0, 1)``.
+        importance: a rule ``module -> scores per output channel | None``.
+        input_shape: ``(C, H, W)`` of one input, for tracing.
+        scope: ``"layer"`` or ``"global"``.
+        exclude: layers (as named by :func:`channel_groups`) to leave whole.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    groups = channel_groups(model, input_shape)
+    known = {g.layer for g in groups}
+    unknown = [e for e in exclude if e not in known]
+    if unknown:
+        raise ValueError(f"exclude names unknown layers {unknown}; layers: {sorted(known)}")
+    modules = dict(model.named_modules())
+    scores_of = {name: importance(m) for name, m in modules.items()}
+    candidates: dict[str, list[tuple[float, int]]] = {}
+    for g in groups:
+        if g.layer in exclude:
+            continue
+        scored = []
+        for j in range(g.size):
+            if not g.prunable[j]:
+                continue
+            parts = [scores_of[n][i] for n, i in g.modules[j] if scores_of.get(n) is not None]
+            if parts:
+                scored.append((float(sum(parts)), j))
+        if scored:
+            candidates[g.layer] = scored
+    plan: dict[str, list[int]] = {}
+    if scope == "layer":
+        for layer, scored in candidates.items():
+            k = round(ratio * len(scored))
+            if k >= len(scored) and k > 0:
+                raise ValueError(f"ratio {ratio} would remove every channel of {layer!r}")
+            if k:
+                plan[layer] = sorted(j for _, j in sorted(scored)[:k])
+        return plan
+    everything = sorted((s, layer, j) for layer, scored in candidates.items() for s, j in scored)
+    budget = round(ratio * len(everything))
+    left = {layer: len(scored) for layer, scored in candidates.items()}
+    for _, layer, j in everything:
+        if budget == 0:
+            break
+        if left[layer] > 1:                      # never empty a layer
+            plan.setdefault(layer, []).append(j)
+            left[layer] -= 1
+            budget -= 1
+    return {layer: sorted(js) for layer, js in plan.items()}
+
+
+def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]
+             ) -> tuple[_Analysis, set[int]]:
+    _check_model(model, input_shape)
+    if not isinstance(plan, dict):
+        raise TypeError(f"plan must be a dict {{layer: [channels]}}, got {type(plan).__name__}")
+    a = _analyse(model, input_shape)
+    fixed_roots = {a.find(s) for s in a.fixed}
+    by_producer = {(n, j): s for s, (n, j) in a.producer.items()}
+    removed: set[int] = set()
+    for layer, channels in plan.items():
+        if layer not in a.slots_out or not any(n == layer for n, _ in by_producer):
+            raise ValueError(f"plan names {layer!r}, which is not a prunable conv or linear; "
+                             f"prunable: {sorted({n for n, _ in by_producer})}")
+        for j in channels:
+            if (layer, j) not in by_producer:
+                raise ValueError(f"channel {j} of {layer!r} does not exist "
+                                 f"(0..{len(a.slots_out[layer]) - 1})")
+            root = a.find(by_producer[(layer, j)])
+            if root in fixed_roots:
+                raise ValueError(f"channel {j} of {layer!r} cannot be removed: it reaches the "
+                                 "output, a channel split or a shuffle")
+            removed.add(root)
+    return a, removed
+
+
+def _keep(a: _Analysis, slots: list[int], removed: set[int]) -> list[int]:
+    return [i for i, s in enumerate(slots) if a.find(s) not in removed]
+
+
+def remove_channels(model: nn.Module, plan: dict[str, Sequence[int]],
+                    input_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
+    """A copy of ``model`` with the planned channels and everything coupled to them removed.
+
+    Every conv, batch norm and linear is rebuilt with fewer channels; the forward code is
+    unchanged. A conv then costs ``K*K*C_in'*C_out'*H*W / groups`` MACs with the kept
+    counts ``C_in'``, ``C_out'`` (a depthwise conv keeps ``groups = C'``).
+
+    Args:
+        model: the network; left unchanged.
+        plan: ``{layer: [output channel indices]}``, e.g. from :func:`plan_channel_pruning`.
+        input_shape: ``(C, H, W)`` of one input, for tracing.
+
+    Raises:
+        ValueError: an unknown or unprunable layer, a channel out of range or coupled to
+            the output, a split or a shuffle, a layer left with no channel, or an
+            unsupported operation (named).
+    """
+    a, removed = _resolve(model, plan, input_shape)
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name in a.order:
+            module = modules[name]
+            keep_out = _keep(a, a.slots_out[name], removed)
+            keep_in = _keep(a, a.slots_in[name], removed) if a.slots_in[name] is not None else None
+            if not keep_out:
+                raise ValueError(f"the plan removes every channel of {name!r}")
+            _shrink(module, keep_in, keep_out)
+    return pruned
+
+
+def _take(t: torch.Tensor | None, index: list[int], dim: int = 0) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.index_select(dim, torch.tensor(index, dtype=torch.long)).clone()
+
+
+def _shrink(module: nn.Module, keep_in: list[int] | None, keep_out: list[int]) -> None:
+    """Rebuild one layer's tensors with the kept input and output channels."""
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+        weight = _take(module.weight, keep_out)
+        if depthwise:
+            module.groups = module.in_channels = len(keep_out)
+        elif module.groups == 1 and keep_in is not None:
+            weight = _take(weight, keep_in, 1)
+            module.in_channels = len(keep_in)
+        module.out_channels = len(keep_out)
+        module.weight = nn.Parameter(weight)
+        if module.bias is not None:
+            module.bias = nn.Parameter(_take(module.bias, keep_out))
+    elif isinstance(module, nn.Linear):
+        weight = _take(module.weight, keep_out)
+        if keep_in is not None:
+            weight = _take(weight, keep_in, 1)
+            module.in_features = len(keep_in)
+        module.out_features = len(keep_out)
+        module.weight = nn.Parameter(weight)
+        if module.bias is not None:
+            module.bias = nn.Parameter(_take(module.bias, keep_out))
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        module.num_features = len(keep_out)
+        if module.affine:
+            module.weight = nn.Parameter(_take(module.weight, keep_out))
+            module.bias = nn.Parameter(_take(module.bias, keep_out))
+        if module.track_running_stats:
+            module.running_mean = _take(module.running_mean, keep_out)
+            module.running_var = _take(module.running_var, keep_out)
+
+
+def zero_channels(model: nn.Module, plan: dict[str, Sequence[int]],
+                  input_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
+    """A copy of ``model`` with the planned channels silenced but still there.
+
+    Every conv/linear output filter and bias, and every batch norm ``gamma`` and ``beta``
+    of the channels' groups is set to zero: the channels output exactly zero (for
+    activations with ``f(0) = 0``), so the model computes what :func:`remove_channels`
+    would, with its original shapes and cost. That is "masking" channels.
+    """
+    a, removed = _resolve(model, plan, input_shape)
+    silenced = copy.deepcopy(model)
+    modules = dict(silenced.named_modules())
+    with torch.no_grad():
+        for name in a.order:
+            module = modules[name]
+            drop = [j for j, s in enumerate(a.slots_out[name]) if a.find(s) in removed]
+            if not drop:
+                continue
+            index = torch.tensor(drop, dtype=torch.long)
+            if module.weight is not None:
+                module.weight.index_fill_(0, index, 0.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.index_fill_(0, index, 0.0)
+    return silenced
+
+
+def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink ``model``'s layers to the shapes in ``state_dict`` (a pruned model's), then
+    load it: how a pruned model is loaded into a freshly created architecture.
+
+    A depthwise conv (``groups == in == out``) stays depthwise at its new width.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(module, nn.Conv2d) and weight is not None:
+            if module.groups == module.in_channels == module.out_channels and module.groups > 1:
+                module.groups = module.in_channels = weight.shape[0]
+            else:
+                module.in_channels = weight.shape[1] * module.groups
+            module.out_channels = weight.shape[0]
+        elif isinstance(module, nn.Linear) and weight is not None:
+            module.out_features, module.in_features = weight.shape
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            mean = state_dict.get(prefix + "running_mean")
+            n = weight.shape[0] if weight is not None else (mean.shape[0] if mean is not None
+                                                           else module.num_features)
+            module.num_features = n
+        else:
+            continue
+        # placeholders of the right shape, so load_state_dict copies into them
+        for key in ("weight", "bias"):
+            if getattr(module, key, None) is not None and prefix + key in state_dict:
+                setattr(module, key, nn.Parameter(torch.empty_like(state_dict[prefix + key])))
+        for key in ("running_mean", "running_var"):
+            if getattr(module, key, None) is not None and prefix + key in state_dict:
+                setattr(module, key, torch.empty_like(state_dict[prefix + key]))
+    model.load_state_dict(state_dict)
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Network slimming
+# ---------------------------------------------------------------------------------------
+
+def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
+    """``sum_j |gamma_j|`` over every batch norm: the sparsity term of Network Slimming."""
+    gammas = [m.weight.abs().sum() for m in model.modules()
+              if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine]
+    if not gammas:
+        raise ValueError("model has no batch norm with a scale to penalise")
+    return torch.stack(gammas).sum()
+
+
+def slimming_loss(strength: float) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                                               torch.Tensor]:
+    """A ``loss_fn`` for :func:`lightcnn.fit`: ``CE(model(x), y) + strength * sum |gamma|``.
+
+    Liu et al. use ``strength`` 1e-5 to 1e-4 on CIFAR; the penalty drives the scales of
+    unneeded channels towards zero, so removing them later costs little accuracy.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0:
+        raise ValueError(f"strength must be a number >= 0, got {strength!r}")
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y) + strength * bn_l1_penalty(model)
+
+    return loss_fn
