@@ -502,6 +502,14 @@ def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tupl
     return a, removed
 
 
+def _resolved_copy(model: nn.Module, plan: dict[str, Sequence[int]],
+                   input_shape: tuple[int, ...]) -> tuple[_Analysis, set[int], nn.Module, dict]:
+    """The analysis, the removed groups, and a deep copy of ``model`` to rewrite."""
+    a, removed = _resolve(model, plan, input_shape)
+    clone = copy.deepcopy(model)
+    return a, removed, clone, dict(clone.named_modules())
+
+
 def _keep(a: _Analysis, slots: list[int], removed: set[int]) -> list[int]:
     return [i for i, s in enumerate(slots) if a.find(s) not in removed]
 
@@ -524,9 +532,7 @@ def remove_channels(model: nn.Module, plan: dict[str, Sequence[int]],
             the output, a split or a shuffle, a layer left with no channel, or an
             unsupported operation (named).
     """
-    a, removed = _resolve(model, plan, input_shape)
-    pruned = copy.deepcopy(model)
-    modules = dict(pruned.named_modules())
+    a, removed, pruned, modules = _resolved_copy(model, plan, input_shape)
     with torch.no_grad():
         for name in a.order:
             module = modules[name]
@@ -544,6 +550,12 @@ def _take(t: torch.Tensor | None, index: list[int], dim: int = 0) -> torch.Tenso
     return t.index_select(dim, torch.tensor(index, dtype=torch.long)).clone()
 
 
+def _set_weight_and_bias(module: nn.Module, weight: torch.Tensor, keep_out: list[int]) -> None:
+    module.weight = nn.Parameter(weight)
+    if module.bias is not None:
+        module.bias = nn.Parameter(_take(module.bias, keep_out))
+
+
 def _shrink(module: nn.Module, keep_in: list[int] | None, keep_out: list[int]) -> None:
     """Rebuild one layer's tensors with the kept input and output channels."""
     if isinstance(module, nn.Conv2d):
@@ -555,18 +567,14 @@ def _shrink(module: nn.Module, keep_in: list[int] | None, keep_out: list[int]) -
             weight = _take(weight, keep_in, 1)
             module.in_channels = len(keep_in)
         module.out_channels = len(keep_out)
-        module.weight = nn.Parameter(weight)
-        if module.bias is not None:
-            module.bias = nn.Parameter(_take(module.bias, keep_out))
+        _set_weight_and_bias(module, weight, keep_out)
     elif isinstance(module, nn.Linear):
         weight = _take(module.weight, keep_out)
         if keep_in is not None:
             weight = _take(weight, keep_in, 1)
             module.in_features = len(keep_in)
         module.out_features = len(keep_out)
-        module.weight = nn.Parameter(weight)
-        if module.bias is not None:
-            module.bias = nn.Parameter(_take(module.bias, keep_out))
+        _set_weight_and_bias(module, weight, keep_out)
     elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
         module.num_features = len(keep_out)
         if module.affine:
@@ -586,9 +594,7 @@ def zero_channels(model: nn.Module, plan: dict[str, Sequence[int]],
     activations with ``f(0) = 0``), so the model computes what :func:`remove_channels`
     would, with its original shapes and cost. That is "masking" channels.
     """
-    a, removed = _resolve(model, plan, input_shape)
-    silenced = copy.deepcopy(model)
-    modules = dict(silenced.named_modules())
+    a, removed, silenced, modules = _resolved_copy(model, plan, input_shape)
     with torch.no_grad():
         for name in a.order:
             module = modules[name]

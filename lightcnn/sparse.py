@@ -463,6 +463,18 @@ def _csr_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return csr.crow_indices(), csr.col_indices(), csr.values()
 
 
+def _check_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None, layout: str) -> None:
+    """A sparse layer's weight must have ``layout``'s dims; its bias one entry per output."""
+    _check_tensor(weight, "weight")
+    ndim = int(layout[0])
+    if weight.dim() != ndim:
+        raise ValueError(f"weight must be {layout}, got shape {tuple(weight.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor)
+                             or tuple(bias.shape) != (weight.shape[0],)):
+        raise ValueError(f"bias must be None or a tensor of shape ({weight.shape[0]},), "
+                         f"got {bias if bias is None else tuple(bias.shape)}")
+
+
 class _SparseMatrix(nn.Module):
     """Holds a ``(rows, cols)`` CSR weight as three plain buffers (row pointers, column
     indices, values), so ``deepcopy``, ``state_dict`` and ``.to()`` work as for any module
@@ -519,14 +531,7 @@ class SparseConv2d(_SparseMatrix):
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1):
         super().__init__()
-        _check_tensor(weight, "weight")
-        if weight.dim() != 4:
-            raise ValueError(f"weight must be 4-D (C_out, C_in, kH, kW), got shape "
-                             f"{tuple(weight.shape)}")
-        if bias is not None and (not isinstance(bias, torch.Tensor)
-                                 or tuple(bias.shape) != (weight.shape[0],)):
-            raise ValueError(f"bias must be None or a tensor of shape ({weight.shape[0]},), "
-                             f"got {bias if bias is None else tuple(bias.shape)}")
+        _check_weight_bias(weight, bias, "4-D (C_out, C_in, kH, kW)")
         pairs = {}
         for arg, value, low in (("stride", stride, 1), ("padding", padding, 0),
                                 ("dilation", dilation, 1)):
@@ -608,14 +613,7 @@ class SparseLinear(_SparseMatrix):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        _check_tensor(weight, "weight")
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
-                             f"{tuple(weight.shape)}")
-        if bias is not None and (not isinstance(bias, torch.Tensor)
-                                 or tuple(bias.shape) != (weight.shape[0],)):
-            raise ValueError(f"bias must be None or a tensor of shape ({weight.shape[0]},), "
-                             f"got {bias if bias is None else tuple(bias.shape)}")
+        _check_weight_bias(weight, bias, "2-D (out_features, in_features)")
         self.out_features, self.in_features = weight.shape
         self._set_weight(weight, bias)
 
