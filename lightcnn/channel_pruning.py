@@ -174,7 +174,7 @@ def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> _Analysis:
                           "Flatten, add/mul, cat, chunk and channel_shuffle")
 
     for node in graph.nodes:
-        args = [x for x in node.args]
+        args = list(node.args)
         if node.op == "placeholder":
             shape = _shape(node)
             env[node] = a.new(shape[1], fixed=True) if shape and len(shape) >= 2 else None
@@ -323,7 +323,7 @@ def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
                 return first
             return _flatten(a, first, shape_in, 1, node.name) if shape_out and len(shape_out) == 2 \
                 else _raise(unsupported(f"{target} to {shape_out} ({node.name})"))
-        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0 if not is_method else 0)
+        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
         return _flatten(a, first, shape_in, start, node.name)
     if (is_method and target in ("mean", "amax", "sum")) or \
             (not is_method and target in (torch.mean, torch.amax, torch.sum)):
