@@ -36,6 +36,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .blocks import channel_shuffle
+from .profile import _check_model, _check_shape
+from .pruning import _is_masked
 
 __all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
            "RandomImportance", "ChannelGroup", "channel_groups", "plan_channel_pruning",
@@ -369,7 +371,7 @@ class ChannelGroup:
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)
                    ) -> list[ChannelGroup]:
     """The model's channel dependency groups, one :class:`ChannelGroup` per layer."""
-    _check_model(model, input_shape)
+    _check_model_and_shape(model, input_shape)
     a = _analyse(model, input_shape)
     return _groups(a)
 
@@ -400,13 +402,10 @@ def _groups(a: _Analysis) -> list[ChannelGroup]:
     return groups
 
 
-def _check_model(model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not (isinstance(input_shape, tuple) and len(input_shape) == 3
-            and all(isinstance(s, int) and s > 0 for s in input_shape)):
-        raise ValueError(f"input_shape must be (C, H, W) positive ints, got {input_shape!r}")
-    reparametrized = [n for n, m in model.named_modules() if hasattr(m, "weight_orig")]
+def _check_model_and_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    _check_model(model)
+    _check_shape(input_shape)
+    reparametrized = [n for n, m in model.named_modules() if _is_masked(m)]
     if reparametrized:
         raise ValueError(f"layers {reparametrized} carry pruning masks; call "
                          "torch.nn.utils.prune.remove (or lc.pruning.remove_masks) first")
@@ -479,7 +478,7 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
 
 def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]
              ) -> tuple[_Analysis, set[int]]:
-    _check_model(model, input_shape)
+    _check_model_and_shape(model, input_shape)
     if not isinstance(plan, dict):
         raise TypeError(f"plan must be a dict {{layer: [channels]}}, got {type(plan).__name__}")
     a = _analyse(model, input_shape)

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from .profile import _check_model
+
 __all__ = [
     "prunable_layers", "magnitude_prune", "layerwise_masks", "global_masks", "apply_masks",
     "remove_masks", "masks_of", "sparsity", "layer_sparsity", "sensitivity_scan",
@@ -41,11 +43,6 @@ _SCOPES = ("global", "layerwise")
 
 
 # ---------------------------------------------------------------- argument checks
-
-def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
 
 def _check_sparsity(value: float, arg: str = "sparsity") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -117,7 +114,8 @@ def _refresh(layer: nn.Module) -> None:
 
 
 def _copy(model: nn.Module) -> nn.Module:
-    for layer in prunable_layers(model).values():
+    """``copy.deepcopy`` that also works on a model carrying pruning masks."""
+    for layer in model.modules():
         if _is_masked(layer):
             _refresh(layer)
     return copy.deepcopy(model)

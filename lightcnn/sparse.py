@@ -27,7 +27,6 @@ Taught in chapters/04_pruning.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
@@ -42,6 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .profile import _check_model
+from .pruning import _copy as _copy_masked
+from .pruning import _effective_weight
 
 __all__ = [
     "FORMATS", "encode_tensor", "decode_tensor", "encoded_size", "size_formula",
@@ -91,11 +94,6 @@ def _check_fmt(fmt: str, allow_auto: bool = True) -> None:
     allowed = FORMATS + ("auto",) if allow_auto else FORMATS
     if fmt not in allowed:
         raise ValueError(f"fmt must be one of {allowed}, got {fmt!r}")
-
-
-def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 # ---------------------------------------------------------------- one tensor
@@ -447,14 +445,6 @@ def sparse_size_bytes(model: nn.Module, fmt: str = "auto", compressed: bool = Fa
 
 # ---------------------------------------------------------------- sparse kernels
 
-@torch.no_grad()
-def _weight_of(layer: nn.Module) -> torch.Tensor:
-    """The weight the forward pass uses: ``weight_orig * weight_mask`` when pruned."""
-    if hasattr(layer, "weight_orig") and hasattr(layer, "weight_mask"):
-        return layer.weight_orig * layer.weight_mask
-    return layer.weight.detach()
-
-
 def _csr_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row pointers, column indices and values of a dense 2-D tensor's nonzeros."""
     with warnings.catch_warnings():  # torch warns once per process that CSR is "beta"
@@ -571,7 +561,7 @@ class SparseConv2d(_SparseMatrix):
                 raise ValueError(f"padding='same' with kernel_size={conv.kernel_size} and "
                                  f"dilation={conv.dilation} pads unevenly; not supported")
             padding = tuple(total // 2 for total in totals)
-        return cls(_weight_of(conv), conv.bias, conv.stride, padding, conv.dilation)
+        return cls(_effective_weight(conv), conv.bias, conv.stride, padding, conv.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == 3
@@ -622,7 +612,7 @@ class SparseLinear(_SparseMatrix):
         """The sparse twin of ``linear`` (its pruning mask applied, if it has one)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        return cls(_weight_of(linear), linear.bias)
+        return cls(_effective_weight(linear), linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)                      # (N, in)
@@ -652,12 +642,7 @@ def to_sparse_kernels(model: nn.Module) -> nn.Module:
         TypeError: ``model`` is not an ``nn.Module``.
     """
     _check_model(model)
-    for layer in model.modules():
-        if hasattr(layer, "weight_orig") and hasattr(layer, "weight_mask"):
-            # prune's masked weight carries autograd history, which deepcopy refuses;
-            # recompute the same values without it (the pre-hook redoes this each forward)
-            layer.weight = layer.weight_orig.detach() * layer.weight_mask
-    sparse = copy.deepcopy(model).eval()
+    sparse = _copy_masked(model).eval()
     # list first: the loop replaces children of the modules it walks
     for module in list(sparse.modules()):
         for name, child in module.named_children():
