@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from .blocks import ConvBNAct, InvertedResidual
+from .models import register_model
 from .profile import count_macs
 
-__all__ = ["SearchSpace", "Trial", "build_searched", "sample_architecture", "mutate",
+__all__ = ["SearchSpace", "Trial", "build_searched", "searched_cnn", "sample_architecture", "mutate",
            "random_search", "evolutionary_search"]
 
 Architecture = tuple[tuple[int, int, int, int], ...]
@@ -107,6 +108,15 @@ def build_searched(architecture: Architecture, num_classes: int = 10, in_channel
             channels = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(channels, num_classes))
+
+
+@register_model
+def searched_cnn(architecture: Architecture = ((1, 16, 3, 1), (2, 24, 3, 3), (2, 48, 3, 3)),
+                 num_classes: int = 10, **kwargs) -> nn.Module:
+    """``build_searched`` as a registered model, so that ``lc.zoo.get_trained("searched_cnn",
+    architecture=...)`` trains a found architecture fully and caches it."""
+    # JSON (the zoo's cache key) turns tuples into lists; accept both spellings
+    return build_searched(tuple(tuple(stage) for stage in architecture), num_classes, **kwargs)
 
 
 def _check_architecture(architecture: Architecture) -> None:

@@ -96,3 +96,20 @@ def test_impossible_budget_and_bad_space_are_reported():
         search.SearchSpace(kernels=(2, 3))
     with pytest.raises(ValueError, match="widths"):
         search.SearchSpace(widths=())
+
+
+def test_searched_cnn_is_registered_and_cached_per_architecture():
+    arch = ((1, 8, 3, 1), (2, 16, 5, 3), (1, 24, 3, 3))
+    as_json = [list(stage) for stage in arch]  # the spelling the zoo's JSON key produces
+    torch.manual_seed(0)
+    direct = search.build_searched(arch).eval()
+    torch.manual_seed(0)
+    registered = lc.create_model("searched_cnn", architecture=as_json).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(direct(x), registered(x))
+    budget = lc.get_budget("ci")
+    assert (lc.zoo.cache_key("searched_cnn", budget, architecture=arch)
+            != lc.zoo.cache_key("searched_cnn", budget, architecture=TARGET))
+    with pytest.raises(ValueError, match="architecture"):
+        lc.create_model("searched_cnn", architecture=((1, 8, 3),))

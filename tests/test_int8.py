@@ -1,0 +1,122 @@
+"""Tests for lightcnn.int8: real int8 through torchao's pt2e flow, checked against fp32."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightcnn as lc
+from lightcnn import int8
+
+pytest.importorskip("torchao")
+
+
+def _model() -> nn.Module:
+    # LeNet-5 with weights scaled so the logits span a few units (random init gives ~0.1)
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model.eval()
+
+
+def _images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    model = _model()
+    calibration = [_images(32, seed) for seed in range(4)]
+    return model, int8.quantize_int8(model, calibration)
+
+
+def test_int8_logits_stay_close_to_fp32(quantized):
+    model, q = quantized
+    x = _images(128, seed=10)  # not seen during calibration
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+
+
+def test_int8_graph_holds_int8_weights_and_is_four_times_smaller(quantized):
+    model, q = quantized
+    weights = [t for t in q.state_dict().values() if t.dtype == torch.int8]
+    float_weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sum(t.numel() for t in weights) == sum(w.numel() for w in float_weights)
+    assert 3.5 < int8.saved_size_bytes(model) / int8.saved_size_bytes(q) < 4.0
+
+
+def test_batch_size_stays_dynamic_and_eval_is_allowed(quantized):
+    _, q = quantized
+    q.eval()  # lc.measure_latency calls .eval(); exported graphs refuse it unless allowed
+    with torch.no_grad():
+        assert q(_images(1)).shape == (1, 10)
+        assert q(_images(7)).shape == (7, 10)
+
+
+def test_compiled_int8_equals_the_reference_graph(quantized):
+    _, q = quantized
+    compiled = int8.compile_cpu(q)
+    x = _images(16, seed=3)
+    with torch.no_grad():
+        ref = q(x)
+        out = compiled(x)
+    # oneDNN's integer kernels round like the reference quantize/dequantize ops, up to an
+    # occasional one-step difference in a requantized activation
+    assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_calibration_accepts_labelled_batches():
+    model = _model()
+    loader = [(_images(16, s), torch.zeros(16, dtype=torch.long)) for s in range(2)]
+    q = int8.quantize_int8(model, loader)
+    with torch.no_grad():
+        assert q(_images(4)).shape == (4, 10)
+
+
+def test_qat_trains_and_converts_to_int8():
+    model = _model()
+    x, y = _images(64, seed=5), torch.arange(64) % 10
+    prepared = int8.prepare_int8_qat(model, x[:8])
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=0.01)
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(prepared(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    int8._pt2e()["to_eval"](prepared)
+    with torch.no_grad():
+        ref = prepared(x)  # fake quantization, eval mode: what the int8 model should compute
+    converted = int8.convert_int8_qat(prepared)
+    assert any(t.dtype == torch.int8 for t in converted.state_dict().values())
+    with torch.no_grad():
+        out = converted(x)
+    # fake quantization and the int8 graph round activations at slightly different points
+    # (observer ranges vs the final qparams): close, not identical
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max()
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+def test_bad_arguments_are_reported():
+    model = _model()
+    with pytest.raises(ValueError, match="calibration yielded no batch"):
+        int8.quantize_int8(model, [])
+    with pytest.raises(ValueError, match="N >= 2"):
+        int8.quantize_int8(model, [_images(1)])
+    with pytest.raises(TypeError, match="calibration must yield tensors"):
+        int8.quantize_int8(model, [[1, 2]])
+    with pytest.raises(TypeError, match="example must be a torch.Tensor"):
+        int8.export_model(model, [1, 2])
+    with pytest.raises(TypeError, match="prepare_int8_qat"):
+        int8.convert_int8_qat(model)
+    with pytest.raises(TypeError):
+        int8.quantize_int8("not a model", [_images(2)])
