@@ -23,6 +23,6 @@ from .train import History, confusion_matrix, evaluate, fit, predict
 from . import zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse
-from .fusion import fuse_conv_bn
+from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"

@@ -22,11 +22,14 @@ Taught in chapters/03_light_architectures.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["fuse_conv_bn"]
+from .profile import measure_latency
+
+__all__ = ["FusionReport", "fuse_conv_bn", "measure_fusion"]
 
 
 @torch.no_grad()
@@ -84,3 +87,51 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
                 _fold(first, second)
                 setattr(module, name, nn.Identity())
     return fused
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    """What folding batch norm changed: the function (``max_diff``), the operator count
+    and the measured median latency per batch size, before and after."""
+
+    max_diff: float
+    batch_norms_before: int
+    batch_norms_after: int
+    ms_before: dict[int, float]
+    ms_after: dict[int, float]
+
+    def speedup(self, batch_size: int) -> float:
+        return self.ms_before[batch_size] / self.ms_after[batch_size]
+
+    def __str__(self) -> str:
+        times = "  ".join(f"b={b}: {self.ms_before[b]:.3f} -> {self.ms_after[b]:.3f} ms "
+                          f"({self.speedup(b):.2f}x)" for b in self.ms_before)
+        return (f"max |diff| {self.max_diff:.1e}  BN {self.batch_norms_before} -> "
+                f"{self.batch_norms_after}  {times}")
+
+
+def measure_fusion(model: nn.Module, x: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 256),
+                   threads: int = 2, warmup: int = 10, repeats: int = 50,
+                   atol: float = 1e-4) -> FusionReport:
+    """Fold ``model``'s batch norms, check the eval-mode outputs on ``x`` agree within
+    ``atol``, and measure both models' latency (``lc.measure_latency``) at each batch size.
+
+    Raises:
+        ValueError: the fused model's outputs differ from the original's by more than
+            ``atol`` (a fold that changed the function must not be timed as a speed-up).
+    """
+    model.eval()
+    fused = fuse_conv_bn(model)
+    with torch.no_grad():
+        diff = (model(x) - fused(x)).abs().max().item()
+    if not diff <= atol:
+        raise ValueError(f"fused model differs from the original by {diff:.2e} > atol={atol}")
+
+    def bns(m: nn.Module) -> int:
+        return sum(isinstance(layer, nn.BatchNorm2d) for layer in m.modules())
+
+    def times(m: nn.Module) -> dict[int, float]:
+        return {b: measure_latency(m, b, threads=threads, warmup=warmup, repeats=repeats).median_ms
+                for b in batch_sizes}
+
+    return FusionReport(diff, bns(model), bns(fused), times(model), times(fused))

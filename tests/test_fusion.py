@@ -63,3 +63,22 @@ def test_fuse_rejects_bad_input():
     no_stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
     with pytest.raises(ValueError, match="running statistics"):
         fuse_conv_bn(no_stats)
+
+
+def test_measure_fusion_reports_equality_counts_and_times():
+    model = _trained_bn(lc.create_model("baseline_cnn"))
+    x = torch.randn(8, 1, 28, 28)
+    report = lc.measure_fusion(model, x, batch_sizes=(1, 4), warmup=1, repeats=3)
+    assert report.max_diff < 1e-4
+    assert report.batch_norms_before == _count(model, nn.BatchNorm2d) > 0
+    assert report.batch_norms_after == 0
+    assert set(report.ms_before) == set(report.ms_after) == {1, 4}
+    assert all(t > 0 for t in [*report.ms_before.values(), *report.ms_after.values()])
+    assert report.speedup(4) == pytest.approx(report.ms_before[4] / report.ms_after[4])
+    assert f"BN {report.batch_norms_before} -> 0" in str(report)
+
+
+def test_measure_fusion_refuses_to_time_a_changed_function():
+    model = _trained_bn(lc.create_model("baseline_cnn"))
+    with pytest.raises(ValueError, match="differs from the original"):
+        lc.measure_fusion(model, torch.randn(2, 1, 28, 28), atol=-1.0)
