@@ -22,7 +22,7 @@ from .runtime import seed_everything, set_threads, setup
 from .train import History, confusion_matrix, evaluate, fit, predict
 from . import zoo
 from . import architectures, blocks, design, search
-from . import channel_pruning, int8, pruning, quantization, sparse
+from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"

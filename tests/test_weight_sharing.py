@@ -1,0 +1,119 @@
+"""Tests for lightcnn.weight_sharing: k-means shared layers, centroid gradients, PQ, bytes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightcnn as lc
+from lightcnn import quantization as Q
+from lightcnn import weight_sharing as W
+
+
+def _lenet() -> nn.Module:
+    torch.manual_seed(0)
+    return lc.create_model("lenet5").eval()
+
+
+def _conv_weights(model):
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 5])
+def test_shared_weights_take_at_most_2_to_the_bits_values(bits):
+    model = _lenet()
+    shared = W.share_weights(model, bits)
+    books = W.shared_layers(shared)
+    assert set(books) == set(_conv_weights(model))
+    for name, w in _conv_weights(shared).items():
+        assert w.unique().numel() <= 2**bits
+        assert books[name].codebook.numel() == 2**bits
+        assert int(books[name].indices.max()) < 2**bits
+        assert torch.equal(w, books[name].codebook[books[name].indices])
+        # the same as the arithmetic applied layer by layer
+        assert torch.equal(w, Q.kmeans_quantize(_conv_weights(model)[name], bits))
+    # the input model is untouched
+    assert not W.shared_layers(model)
+
+
+def test_centroid_gradient_is_the_sum_over_its_cluster():
+    shared = W.share_weights(_lenet(), 3)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    F.cross_entropy(shared(x), y).backward()
+    # reference: the same network with the shared weights as plain leaf tensors
+    plain = W.unshare(shared)
+    F.cross_entropy(plain(x), y).backward()
+    for name, book in W.shared_layers(shared).items():
+        expected = Q.finetune_centroids_grad(plain.get_submodule(name).weight.grad, book.indices, 8)
+        assert torch.allclose(book.codebook.grad, expected, atol=1e-6, rtol=1e-5)
+        assert shared.get_submodule(name).parametrizations.weight.original.grad is None
+
+
+def test_training_moves_centroids_and_keeps_the_sharing():
+    shared = W.share_weights(_lenet(), 2)
+    before = {n: b.codebook.detach().clone() for n, b in W.shared_layers(shared).items()}
+    loader = [(torch.randn(16, 1, 28, 28), torch.arange(16) % 10) for _ in range(3)]
+    lc.fit(shared, loader, epochs=1, lr=0.01, progress=False)
+    for name, book in W.shared_layers(shared).items():
+        assert not torch.equal(book.codebook, before[name])
+        assert shared.get_submodule(name).weight.unique().numel() <= 4
+
+
+def test_unshare_gives_plain_equal_weights():
+    shared = W.share_weights(_lenet(), 4)
+    plain = W.unshare(shared)
+    assert not W.shared_layers(plain)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(shared(x), plain(x))
+
+
+def test_mixed_precision_and_bytes_follow_the_formulas():
+    model = _lenet()
+    weights = _conv_weights(model)
+    first, *rest = weights
+    shared = W.share_weights(model, {first: 8, rest[0]: 2})
+    size = W.weight_sharing_bytes(shared)
+    expected = (Q.kmeans_bytes(weights[first].numel(), 8) + Q.kmeans_bytes(weights[rest[0]].numel(), 2)
+                + sum(4 * weights[n].numel() for n in rest[1:]))
+    assert size["weights"] == expected
+    others = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("weight")) + sum(
+        b.numel() for b in model.buffers() if b.is_floating_point())
+    assert size["other"] == 4 * others
+    assert W.weight_sharing_bytes(model)["weights"] == 4 * sum(w.numel() for w in weights.values())
+
+
+def test_product_quantized_model_reconstructs_pq_and_counts_bytes():
+    model = _lenet()
+    pq, sizes = W.product_quantize_model(model, subvector_dim=4, bits=3)
+    for name, w in _conv_weights(model).items():
+        rows, cols = w.shape[0], w[0].numel()
+        got = pq.get_submodule(name).weight
+        if cols % 4 == 0 and rows > 8:
+            ref = Q.product_dequantize(*Q.product_quantize(w, 4, 3), w.shape)
+            assert torch.equal(got, ref)
+            assert sizes[name] == Q.product_bytes(rows, cols, 4, 3)
+        else:
+            assert torch.equal(got, w) and sizes[name] == 4 * w.numel()
+    assert sum(sizes.values()) < 4 * sum(w.numel() for w in _conv_weights(model).values()) / 4
+
+
+def test_bad_arguments_are_reported():
+    model = _lenet()
+    with pytest.raises(ValueError, match="bits"):
+        W.share_weights(model, 9)
+    with pytest.raises(ValueError, match="bits"):
+        W.share_weights(model, 0)
+    with pytest.raises(ValueError, match="not Conv2d/Linear"):
+        W.share_weights(model, {"nope": 4})
+    with pytest.raises(ValueError, match="already shared"):
+        W.share_weights(W.share_weights(model, 4), 4)
+    broken = _lenet()
+    with torch.no_grad():
+        next(broken.parameters())[0] = float("nan")
+    with pytest.raises(ValueError):
+        W.share_weights(broken, 4)
+    with pytest.raises(ValueError, match="subvector_dim"):
+        W.product_quantize_model(model, 0, 4)
+    with pytest.raises(TypeError):
+        W.share_weights("model", 4)
