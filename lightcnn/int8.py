@@ -143,7 +143,12 @@ def prepare_int8_qat(model: nn.Module, example: Tensor) -> nn.Module:
     Batch norm stays trainable; pt2e folds it into the fake-quantized conv weights so that
     training sees the weights that inference will use.
     """
-    return _pt2e()["prepare_qat"](export_model(model, example, train=True), _quantizer(qat=True))
+    api = _pt2e()
+    prepared = api["prepare_qat"](export_model(model, example, train=True), _quantizer(qat=True))
+    # .train()/.eval() (which lc.fit and lc.evaluate call) now switch batch norm between
+    # batch and running statistics, as pt2e's move_exported_model_to_train/eval do
+    api["allow"](prepared)
+    return prepared
 
 
 def convert_int8_qat(prepared: nn.Module) -> nn.Module:
