@@ -148,9 +148,9 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         ax.legend(loc="lower right")
     ordered = sorted(rows, key=lambda r: r[x])
     ax.scatter([r[x] for r in ordered], [value(r, y) for r in ordered])
-    for k, r in enumerate(ordered):
-        ax.annotate(r["name"].replace(strip, "") if strip else r["name"], (r[x], value(r, y)),
-                    textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11), fontsize=8)
+    labels = [ax.annotate(r["name"].replace(strip, "") if strip else r["name"], (r[x], value(r, y)),
+                          textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11), fontsize=8)
+              for k, r in enumerate(ordered)]
     if not ordered:
         # e.g. every model filtered out at the ci budget: an empty, labelled plot, no error
         ax.text(0.5, 0.5, "no rows to plot", ha="center", va="center", transform=ax.transAxes)
@@ -165,7 +165,35 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    _separate_labels(fig, labels)
     return fig, ax
+
+
+def _separate_labels(fig, labels, max_rounds: int = 50) -> None:
+    """Nudge point labels vertically until no two overlap (greedy, in placement order).
+
+    Alternating above/below is not enough when two points nearly coincide (two models
+    with the same accuracy and cost); each overlapping label moves away from the one
+    placed before it by the overlap's height.
+    """
+    renderer = fig.canvas.get_renderer()
+    points_per_pixel = 72 / fig.dpi
+    for _ in range(max_rounds):
+        moved = False
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        for i, label in enumerate(labels):
+            for j in range(i):
+                if not boxes[i].overlaps(boxes[j]):
+                    continue
+                up = boxes[i].y0 >= boxes[j].y0
+                gap = (boxes[j].y1 - boxes[i].y0) if up else (boxes[i].y1 - boxes[j].y0)
+                dx, dy = label.xyann
+                shift = gap * points_per_pixel + 1
+                label.xyann = (dx, dy + shift if up else dy - shift)
+                boxes[i] = label.get_window_extent(renderer)
+                moved = True
+        if not moved:
+            return
 
 
 def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,

@@ -44,3 +44,17 @@ def test_plot_curves_draws_one_line_per_series_and_a_reference():
         lc.plotting.plot_curves([1, 2], {"a": [1]}, "x", "y")
     with pytest.raises(ValueError, match="series"):
         lc.plotting.plot_curves([1, 2], {}, "x", "y")
+
+
+def test_plot_tradeoff_labels_of_nearly_coinciding_points_do_not_overlap():
+    # chapter 03's case: two models with almost the same accuracy and cost, plus neighbours
+    rows = [dict(name="mobilenet_v3_small", macs=2.00e6, accuracy=0.8754),
+            dict(name="shufflenet_v2", macs=2.05e6, accuracy=0.8750),
+            dict(name="squeezenet1_1", macs=2.10e6, accuracy=0.8751),
+            dict(name="baseline", macs=2e7, accuracy=0.90)]
+    fig, ax = plotting.plot_tradeoff(rows)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 4
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i))
+    matplotlib.pyplot.close(fig)
