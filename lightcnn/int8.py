@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import Iterable
 
 import torch
@@ -183,6 +184,11 @@ def compile_cpu(model: nn.Module) -> nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # weights as constants: int8 prepacking once, not per call
+    # two messages every int8 compile prints that say nothing about the user's code: a
+    # torch-internal tensor-copy warning in Inductor's oneDNN lowering, and "no CUDA runtime"
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor",
+                            category=UserWarning, module=r"torch\._inductor\.mkldnn_lowerings")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model.eval()  # exported modules' allowed .eval() does not return the module
     return torch.compile(model, dynamic=False)
 
