@@ -203,6 +203,7 @@ def saved_size_bytes(model: nn.Module) -> int:
     not counted).
     """
     _check_model(model)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: the module it wraps
     state = model.state_dict()
     if isinstance(model, torch.fx.GraphModule):
         used = {node.target for node in model.graph.nodes if node.op == "get_attr"}

@@ -30,14 +30,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .profile import _check_model
+from .pruning import prunable_layers
 from .quantization import (CODE_BITS, _check_bits, _check_int, kmeans_bytes, kmeans_codebook,
                            product_bytes, product_dequantize, product_quantize)
 
 __all__ = ["Codebook", "share_weights", "shared_layers", "unshare", "weight_sharing_bytes",
            "product_quantize_model"]
-
-_LAYERS = (nn.Conv2d, nn.Linear)
-
 
 class Codebook(nn.Module):
     """Parametrization ``weight = codebook[indices]`` (the float weight it replaces is ignored)."""
@@ -49,10 +47,6 @@ class Codebook(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return self.codebook[self.indices]
-
-
-def _layers(model: nn.Module):
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, _LAYERS)]
 
 
 def share_weights(model: nn.Module, bits: int | dict[str, int], iters: int = 20,
@@ -69,7 +63,7 @@ def share_weights(model: nn.Module, bits: int | dict[str, int], iters: int = 20,
             or NaN/infinite weights (from ``kmeans_codebook``).
     """
     _check_model(model)
-    layers = dict(_layers(model))
+    layers = prunable_layers(model)
     if isinstance(bits, dict):
         unknown = sorted(set(bits) - set(layers))
         if unknown:
@@ -95,7 +89,7 @@ def shared_layers(model: nn.Module) -> dict[str, Codebook]:
     """The :class:`Codebook` of every shared layer, by layer name."""
     _check_model(model)
     out = {}
-    for name, layer in _layers(model):
+    for name, layer in prunable_layers(model).items():
         if parametrize.is_parametrized(layer, "weight"):
             p = layer.parametrizations.weight[0]
             if isinstance(p, Codebook):
@@ -128,13 +122,13 @@ def weight_sharing_bytes(model: nn.Module) -> dict[str, int]:
     _check_model(model)
     shared = shared_layers(model)
     weights = other = 0
-    for name, layer in _layers(model):
+    for name, layer in prunable_layers(model).items():
         if name in shared:
             p = shared[name]
             weights += kmeans_bytes(p.indices.numel(), (p.codebook.numel() - 1).bit_length())
         else:
             weights += 4 * layer.weight.numel()
-    counted = {id(layer.weight) for _, layer in _layers(model)
+    counted = {id(layer.weight) for layer in prunable_layers(model).values()
                if not parametrize.is_parametrized(layer, "weight")}
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if "parametrizations" in name or id(t) in counted or not t.is_floating_point():
@@ -159,7 +153,7 @@ def product_quantize_model(model: nn.Module, subvector_dim: int, bits: int,
     bits = _check_bits(bits, CODE_BITS)
     subvector_dim = _check_int(subvector_dim, "subvector_dim", 1)
     quantized, sizes = copy.deepcopy(model), {}
-    for name, layer in _layers(quantized):
+    for name, layer in prunable_layers(quantized).items():
         w = layer.weight
         rows, cols = w.shape[0], w[0].numel()
         if cols % subvector_dim or rows <= 2**bits:

@@ -62,6 +62,7 @@ def test_batch_size_stays_dynamic_and_eval_is_allowed(quantized):
 def test_compiled_int8_equals_the_reference_graph(quantized):
     _, q = quantized
     compiled = int8.compile_cpu(q)
+    assert int8.saved_size_bytes(compiled) == int8.saved_size_bytes(q)  # the wrapped graph's tensors
     x = _images(16, seed=3)
     with torch.no_grad():
         ref = q(x)
