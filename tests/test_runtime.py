@@ -31,16 +31,12 @@ def test_bad_seed_and_threads():
 # A fresh interpreter per measurement: the allocator's settings are process-wide and one
 # way only. Each pass allocates a 64 MiB output (16,384 pages of 4 KiB).
 _FAULTS = """
-import resource, sys, torch
+import sys, torch
 import lightcnn as lc
 pinned = lc.runtime.pin_allocator() if sys.argv[1] == "pin" else None
-x = torch.randn(64, 16, 128, 128)          # 64 MiB in, 64 MiB out per pass
-for _ in range(5):                         # the heap grows to its working size
-    y = torch.relu(x); del y
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    y = torch.relu(x); del y
-print(pinned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+# the heap grows to its working size in the warm-up passes
+faults = lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 64, (16, 128, 128), warmup=5, repeats=20)
+print(pinned, faults)
 """
 
 
@@ -68,3 +64,14 @@ def test_setup_pins_the_allocator_unless_told_not_to(monkeypatch):
     lc.setup(seed=0, threads=1, plots=False, pin_allocator=False)
     torch.use_deterministic_algorithms(False)
     assert calls == [1]
+
+
+def test_page_faults_per_pass_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="model"):
+        lc.runtime.page_faults_per_pass("relu")
+    with pytest.raises(ValueError, match="batch_size"):
+        lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 0)
+    with pytest.raises(ValueError, match="repeats"):
+        lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 1, repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 1, warmup=-1)
