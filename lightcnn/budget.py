@@ -35,6 +35,10 @@ class Budget:
         overfit_epochs: epochs on that subset.
         search_train_size: training images for each proxy training of an architecture
             search (``proxy_epochs`` epochs each).
+        search_final_epochs: epochs for training a search's winner, and the hand design
+            it is compared with, on all the training data (chapter 2): fewer than
+            ``epochs``, because two depthwise networks trained for ``epochs`` would not
+            fit a chapter's time limit on a 2-core CPU.
         val_size: class-balanced training images on which compression choices are
             scored (sensitivity scans), so the test set decides nothing.
         calib_size: images used to calibrate quantization observers.
@@ -53,6 +57,7 @@ class Budget:
     overfit_train_size: int
     overfit_epochs: int
     search_train_size: int
+    search_final_epochs: int
     val_size: int
     calib_size: int
     latency_warmup: int
@@ -67,11 +72,13 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
                    proxy_epochs=2, survey_epochs=2, overfit_train_size=6000, overfit_epochs=10,
-                   search_train_size=10000, val_size=5000, calib_size=1024, latency_warmup=10, latency_repeats=50),
+                   search_train_size=10000, search_final_epochs=10, val_size=5000,
+                   calib_size=1024, latency_warmup=10, latency_repeats=50),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
-                 search_train_size=500, val_size=500, calib_size=128, latency_warmup=2, latency_repeats=5),
+                 search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
+                 latency_warmup=2, latency_repeats=5),
 }
 
 

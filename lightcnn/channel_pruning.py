@@ -36,13 +36,13 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .blocks import channel_shuffle
-from .profile import _check_model, _check_shape
+from .profile import _check_model, _check_shape, count_macs
 from .pruning import _is_masked
 
 __all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
            "RandomImportance", "ChannelGroup", "channel_groups", "plan_channel_pruning",
-           "remove_channels", "zero_channels", "resize_to_state_dict", "bn_l1_penalty",
-           "slimming_loss"]
+           "ratio_for_macs", "remove_channels", "zero_channels", "resize_to_state_dict",
+           "bn_l1_penalty", "slimming_loss"]
 
 Importance = Callable[[nn.Module], "torch.Tensor | None"]
 
@@ -474,6 +474,40 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
             left[layer] -= 1
             budget -= 1
     return {layer: sorted(js) for layer, js in plan.items()}
+
+
+def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, share: float = 0.5,
+                   scope: str = "layer", step: float = 0.05,
+                   input_shape: tuple[int, ...] = (1, 28, 28)) -> float:
+    """The smallest pruning ratio, in steps of ``step``, whose channel removal leaves at
+    most ``share`` of the model's MACs.
+
+    A convolution loses input and output channels together, so its MACs fall roughly with
+    the square of the kept fraction, ``MACs ~ (1 - ratio)^2``: expect ``1 - sqrt(share)``
+    (0.29 for half the MACs) on a plain CNN. Groups that cannot shrink (a shuffle, the
+    output) make the real ratio larger, so it is found by trying ``step, 2 step, ...``,
+    removing the channels each plan names and counting.
+
+    Raises:
+        ValueError: ``share`` or ``step`` outside ``(0, 1)``, or no ratio below 1 leaves
+            ``share`` of the MACs.
+    """
+    for name, value in (("share", share), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    target = share * count_macs(model, input_shape)
+    k = 1
+    while k * step < 1:
+        ratio = round(k * step, 6)
+        try:
+            plan = plan_channel_pruning(model, ratio, importance, input_shape, scope)
+        except ValueError:           # this ratio empties a layer; so would every larger one
+            break
+        if count_macs(remove_channels(model, plan, input_shape), input_shape) <= target:
+            return ratio
+        k += 1
+    raise ValueError(f"no pruning ratio below 1 leaves {share} of the MACs "
+                     f"(scope={scope!r}, step={step})")
 
 
 def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]

@@ -165,35 +165,61 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    _separate_labels(fig, labels)
+    _keep_labels_inside(fig, ax, labels)
     return fig, ax
 
 
-def _separate_labels(fig, labels, max_rounds: int = 50) -> None:
-    """Nudge point labels vertically until no two overlap (greedy, in placement order).
+def _keep_labels_inside(fig, ax, labels, rounds: int = 5) -> None:
+    """Keep point labels inside the axes and apart from each other.
 
-    Alternating above/below is not enough when two points nearly coincide (two models
-    with the same accuracy and cost); each overlapping label moves away from the one
-    placed before it by the overlap's height.
+    A label that would run past the right edge is written to the left of its point;
+    after the labels are separated (:func:`_separate_labels`), the y-range grows to hold
+    any that were pushed above or below the axes (the points move with the range, so
+    this repeats a few times).
+    """
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    for label in labels:
+        if label.get_window_extent(renderer).x1 > right:
+            dx, dy = label.xyann
+            label.set_horizontalalignment("right")
+            label.xyann = (-dx, dy)
+    for _ in range(rounds):
+        _separate_labels(fig, labels)
+        box = ax.get_window_extent(renderer)
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        if not boxes:
+            return
+        over = max(b.y1 for b in boxes) - box.y1
+        under = box.y0 - min(b.y0 for b in boxes)
+        if over < 0.5 and under < 0.5:           # within half a pixel: inside
+            return
+        # grow the data range by the overflow plus a few pixels, in data units per pixel
+        y0, y1 = ax.get_ylim()
+        per_pixel = (y1 - y0) / box.height
+        grow = lambda pixels: (pixels + 4) * per_pixel if pixels > 0 else 0
+        ax.set_ylim(y0 - grow(under), y1 + grow(over))
+    _separate_labels(fig, labels)   # the last word: labels never overlap
+
+
+def _separate_labels(fig, labels) -> None:
+    """Move point labels up until no two overlap.
+
+    Alternating above/below is not enough when points nearly coincide (two models with
+    the same accuracy and cost). Labels are taken from the lowest up; one that overlaps a
+    label already placed moves just above it, and again, until it overlaps none. Labels
+    only move up, so this ends, and each stays as close to its point as the others allow.
     """
     renderer = fig.canvas.get_renderer()
     points_per_pixel = 72 / fig.dpi
-    for _ in range(max_rounds):
-        moved = False
-        boxes = [label.get_window_extent(renderer) for label in labels]
-        for i, label in enumerate(labels):
-            for j in range(i):
-                if not boxes[i].overlaps(boxes[j]):
-                    continue
-                up = boxes[i].y0 >= boxes[j].y0
-                gap = (boxes[j].y1 - boxes[i].y0) if up else (boxes[i].y1 - boxes[j].y0)
-                dx, dy = label.xyann
-                shift = gap * points_per_pixel + 1
-                label.xyann = (dx, dy + shift if up else dy - shift)
-                boxes[i] = label.get_window_extent(renderer)
-                moved = True
-        if not moved:
-            return
+    placed = []
+    for label in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
+        box = label.get_window_extent(renderer)
+        while (hit := next((p for p in placed if box.overlaps(p)), None)) is not None:
+            dx, dy = label.xyann
+            label.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * points_per_pixel)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,

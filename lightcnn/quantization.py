@@ -42,7 +42,7 @@ __all__ = [
     "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "OBSERVERS",
     "FakeQuantize", "QuantWrapper", "prepare_qat", "ptq_simulate", "pack_bits", "unpack_bits",
     "kmeans_codebook", "kmeans_quantize", "finetune_centroids_grad", "product_quantize",
-    "product_dequantize", "uniform_bytes", "kmeans_bytes", "product_bytes",
+    "product_dequantize", "uniform_bytes", "uniform_model_bytes", "kmeans_bytes", "product_bytes",
 ]
 
 UNIFORM_BITS = (2, 8)  # uniform quantizers; 1 bit is binarization, a chapter of its own
@@ -741,6 +741,29 @@ def uniform_bytes(numel: int, bits: int, num_scales: int = 1, symmetric: bool = 
     numel, bits = _check_int(numel, "numel", 0), _check_bits(bits)
     num_scales = _check_int(num_scales, "num_scales", 1)
     return math.ceil(numel * bits / 8) + num_scales * (4 + (0 if symmetric else 1))
+
+
+def uniform_model_bytes(model: nn.Module, bits: int) -> int:
+    """Stored bytes of ``model`` with every Conv2d/Linear weight at ``bits``, as
+    :func:`uniform_bytes` with ``symmetric=True`` and one float32 scale per output channel,
+    and every other floating-point parameter and buffer (biases, batch norm) in float32,
+    4 bytes an entry. Integer buffers (batch norm's step counter) are not stored.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``bits`` outside ``UNIFORM_BITS``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    bits = _check_bits(bits)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    quantized = {id(m.weight) for m in layers}
+    weights = sum(uniform_bytes(m.weight.numel(), bits, m.weight.shape[0], symmetric=True)
+                  for m in layers)
+    # a tensor shared by two modules is stored once
+    others = {id(t): t for t in [*model.parameters(), *model.buffers()]
+              if t.is_floating_point() and id(t) not in quantized}
+    return weights + sum(4 * t.numel() for t in others.values())
 
 
 def kmeans_bytes(numel: int, bits: int) -> int:

@@ -27,7 +27,7 @@ def _deterministic():
 def tiny_budget() -> Budget:
     return Budget("ci", train_size=200, test_size=100, epochs=1, finetune_epochs=1,
                   proxy_epochs=1, survey_epochs=1, overfit_train_size=100,
-                  overfit_epochs=1, search_train_size=100, val_size=100, calib_size=16, latency_warmup=1, latency_repeats=3)
+                  overfit_epochs=1, search_train_size=100, search_final_epochs=1, val_size=100, calib_size=16, latency_warmup=1, latency_repeats=3)
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ def test_ci_is_smaller_than_full():
     full, ci = lc.get_budget("full"), lc.get_budget("ci")
     assert full.train_size is None and ci.train_size < 60000
     assert ci.epochs <= full.epochs and ci.latency_repeats < full.latency_repeats
+    # the shorter schedules are shorter than a full training, at both budgets
+    for b in (full, ci):
+        assert b.survey_epochs <= b.search_final_epochs <= b.epochs
 
 
 def test_unknown_budget_is_rejected(monkeypatch):

@@ -219,3 +219,31 @@ def test_masked_layers_must_be_made_permanent_first():
     torch.nn.utils.prune.l1_unstructured(model.features[0][0], "weight", 0.5)
     with pytest.raises(ValueError, match="prune.remove"):
         cp.plan_channel_pruning(model, 0.3)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_ratio_for_macs_is_the_smallest_step_that_reaches_the_share(scope):
+    torch.manual_seed(0)
+    model = lc.create_model("baseline_cnn")
+    macs = lc.count_macs(model)
+    ratio = cp.ratio_for_macs(model, cp.l1_importance, share=0.5, scope=scope)
+
+    def left(r):
+        plan = cp.plan_channel_pruning(model, r, cp.l1_importance, scope=scope)
+        return lc.count_macs(cp.remove_channels(model, plan))
+
+    assert left(ratio) <= 0.5 * macs < left(round(ratio - 0.05, 6))
+    # a plain CNN's MACs fall with the square of the kept fraction: 1 - sqrt(0.5) = 0.29
+    assert 0.25 <= ratio <= 0.35
+
+
+def test_ratio_for_macs_rejects_bad_arguments_and_unreachable_shares():
+    model = lc.create_model("baseline_cnn")
+    for share in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="share"):
+            cp.ratio_for_macs(model, share=share)
+    with pytest.raises(ValueError, match="step"):
+        cp.ratio_for_macs(model, step=0)
+    # the classifier's inputs cannot all go: some MACs always stay
+    with pytest.raises(ValueError, match="no pruning ratio"):
+        cp.ratio_for_macs(model, share=1e-6, step=0.3)

@@ -58,3 +58,22 @@ def test_plot_tradeoff_labels_of_nearly_coinciding_points_do_not_overlap():
     assert len(boxes) == 4
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i))
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_tradeoff_keeps_labels_inside_the_axes():
+    # chapter 05's case: long names, the costliest point at the right edge, a dense cluster
+    rows = [dict(name=f"k-means {b} bits, centroids fine-tuned", size_bytes=1e5 * (1 + b / 10),
+                 accuracy=0.93 - 0.002 * b) for b in range(6)]
+    rows += [dict(name="baseline_cnn fp32 (compiled)", size_bytes=1.1e6, accuracy=0.934),
+             dict(name="baseline_cnn fp32 (eager)", size_bytes=1.1e6, accuracy=0.934),
+             dict(name="PQ d=8, 4 codewords", size_bytes=6e4, accuracy=0.5)]
+    fig, ax = plotting.plot_tradeoff(rows, x="size_bytes", title="accuracy vs stored size")
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == len(rows)
+    for b in boxes:   # within a pixel (rendering rounds)
+        assert inside.x0 - 1 <= b.x0 and b.x1 <= inside.x1 + 1
+        assert inside.y0 - 1 <= b.y0 and b.y1 <= inside.y1 + 1
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+    matplotlib.pyplot.close(fig)

@@ -485,3 +485,28 @@ def test_uniform_bytes_match_packed_codes_and_parameters(bits):
     assert Q.uniform_bytes(w.numel(), bits, 7, symmetric=True) == len(packed) + 4 * scale.numel()
     assert Q.uniform_bytes(w.numel(), bits, 7) == len(packed) + 4 * 7 + 7
     assert Q.uniform_bytes(1000, 4) == 500 + 5
+
+
+def test_uniform_model_bytes_counts_quantized_weights_and_float_rest():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    # conv weight: 36 codes of 8 bits + 4 float32 scales; conv bias: 4 floats; batch norm:
+    # weight, bias, mean, var (4 floats each; the int step counter is not stored);
+    # linear weight: 8 codes + 2 scales; linear bias: 2 floats
+    expected = (36 + 4 * 4) + 4 * 4 + 4 * 16 + (8 + 2 * 4) + 4 * 2
+    assert Q.uniform_model_bytes(model, 8) == expected
+    # 4 bits pack two codes a byte
+    assert Q.uniform_model_bytes(model, 4) == expected - 18 - 4
+    # the same count as the per-layer formula over the baseline
+    baseline = lc.create_model("baseline_cnn")
+    layers = [m for m in baseline.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    rest = sum(4 * t.numel() for n, t in [*baseline.named_parameters(), *baseline.named_buffers()]
+               if t.is_floating_point() and not any(t is m.weight for m in layers))
+    assert Q.uniform_model_bytes(baseline, 6) == rest + sum(
+        Q.uniform_bytes(m.weight.numel(), 6, m.weight.shape[0], symmetric=True) for m in layers)
+
+
+def test_uniform_model_bytes_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="model"):
+        Q.uniform_model_bytes("model", 8)
+    with pytest.raises(ValueError, match="bits"):
+        Q.uniform_model_bytes(nn.Linear(2, 2), 1)
