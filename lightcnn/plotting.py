@@ -145,7 +145,6 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         best = pareto_front(list(rows), cost=x, quality=y)
         ax.plot([r[x] for r in best], [value(r, y) for r in best], "--", color="C1",
                 label="Pareto front", zorder=0)
-        ax.legend(loc="lower right")
     ordered = sorted(rows, key=lambda r: r[x])
     ax.scatter([r[x] for r in ordered], [value(r, y) for r in ordered])
     labels = [ax.annotate(r["name"].replace(strip, "") if strip else r["name"], (r[x], value(r, y)),
@@ -166,6 +165,8 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         ax.set_title(title)
     fig.tight_layout()
     _keep_labels_inside(fig, ax, labels)
+    if front and ordered:
+        _place_legend(fig, ax, labels)
     return fig, ax
 
 
@@ -203,23 +204,42 @@ def _keep_labels_inside(fig, ax, labels, rounds: int = 5) -> None:
 
 
 def _separate_labels(fig, labels) -> None:
-    """Move point labels up until no two overlap.
+    """Move point labels vertically, as little as possible, until no two overlap.
 
     Alternating above/below is not enough when points nearly coincide (two models with
-    the same accuracy and cost). Labels are taken from the lowest up; one that overlaps a
-    label already placed moves just above it, and again, until it overlaps none. Labels
-    only move up, so this ends, and each stays as close to its point as the others allow.
+    the same accuracy and cost). Labels are placed from the lowest up; each one tries its
+    own position, then the positions just above or just below each label already placed
+    beside it, nearest first. The position above the highest of those is always free, so
+    every label finds a place.
     """
     renderer = fig.canvas.get_renderer()
     points_per_pixel = 72 / fig.dpi
     placed = []
     for label in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
         box = label.get_window_extent(renderer)
-        while (hit := next((p for p in placed if box.overlaps(p)), None)) is not None:
+        beside = [p for p in placed if p.x0 < box.x1 and box.x0 < p.x1]
+        shifts = [0.0] + [d for p in beside for d in (p.y1 - box.y0 + 1, p.y0 - box.y1 - 1)]
+        shift = next(d for d in sorted(shifts, key=abs)
+                     if not any(box.translated(0, d).overlaps(p) for p in beside))
+        if shift:
             dx, dy = label.xyann
-            label.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * points_per_pixel)
-            box = label.get_window_extent(renderer)
-        placed.append(box)
+            label.xyann = (dx, dy + shift * points_per_pixel)
+        placed.append(label.get_window_extent(renderer))
+
+
+def _place_legend(fig, ax, labels) -> None:
+    """Put the legend in the corner where it covers the fewest labels and points."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    points = [ax.transData.transform(xy) for c in ax.collections for xy in c.get_offsets()]
+
+    def covered(loc: str) -> int:
+        box = ax.legend(loc=loc).get_window_extent(renderer)
+        return (sum(box.overlaps(b) for b in boxes)
+                + sum(box.contains(x, y) for x, y in points))
+
+    best = min(("lower right", "upper left", "upper right", "lower left"), key=covered)
+    ax.legend(loc=best)
 
 
 def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,

@@ -77,3 +77,19 @@ def test_plot_tradeoff_keeps_labels_inside_the_axes():
         assert inside.y0 - 1 <= b.y0 and b.y1 <= inside.y1 + 1
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_tradeoff_puts_the_legend_where_it_covers_no_label():
+    # chapter 02's case: the costliest points, and their labels, in the lower right
+    rows = [dict(name="design conv (1/8 MACs)", latency=30.4, accuracy=0.879),
+            dict(name="searched mbconv, 10 epochs", latency=45.4, accuracy=0.921),
+            dict(name="design mbconv, 10 epochs", latency=47.3, accuracy=0.916),
+            dict(name="design mbconv (1/8 MACs)", latency=48.0, accuracy=0.883),
+            dict(name="design hardswish", latency=64.0, accuracy=0.8865),
+            dict(name="design dwsep (1/8 MACs)", latency=65.9, accuracy=0.8824),
+            dict(name="design silu", latency=73.7, accuracy=0.8908)]
+    fig, ax = plotting.plot_tradeoff(rows, x="latency", front=True)
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(t.get_window_extent(renderer)) for t in ax.texts)
+    matplotlib.pyplot.close(fig)
