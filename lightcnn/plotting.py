@@ -10,13 +10,13 @@ import math
 from typing import Sequence
 
 import matplotlib
-
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
 __all__ = ["set_style", "plot_images", "plot_history", "plot_confusion_matrix",
-           "plot_filters", "plot_feature_maps", "plot_tradeoff"]
+           "plot_filters", "plot_feature_maps", "plot_tradeoff", "plot_curves"]
 
 FIGSIZE = (6.4, 4.0)
 
@@ -60,6 +60,7 @@ def plot_history(history, title: str = "learning curves"):
     if history.test_loss:
         ax.plot(epochs, history.test_loss, "s--", color="C1", label="test loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no "epoch 2.5"
     ax.set_ylabel("cross-entropy")
     ax.set_title(title)
     handles, names = ax.get_legend_handles_labels()

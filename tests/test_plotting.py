@@ -93,3 +93,12 @@ def test_plot_tradeoff_puts_the_legend_where_it_covers_no_label():
     legend = ax.get_legend().get_window_extent(renderer)
     assert not any(legend.overlaps(t.get_window_extent(renderer)) for t in ax.texts)
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_history_marks_whole_epochs_only():
+    history = lc.History(train_loss=[1.0, 0.5, 0.4, 0.3, 0.2], test_accuracy=[0.8, 0.85, 0.86, 0.88, 0.9])
+    fig, ax = plotting.plot_history(history)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    matplotlib.pyplot.close(fig)
