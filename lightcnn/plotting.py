@@ -264,6 +264,8 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
         ax.axhline(scale * reference, color="grey", linestyle="--", linewidth=1,
                    label=reference_label)
     ax.set_xlabel(xlabel)
+    if all(float(v).is_integer() for v in x):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs, counts: no 2.5
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)

@@ -102,3 +102,11 @@ def test_plot_history_marks_whole_epochs_only():
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_curves_marks_whole_numbers_when_x_is_whole():
+    fig, ax = lc.plotting.plot_curves(range(1, 21), {"a": [0.5] * 20}, "epoch", "accuracy")
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    matplotlib.pyplot.close(fig)
