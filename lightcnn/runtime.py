@@ -24,7 +24,7 @@ from torch import nn
 
 from .budget import Budget, get_budget
 
-__all__ = ["DEFAULT_THREADS", "page_faults_per_pass", "pin_allocator", "seed_everything",
+__all__ = ["DEFAULT_THREADS", "cpu_name", "page_faults_per_pass", "pin_allocator", "seed_everything",
            "set_threads", "setup"]
 
 # The book's machine has 2 cores; every published latency is measured with 2 threads.
@@ -48,6 +48,24 @@ def set_threads(threads: int) -> None:
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name, as the kernel reports it (``platform.processor()`` or
+    ``"unknown"`` where there is no ``/proc/cpuinfo``).
+
+    Latencies are only comparable on the same processor, so :func:`setup` prints it and
+    every chapter's output says which machine measured its numbers.
+    """
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def pin_allocator() -> bool:
@@ -143,4 +161,5 @@ def setup(seed: int = 0, threads: int = DEFAULT_THREADS, plots: bool = True,
     budget = get_budget()
     print(f"lightcnn: seed={seed}, threads={threads}, budget={budget.name}, "
           f"torch {torch.__version__.split('+')[0]}, allocator {'pinned' if pinned else 'system default'}")
+    print(f"cpu: {cpu_name()}, {os.cpu_count()} logical cores")
     return budget

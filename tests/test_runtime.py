@@ -75,3 +75,18 @@ def test_page_faults_per_pass_rejects_bad_arguments():
         lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 1, repeats=0)
     with pytest.raises(ValueError, match="warmup"):
         lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 1, warmup=-1)
+
+
+def test_cpu_name_reads_the_model_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t:  Intel(R)   Xeon(R) Processor\n")
+    assert lc.runtime.cpu_name(str(info)) == "Intel(R) Xeon(R) Processor"
+    # no file: falls back to platform's answer, never raises
+    assert isinstance(lc.runtime.cpu_name(str(tmp_path / "missing")), str)
+    assert lc.runtime.cpu_name(str(tmp_path / "missing")) != ""
+
+
+def test_setup_prints_the_cpu(capsys):
+    lc.setup(seed=0, threads=1, plots=False)
+    torch.use_deterministic_algorithms(False)
+    assert f"cpu: {lc.runtime.cpu_name()}" in capsys.readouterr().out
