@@ -54,8 +54,8 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The processor's model name, as the kernel reports it (``platform.processor()`` or
     ``"unknown"`` where there is no ``/proc/cpuinfo``).
 
-    Latencies are only comparable on the same processor, so :func:`setup` prints it and
-    every chapter's output says which machine measured its numbers.
+    Latencies are only comparable on the same processor, so :func:`setup` prints it: a
+    chapter's output then says which machine measured its numbers.
     """
     try:
         with open(cpuinfo) as f:
