@@ -28,8 +28,9 @@ class Budget:
         finetune_epochs: epochs for fine-tuning after compression.
         proxy_epochs: epochs for a quick proxy training (searches, sweeps).
         survey_epochs: epochs for each model of a many-model comparison (the architecture
-            survey of chapter 3), where ``epochs`` for every model would not fit a
-            chapter's time limit on a 2-core CPU.
+            survey of chapter 3, the design comparisons of chapter 2), where ``epochs``
+            for every model would not fit a chapter's time limit on a 2-core CPU (one
+            epoch of all eleven survey models takes about 27 minutes on an Intel Xeon).
         overfit_train_size: a small class-balanced training subset on which a model
             overfits (the regularization experiments of chapter 2).
         overfit_epochs: epochs on that subset.
@@ -38,7 +39,8 @@ class Budget:
         search_final_epochs: epochs for training a search's winner, and the hand design
             it is compared with, on all the training data (chapter 2): fewer than
             ``epochs``, because two depthwise networks trained for ``epochs`` would not
-            fit a chapter's time limit on a 2-core CPU.
+            fit a chapter's time limit on a 2-core CPU (on an Intel Xeon, with depthwise
+            training about twice as slow as on an AMD EPYC, not even for 10).
         val_size: class-balanced training images on which compression choices are
             scored (sensitivity scans), so the test set decides nothing.
         calib_size: images used to calibrate quantization observers.
@@ -71,8 +73,8 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
-                   proxy_epochs=2, survey_epochs=2, overfit_train_size=6000, overfit_epochs=10,
-                   search_train_size=10000, search_final_epochs=10, val_size=5000,
+                   proxy_epochs=2, survey_epochs=1, overfit_train_size=6000, overfit_epochs=10,
+                   search_train_size=10000, search_final_epochs=6, val_size=5000,
                    calib_size=1024, latency_warmup=10, latency_repeats=50),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
