@@ -30,7 +30,7 @@ class Budget:
         survey_epochs: epochs for each model of a many-model comparison (the architecture
             survey of chapter 3, the design comparisons of chapter 2), where ``epochs``
             for every model would not fit a chapter's time limit on a 2-core CPU (one
-            epoch of all eleven survey models takes about 27 minutes on an Intel Xeon).
+            epoch of all eleven survey models took 28.6 minutes on an Intel Xeon).
         overfit_train_size: a small class-balanced training subset on which a model
             overfits (the regularization experiments of chapter 2).
         overfit_epochs: epochs on that subset.
@@ -39,8 +39,8 @@ class Budget:
         search_final_epochs: epochs for training a search's winner, and the hand design
             it is compared with, on all the training data (chapter 2): fewer than
             ``epochs``, because two depthwise networks trained for ``epochs`` would not
-            fit a chapter's time limit on a 2-core CPU (on an Intel Xeon, with depthwise
-            training about twice as slow as on an AMD EPYC, not even for 10).
+            fit a chapter's time limit on a 2-core CPU (6 epochs of the pair took 14
+            minutes on an Intel Xeon).
         val_size: class-balanced training images on which compression choices are
             scored (sensitivity scans), so the test set decides nothing.
         calib_size: images used to calibrate quantization observers.
