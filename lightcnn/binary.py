@@ -1,0 +1,389 @@
+"""Binary networks: weights (and activations) of +1 and -1, trained with the straight-through estimator.
+
+Courbariaux, Bengio, David, "BinaryConnect: Training Deep Neural Networks with binary
+weights during propagations", arXiv 1511.00363. Hubara, Courbariaux, Soudry, El-Yaniv,
+Bengio, "Binarized Neural Networks", arXiv 1602.02830. Rastegari, Ordonez, Redmon,
+Farhadi, "XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks",
+arXiv 1603.05279.
+
+A binary layer keeps a real-valued *latent* weight ``W`` for the optimizer and computes with
+``sign(W)``. ``sign`` has zero gradient almost everywhere, so training passes the gradient
+straight through, cancelled where the input is large (the clipped STE, the derivative of
+``Htanh(x) = clip(x, -1, 1)``)::
+
+    forward:  b = sign(x) = +1 if x >= 0 else -1
+    backward: dL/dx = dL/db * 1{|x| <= 1}
+
+and clips the latent weights to [-1, 1] after every step (:func:`clip_latent_weights`), so
+that a weight never drifts where its gradient is always cancelled. The schemes:
+
+=====================  =====================  ===============  ======================
+scheme                 weights                activations      scales
+=====================  =====================  ===============  ======================
+``binaryconnect``      sign(W)                real             none
+``binaryconnect_stochastic``  +1 w.p. Htanh-sigmoid(W)  real   none
+``bwn``                alpha * sign(W)        real             alpha = mean|W| per
+                                                               output channel
+``bnn``                sign(W)                sign(x)          none
+``xnor``               alpha * sign(W)        sign(x)          alpha, and K = box-filtered
+                                                               mean_c |x| per position
+=====================  =====================  ===============  ======================
+
+With weights *and* activations binary (``bnn``, ``xnor``), a dot product of length n is
+``n - 2 * popcount(a XOR b)`` on bit-packed words: ``lightcnn.binary_kernels`` runs it.
+Such layers pad their input with +1 instead of 0 (a bit cannot hold 0), so the packed
+kernel reproduces the float simulation here exactly.
+
+Taught in chapters/06_binary_networks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Scheme", "SCHEMES", "sign_ste", "stochastic_sign_ste", "BinaryConv2d",
+           "BinaryLinear", "activation_scale_map", "binarize", "binary_layers", "clip_latent_weights",
+           "packed_weight_bytes", "binary_weight_bytes", "count_binary_macs",
+           "xnor_speedup"]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one binarization scheme treats weights and activations."""
+
+    name: str
+    stochastic: bool           # weights sampled in training (BinaryConnect, stochastic)
+    weight_scale: bool         # alpha = mean |W| per output channel (BWN, XNOR-Net)
+    binary_activations: bool   # sign(x) on the layer's input (BNN, XNOR-Net)
+    activation_scale: bool     # XNOR-Net's K map (or beta = mean |x| for a linear layer)
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("binaryconnect", False, False, False, False),
+    Scheme("binaryconnect_stochastic", True, False, False, False),
+    Scheme("bwn", False, True, False, False),
+    Scheme("bnn", False, False, True, False),
+    Scheme("xnor", False, True, True, True),
+)}
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        # sign(0) = +1: every value is exactly +1 or -1, so it fits in one bit
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        # clipped straight-through estimator: the gradient of Htanh(x)
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _StochasticSignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        # P(+1) = hard sigmoid(x) = clip((x + 1) / 2, 0, 1)   (BinaryConnect, eq. 3)
+        p = ((x + 1) / 2).clamp(0, 1)
+        return torch.where(torch.rand_like(x) < p, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    """``sign(x)`` in {-1, +1} (``sign(0) = +1``) with the clipped straight-through gradient
+    ``1{|x| <= 1}``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got "
+                        f"{type(x).__name__ if not isinstance(x, Tensor) else x.dtype}")
+    return _SignSTE.apply(x)
+
+
+def stochastic_sign_ste(x: Tensor) -> Tensor:
+    """+1 with probability ``clip((x + 1) / 2, 0, 1)``, else -1; clipped STE gradient."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor")
+    return _StochasticSignSTE.apply(x)
+
+
+class _BinaryMixin:
+    """What a binary conv and a binary linear layer share: the weight's sign and alpha."""
+
+    scheme: Scheme
+    weight: nn.Parameter
+
+    def weight_sign(self) -> Tensor:
+        """``sign(W)`` (sampled in training for the stochastic scheme), STE gradient."""
+        if self.scheme.stochastic and self.training:
+            return stochastic_sign_ste(self.weight)
+        return sign_ste(self.weight)
+
+    def weight_alpha(self) -> Tensor:
+        """``alpha_o = mean |W_o|`` over each output channel's inputs, shape ``(O,)``:
+        the scale that minimises ``||W - alpha * sign(W)||^2`` (XNOR-Net, eq. 4)."""
+        return self.weight.abs().flatten(1).mean(1)
+
+
+def activation_scale_map(x: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+                         padding: tuple[int, int]) -> Tensor:
+    """XNOR-Net's ``K = A * k``: ``A = mean_c |x|``, convolved with a box ``k`` of
+    ``1 / (kh kw)`` (zero padding), ``(B, C, H, W) -> (B, 1, H_out, W_out)``."""
+    a = x.abs().mean(1, keepdim=True)
+    box = torch.full((1, 1, *kernel_size), 1.0 / (kernel_size[0] * kernel_size[1]),
+                     dtype=x.dtype)
+    return F.conv2d(a, box, stride=stride, padding=padding)
+
+
+class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+    """A ``Conv2d`` that computes with binary weights, and binary inputs for ``bnn``/``xnor``.
+
+    ``y = (x_b * sign(W)) * alpha * K + bias``, with ``x_b = sign(x)`` padded with +1 for
+    schemes with binary activations (``x`` itself, zero-padded, otherwise); ``alpha = 1`` and
+    ``K = 1`` where the scheme has no scale. The product with the ``+-1`` tensors comes first,
+    so its sums are exact integers, as in the packed kernel.
+    """
+
+    def __init__(self, *args, scheme: str = "bnn", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheme = _scheme(scheme)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"padding_mode must be 'zeros', got {self.padding_mode!r}")
+        if isinstance(self.padding, str):
+            raise ValueError(f"padding must be ints, got {self.padding!r}")
+
+    def activation_scale(self, x: Tensor) -> Tensor:
+        """XNOR-Net's ``K = (mean_c |x|) * k``: the mean absolute input over channels, box
+        filtered with the kernel's size and stride, shape ``(B, 1, H_out, W_out)``."""
+        return activation_scale_map(x, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight_sign()
+        if self.scheme.binary_activations:
+            ph, pw = self.padding
+            # pad with +1: a bit holds only +1 or -1, and the packed kernel pads the same way
+            xb = F.pad(sign_ste(x), (pw, pw, ph, ph), value=1.0)
+            y = F.conv2d(xb, w, None, self.stride, 0, self.dilation, self.groups)
+        else:
+            y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.scheme.weight_scale:
+            y = y * self.weight_alpha().view(1, -1, 1, 1)
+        if self.scheme.activation_scale:
+            y = y * self.activation_scale(x)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scheme={self.scheme.name}"
+
+
+class BinaryLinear(_BinaryMixin, nn.Linear):
+    """A ``Linear`` with binary weights (and inputs): ``y = (x_b sign(W)^T) * alpha * beta + b``,
+    ``beta = mean |x|`` per sample for ``xnor``."""
+
+    def __init__(self, *args, scheme: str = "bnn", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheme = _scheme(scheme)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight_sign()
+        xb = sign_ste(x) if self.scheme.binary_activations else x
+        y = F.linear(xb, w)
+        if self.scheme.weight_scale:
+            y = y * self.weight_alpha()
+        if self.scheme.activation_scale:
+            y = y * x.abs().mean(-1, keepdim=True)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scheme={self.scheme.name}"
+
+
+def _scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {name!r}")
+    return SCHEMES[name]
+
+
+# Layers with no weights to binarize, which binarize leaves as they are.
+_PASSIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.Identity,
+            nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
+            nn.Sigmoid, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.MaxPool2d,
+            nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+            nn.Dropout, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
+             pointwise: bool = True, skip: Iterable[str] = ()) -> nn.Module:
+    """A copy of ``model`` whose ``Conv2d`` and ``Linear`` layers compute with binary weights.
+
+    The latent weights start from the model's own (a trained model is converted, a fresh
+    one trained from scratch). Batch norm, pooling and the classifier's bias are unchanged.
+
+    Args:
+        scheme: one of :data:`SCHEMES`.
+        keep_first_last: leave the first conv and the last linear layer in full precision.
+            The first sees the raw image (one or three channels: ``sign`` of the pixels
+            destroys most of it, and it holds few weights and MACs); the last decides the
+            class from a few hundred features (XNOR-Net and BNN keep both real).
+        pointwise: also binarize 1x1 convs. A 1x1 conv has only ``C_in`` inputs per
+            output, so by ``S = 64 c N_W / (c N_W + 64)`` it gains less speed than a 3x3
+            one and its +-1 dot products are the coarsest; networks built of 1x1 layers
+            (MobileNets) lose the most accuracy when binarized.
+        skip: names of layers to keep in full precision.
+
+    For schemes with binary activations, every ``ReLU``/``ReLU6`` becomes ``Hardtanh``: the
+    sign of a ReLU output is +1 everywhere, and Htanh is the activation whose gradient the
+    STE uses.
+
+    Raises:
+        ValueError: unknown scheme; a grouped (e.g. depthwise) conv, a conv with other than
+            zero padding, or a module with weights of an unsupported type (named).
+    """
+    scheme_ = _scheme(scheme)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    skip = set(skip)
+    names = {n for n, _ in model.named_modules()}
+    if skip - names:
+        raise ValueError(f"skip names layers the model does not have: {sorted(skip - names)}")
+    model = copy.deepcopy(model)
+    weighted = [(n, m) for n, m in model.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not weighted:
+        raise ValueError("model has no Conv2d or Linear layer to binarize")
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, BinaryConv2d, BinaryLinear)):
+            continue
+        own = list(module.parameters(recurse=False))
+        if own and not isinstance(module, _PASSIVE):
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) has weights "
+                             "binarize cannot handle; supported: Conv2d (groups=1), Linear")
+    first = next(n for n, m in weighted if isinstance(m, nn.Conv2d)) if any(
+        isinstance(m, nn.Conv2d) for _, m in weighted) else None
+    last = [n for n, m in weighted if isinstance(m, nn.Linear)]
+    keep = set(skip)
+    if keep_first_last:
+        keep |= {n for n in (first, last[-1] if last else None) if n is not None}
+    for name, module in weighted:
+        if name in keep or isinstance(module, (BinaryConv2d, BinaryLinear)):
+            continue
+        if isinstance(module, nn.Conv2d):
+            if module.kernel_size == (1, 1) and not pointwise:
+                continue
+            if module.groups != 1:
+                raise ValueError(f"layer {name!r} is a grouped conv (groups={module.groups}); "
+                                 "binarize supports groups=1 (pass it in skip= to keep it "
+                                 "in full precision)")
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise ValueError(f"layer {name!r}: padding must be ints with padding_mode "
+                                 f"'zeros', got {module.padding!r}, {module.padding_mode!r}")
+            new = BinaryConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                               module.stride, module.padding, module.dilation, module.groups,
+                               module.bias is not None, scheme=scheme)
+        else:
+            new = BinaryLinear(module.in_features, module.out_features,
+                               module.bias is not None, scheme=scheme)
+        new.load_state_dict(module.state_dict())
+        _set(model, name, new)
+    if scheme_.binary_activations:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                _set(model, name, nn.Hardtanh())
+    clip_latent_weights(model)
+    return model
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:
+    """The binary layers of ``model`` by name."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (BinaryConv2d, BinaryLinear))}
+
+
+@torch.no_grad()
+def clip_latent_weights(model: nn.Module) -> None:
+    """Clip every binary layer's latent weights to [-1, 1] (pass as ``lc.fit``'s
+    ``after_step``): beyond it the STE gradient is zero and a weight could never return."""
+    for module in binary_layers(model).values():
+        module.weight.clamp_(-1.0, 1.0)
+
+
+def packed_weight_bytes(out_features: int, fan_in: int) -> int:
+    """Bytes of ``out_features`` rows of ``fan_in`` signs packed into 64-bit words:
+    ``out * ceil(fan_in / 64) * 8`` (each row padded to whole words, as the kernel reads it)."""
+    for arg, v in (("out_features", out_features), ("fan_in", fan_in)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    return out_features * (-(-fan_in // 64)) * 8
+
+
+def binary_weight_bytes(model: nn.Module) -> dict[str, int | float]:
+    """Stored bytes of the binarized layers, counted as a deployed model holds them.
+
+    Returns a dict: ``fp32_bytes`` (their weights as float32), ``packed_bytes`` (the signs,
+    :func:`packed_weight_bytes`), ``scale_bytes`` (float32 alpha per output channel, for
+    ``bwn``/``xnor``), ``bias_bytes``, ``binary_bytes`` (the three together), ``ratio``
+    (``fp32_bytes + bias_bytes`` over ``binary_bytes``), and ``ratio_without_scales``.
+    """
+    layers = binary_layers(model)
+    if not layers:
+        raise ValueError("model has no binary layers (call binarize first)")
+    fp32 = packed = scales = bias = 0
+    for m in layers.values():
+        out = m.weight.shape[0]
+        fan_in = m.weight[0].numel()
+        fp32 += 4 * m.weight.numel()
+        packed += packed_weight_bytes(out, fan_in)
+        scales += 4 * out if m.scheme.weight_scale else 0
+        bias += 4 * out if m.bias is not None else 0
+    return {"fp32_bytes": fp32, "packed_bytes": packed, "scale_bytes": scales,
+            "bias_bytes": bias, "binary_bytes": packed + scales + bias,
+            "ratio": (fp32 + bias) / (packed + scales + bias),
+            "ratio_without_scales": (fp32 + bias) / (packed + bias)}
+
+
+def count_binary_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)
+                      ) -> dict[str, int]:
+    """MACs at batch 1 split into ``binary`` (both operands +-1: XNOR and popcount) and
+    ``real`` (everything else, including weight-only binary layers, whose products with
+    real activations become additions and subtractions)."""
+    from .profile import count_macs_by_module  # local: profile imports nothing from here
+
+    per_module = count_macs_by_module(model, input_shape)
+    layers = binary_layers(model)
+    binary = sum(v for n, v in per_module.items()
+                 if n in layers and layers[n].scheme.binary_activations)
+    return {"binary": binary, "real": sum(per_module.values()) - binary}
+
+
+def xnor_speedup(channels: int, weight_size: int, word_bits: int = 64) -> float:
+    """XNOR-Net's speed-up of a binary over a float conv: ``S = w c N_W / (c N_W + w)``.
+
+    ``c`` input channels, ``N_W`` weights per channel (k*k); ``w`` binary operations per
+    instruction (64 on a 64-bit CPU), the ``+ w`` term being the float work per output
+    (scales) that binarization cannot remove (Rastegari et al. 2016, section 3.2).
+    """
+    for arg, v in (("channels", channels), ("weight_size", weight_size),
+                   ("word_bits", word_bits)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    n = channels * weight_size
+    return word_bits * n / (n + word_bits)
