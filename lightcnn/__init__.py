@@ -13,16 +13,17 @@ from .budget import BUDGETS, Budget, get_budget
 from .data import (CLASSES, DatasetError, FashionMNIST, balanced_subset, find_data_dir,
                    get_dataloaders, load_fashion_mnist, normalize)
 from .models import BaselineCNN, LeNet5, create_model, list_models, register_model
-from .profile import (Latency, Table, compare, count_macs, count_macs_by_module,
-                      count_macs_thop, count_nonzero_params, count_params, measure_latency,
+from .profile import (Latency, Table, compare, compare_latency, count_macs,
+                      count_macs_by_module, count_macs_thop, count_nonzero_params, count_params, measure_latency,
                       model_size_bytes, pareto_front, profile_model,
-                      time_by_op_category)
+                      time_by_op_category, time_interleaved)
 from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
 from .train import History, confusion_matrix, evaluate, fit, predict
 from . import zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
+from . import binary, binary_kernels
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"

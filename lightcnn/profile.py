@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
-    "count_macs_thop", "model_size_bytes", "Latency", "measure_latency", "profile_model",
+    "count_macs_thop", "model_size_bytes", "Latency", "measure_latency", "time_interleaved",
+    "compare_latency", "profile_model",
     "Table", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
 ]
 
@@ -237,11 +239,77 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
             start = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - start) * 1000.0)
-    if repeats >= 2:
+    return _latency(times, len(x), threads)
+
+
+def _latency(times: list[float], batch_size: int, threads: int) -> Latency:
+    if len(times) >= 2:
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
     else:
         q1 = q3 = times[0]
-    return Latency(statistics.median(times), q1, q3, len(x), threads, repeats, tuple(times))
+    return Latency(statistics.median(times), q1, q3, batch_size, threads, len(times),
+                   tuple(times))
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, warmup: int = 10,
+                     repeats: int = 50, batch_size: int = 1) -> dict[str, Latency]:
+    """Time several calls side by side: each round runs every call once, round-robin.
+
+    A ratio of two medians measured one after the other also measures what changed in
+    between (the other core's load, the clock, the allocator); interleaving spreads any
+    such drift over all calls alike. The order is rotated every round so no call always
+    runs right after the same other one.
+
+    Args:
+        fns: name -> a call without arguments (e.g. ``lambda: model(x)``).
+        batch_size: recorded in each :class:`Latency` (the calls choose their inputs).
+    """
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise ValueError("fns must be a non-empty dict of name -> callable")
+    for arg, value, low in (("threads", threads, 1), ("warmup", warmup, 0),
+                            ("repeats", repeats, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            for n in names:
+                fns[n]()
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                fns[n]()
+                times[n].append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous)
+    return {n: _latency(times[n], batch_size, threads) for n in names}
+
+
+def compare_latency(models: dict[str, nn.Module], batch_size: int = 1,
+                    input_shape: tuple[int, ...] = INPUT_SHAPE, threads: int = 2,
+                    warmup: int = 10, repeats: int = 50,
+                    example: torch.Tensor | None = None) -> dict[str, Latency]:
+    """Latency of several models measured round-robin on one input (see
+    :func:`time_interleaved`), each as deployed (eval, inference mode, deterministic mode
+    off): every "x times faster" in the book is a ratio of medians taken this way.
+
+    Args:
+        models: name -> model (a compiled or packed model too).
+        example: an input to use instead of random data (its batch size wins).
+    """
+    if not isinstance(models, dict) or not models:
+        raise ValueError("models must be a non-empty dict of name -> nn.Module")
+    for model in models.values():
+        _check_run(model, input_shape, batch_size, threads, warmup, repeats)
+    x = example if example is not None else torch.randn(batch_size, *input_shape)
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(_inference(model, threads))
+        fns = {name: (lambda m=model: m(x)) for name, model in models.items()}
+        return time_interleaved(fns, threads, warmup, repeats, len(x))
 
 
 def profile_model(model: nn.Module, name: str, accuracy: float | None = None,

@@ -194,3 +194,34 @@ def test_profile_model_takes_the_stored_size_from_the_caller():
     assert row["size_bytes"] == 1234 and row["size_gzip_bytes"] is None
     dense = lc.profile_model(model, "dense", warmup=1, repeats=2, batch_sizes=(1,))
     assert dense["size_bytes"] == lc.model_size_bytes(model)
+
+
+def test_time_interleaved_runs_round_robin_with_a_rotating_order():
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    result = lc.time_interleaved(fns, threads=1, warmup=1, repeats=3)
+    assert calls[:3] == ["a", "b", "c"]                        # warm-up round
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(result) == {"a", "b", "c"} and all(r.repeats == 3 for r in result.values())
+
+
+def test_compare_latency_ranks_a_slower_model_slower():
+    import time as _time
+
+    class Sleepy(torch.nn.Module):
+        def forward(self, x):
+            _time.sleep(0.003)
+            return x
+
+    fast = torch.nn.Identity()
+    lat = lc.compare_latency({"fast": fast, "slow": Sleepy()}, batch_size=2, warmup=1,
+                             repeats=5, threads=1)
+    assert lat["slow"].median_ms >= 3.0 > lat["fast"].median_ms
+    assert lat["fast"].batch_size == 2 and lat["fast"].threads == 1
+    assert torch.get_num_threads() == 1  # restored (the test fixture set 1)
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        lc.compare_latency({"fast": fast}, repeats=0)
+    with pytest.raises(ValueError, match="non-empty dict"):
+        lc.compare_latency({})
+    with pytest.raises(ValueError, match="non-empty dict of name -> callable"):
+        lc.time_interleaved({"x": 3})
