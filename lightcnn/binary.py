@@ -47,10 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .models import BaselineCNN, register_model
+
 __all__ = ["Scheme", "SCHEMES", "sign_ste", "stochastic_sign_ste", "BinaryConv2d",
            "BinaryLinear", "activation_scale_map", "binarize", "binary_layers", "clip_latent_weights",
            "packed_weight_bytes", "binary_weight_bytes", "count_binary_macs",
-           "xnor_speedup"]
+           "xnor_speedup", "binary_cnn"]
 
 
 @dataclass(frozen=True)
@@ -387,3 +389,11 @@ def xnor_speedup(channels: int, weight_size: int, word_bits: int = 64) -> float:
             raise ValueError(f"{arg} must be a positive int, got {v!r}")
     n = channels * weight_size
     return word_bits * n / (n + word_bits)
+
+
+@register_model
+def binary_cnn(num_classes: int = 10, scheme: str = "bnn", keep_first_last: bool = True,
+               **kwargs) -> nn.Module:
+    """The book's baseline CNN binarized with ``scheme`` (see :func:`binarize`), so the zoo
+    can train and cache it: ``lc.zoo.get_trained("binary_cnn", scheme="xnor")``."""
+    return binarize(BaselineCNN(num_classes=num_classes, **kwargs), scheme, keep_first_last)

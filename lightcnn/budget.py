@@ -47,6 +47,11 @@ class Budget:
         latency_warmup: untimed forward passes before timing.
         latency_repeats: timed forward passes; the median is reported.
         latency_batch_sizes: batch sizes at which latency is reported.
+        binary_epochs: epochs for each network of chapter 6's binary comparison (the fp32
+            reference and five binarized twins, trained from scratch): fewer than
+            ``epochs``, because six networks trained for ``epochs`` would not fit a
+            chapter's time limit on a 2-core CPU (one epoch of a binary baseline took
+            1.6-1.7 minutes on an AMD EPYC, the fp32 one 1.2).
     """
 
     name: str
@@ -65,6 +70,7 @@ class Budget:
     latency_warmup: int
     latency_repeats: int
     latency_batch_sizes: tuple[int, ...] = (1, 256)
+    binary_epochs: int = 1
 
     def as_dict(self) -> dict:
         """The budget as a plain dict (stored with trained models and results)."""
@@ -75,12 +81,12 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
                    proxy_epochs=2, survey_epochs=1, overfit_train_size=6000, overfit_epochs=10,
                    search_train_size=10000, search_final_epochs=6, val_size=5000,
-                   calib_size=1024, latency_warmup=10, latency_repeats=50),
+                   calib_size=1024, latency_warmup=10, latency_repeats=50, binary_epochs=3),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
-                 latency_warmup=2, latency_repeats=5),
+                 latency_warmup=2, latency_repeats=5, binary_epochs=1),
 }
 
 

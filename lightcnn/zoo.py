@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import io
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,6 +47,12 @@ RECIPES: dict[str, dict] = {
                          batch_size=128, augment=True),
     "lenet5": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="onecycle",
                    batch_size=128, augment=False),
+    # Binary networks (chapter 06): Adam, as BinaryConnect, BNN and XNOR-Net train theirs,
+    # no weight decay (it would pull latent weights to 0, where their signs flip at
+    # random), and the latent weights clipped to [-1, 1] after every step.
+    "binary_cnn": dict(optimizer="adamw", lr=3e-3, weight_decay=0.0, schedule="onecycle",
+                       batch_size=128, augment=True,
+                       after_step="lightcnn.binary.clip_latent_weights"),
 }
 DEFAULT_RECIPE = RECIPES["baseline_cnn"]
 
@@ -58,6 +66,18 @@ class TrainedModel:
     history: History
     path: Path
     trained_now: bool
+
+
+def _after_step(path: str | None) -> Callable[[nn.Module], None] | None:
+    """The function a recipe's ``after_step`` names (``"package.module.function"``)."""
+    if path is None:
+        return None
+    module, _, function = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"recipe's after_step {path!r} is not an importable function "
+                         f"({err})") from err
 
 
 def _code_modules(name: str) -> list:
@@ -136,7 +156,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         seed: seeds the initial weights, the shuffling and the augmentation.
         progress: show progress bars while training.
         recipe: overrides ``RECIPES[name]`` (keys: optimizer, lr, weight_decay, schedule,
-            batch_size, augment).
+            batch_size, augment, and optionally after_step: the dotted name of a function
+            called with the model after every optimizer step, part of the cache key).
         epochs: train for this many epochs instead of ``budget.epochs``; pass another of
             the budget's fields (e.g. ``budget.survey_epochs``), never a literal.
         channels_last: train with the weights in channels-last (NHWC) memory format, which
@@ -151,6 +172,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         budget = dataclasses.replace(budget, epochs=epochs)  # part of the cache key
     recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
+    after_step = _after_step(recipe.get("after_step"))
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = _models.create_model(name, **model_kwargs)
     if not isinstance(channels_last, bool):
@@ -170,7 +192,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         model.to(memory_format=torch.channels_last)
     history = fit(model, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
-                  schedule=recipe["schedule"], seed=seed, progress=progress)
+                  schedule=recipe["schedule"], seed=seed, progress=progress,
+                  after_step=after_step)
     model.to(memory_format=torch.contiguous_format)
     # fit scored the final model on the same test loader after its last epoch
     accuracy = history.test_accuracy[-1]

@@ -184,3 +184,18 @@ def test_xnor_speedup_formula_gives_the_papers_number():
     assert B.xnor_speedup(1, 1) < 1.0 < B.xnor_speedup(8, 9)
     with pytest.raises(ValueError, match="channels"):
         B.xnor_speedup(0, 9)
+
+
+def test_binary_cnn_is_registered_and_trains_through_the_zoo(tiny_budget, isolated_cache):
+    model = lc.create_model("binary_cnn", scheme="xnor", keep_first_last=False)
+    assert len(B.binary_layers(model)) == 6
+    # the zoo's recipe clips the latent weights after every step (its after_step)
+    recipe = dict(lc.zoo.RECIPES["binary_cnn"], lr=50.0)  # large enough to push past 1
+    trained = lc.zoo.get_trained("binary_cnn", tiny_budget, recipe=recipe, progress=False,
+                                 scheme="bnn")
+    latent = [m.weight for m in B.binary_layers(trained.model).values()]
+    assert max(w.abs().max().item() for w in latent) <= 1.0
+    assert any((w.abs() == 1.0).any() for w in latent)   # clipping did something
+    with pytest.raises(ValueError, match="after_step 'lightcnn.nope.f'"):
+        lc.zoo.get_trained("binary_cnn", tiny_budget, progress=False,
+                           recipe=dict(recipe, after_step="lightcnn.nope.f"))
