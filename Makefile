@@ -1,6 +1,9 @@
 # Two commands set everything up on a fresh machine (see README.md):
 #   make book   install into .venv, render the book into _build/html
-#   make test   install into .venv, unit tests, every chapter at the ci budget, strict build
+#   make test   install into .venv, data, unit tests, every chapter at the ci budget, strict build
+# make data (run first by test, execute and lab) finds Fashion-MNIST (LIGHTCNN_DATA, the user
+# cache, Debian's dataset-fashion-mnist) or downloads it into the user cache, verifies the MD5s
+# and prints where it is; without it, it stops with one message that lists the fixes.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +13,7 @@ NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 # nbval: run each notebook in this venv's kernel; a cell may train for a while.
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
 
-.PHONY: install book test unit nbval strict-book execute lab clean
+.PHONY: install data book test unit nbval strict-book execute lab clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +23,19 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# lightcnn.data.main() (what `python -m lightcnn.data` runs), called through -c: with -m,
+# runpy warns that lightcnn/__init__ imported the module before running it as __main__.
+data: $(STAMP)
+	@$(BIN)/python -c "import sys, lightcnn.data; sys.exit(lightcnn.data.main())"
+
 book: $(STAMP)
 	$(BIN)/jupyter-book build .
 	@echo "Open _build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) data
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory unit nbval strict-book || exit 1; \
-	echo "make test: $$(( $$(date +%s) - start )) s (after install)"
+	echo "make test: $$(( $$(date +%s) - start )) s (after install and data)"
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests
@@ -41,14 +49,14 @@ strict-book: $(STAMP)
 
 # Re-run every chapter at the full budget in place: refreshes the stored outputs and
 # book/results/*.json (at most 45 minutes a chapter on a 2-core CPU).
-execute: $(STAMP)
+execute: $(STAMP) data
 	for nb in $(NOTEBOOKS); do \
 	  LIGHTCNN_BUDGET=full $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
 	done
 
 # Open the chapters in JupyterLab (installs it into .venv on first use).
-lab: $(STAMP)
+lab: $(STAMP) data
 	$(BIN)/pip install -q jupyterlab ipywidgets
 	$(BIN)/jupyter lab chapters/
 

@@ -9,22 +9,29 @@ Where the four IDX files are looked for, in order:
 1. an explicit ``root`` argument, or the ``LIGHTCNN_DATA`` environment variable;
 2. the user cache, ``$XDG_CACHE_HOME/lightcnn/FashionMNIST/raw`` (``~/.cache/...``);
 3. ``/usr/share/datasets/fashion-mnist`` (Debian's package ``dataset-fashion-mnist``);
-4. torchvision's download into the user cache.
+4. torchvision's download into the user cache (which also completes a cache that an
+   interrupted or rejected download left partial).
 
 Every file is verified against the published MD5 of its decompressed content (the
 checksums the dataset's loaders publish; recompressed copies such as Debian's differ in
 the gzip header only). A missing, truncated or corrupted file raises
 :class:`DatasetError` naming the file and the ways to fix it: a partial or damaged
-dataset is never used.
+dataset is never used, and a damaged download is deleted at once.
+
+``python -m lightcnn.data`` (``make data``) makes sure the data is there before the tests
+or the chapters run: it finds or downloads the four files, verifies them, prints where
+they are and exits 0, or prints one message with the fixes and exits 1.
 
 Taught in chapters/01_cnn_basics.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +44,7 @@ from .budget import Budget, get_budget
 __all__ = [
     "CLASSES", "MEAN", "STD", "FILES", "DatasetError", "find_data_dir", "verify_file",
     "load_fashion_mnist", "balanced_subset", "FashionMNIST", "get_dataloaders",
-    "normalize", "user_cache_dir",
+    "normalize", "user_cache_dir", "main",
 ]
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -61,8 +68,9 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FIXES = (
     "Fix it in one of three ways:\n"
     "  1. install Debian's copy:  sudo apt-get install dataset-fashion-mnist\n"
-    "  2. delete the damaged file and let torchvision download a fresh copy into the "
-    "user cache ({cache})\n"
+    "  2. with internet access, let torchvision download a fresh copy into the user cache "
+    "({cache}), after deleting any damaged file there: make data (or python -m "
+    "lightcnn.data)\n"
     "  3. point LIGHTCNN_DATA (or root=...) at a folder holding the four verified files "
     "({names})"
 )
@@ -156,21 +164,77 @@ def find_data_dir(root: str | os.PathLike | None = None, download: bool = True) 
                                f"{'root' if root is not None else 'LIGHTCNN_DATA'}).\n"
                                + _fixes())
         return folder
-    for folder in (_data_cache_dir(), DEBIAN_DIR):
-        if _complete(folder):
-            return folder
+    try:
+        if _complete(_data_cache_dir()):
+            return _data_cache_dir()
+    except DatasetError:
+        # A partial cache is what an interrupted download, or a rejected file deleted
+        # below, leaves behind; torchvision fetches only what is missing or damaged.
+        if not download:
+            raise
+        return _download()
+    if _complete(DEBIAN_DIR):
+        return DEBIAN_DIR
     if not download:
         raise DatasetError("Fashion-MNIST was not found and download=False.\n" + _fixes())
+    return _download()
+
+
+def _delete_damaged(folder: Path) -> list[str]:
+    """Verify every copy of the four files in ``folder``; delete the damaged ones.
+
+    torchvision keeps both the ``.gz`` it fetched and its decompressed copy, and
+    :func:`_file_in` reads whichever is there, so both are checked. Both copies of a
+    damaged file go, so that torchvision (which skips a file whose decompressed copy
+    exists) fetches it again next time. Returns one line per damaged copy.
+    """
+    damaged = []
+    for name in FILES:
+        copies = [p for p in (folder / (name + ".gz"), folder / name) if p.is_file()]
+        problems = []
+        for path in copies:
+            try:
+                verify_file(path)
+            except DatasetError as err:
+                problems.append(f"{path.name}: {str(err).splitlines()[0]}")
+        if problems:
+            damaged += problems
+            for path in copies:
+                path.unlink()
+    return damaged
+
+
+def _download() -> Path:
+    """Let torchvision download into the user cache, then verify what it wrote.
+
+    torchvision checks the MD5 of each ``.gz`` it fetches but not of a decompressed copy
+    already there, so every file is verified here again; a damaged one is deleted and
+    reported, never used.
+    """
+    failure: Exception | None = None
     try:
         from torchvision.datasets import FashionMNIST as _TVFashionMNIST
 
         _TVFashionMNIST(root=str(user_cache_dir()), train=True, download=True)
     except Exception as err:  # network errors come in many types
+        failure = err
+    cache = _data_cache_dir()
+    damaged = _delete_damaged(cache) if cache.is_dir() else []
+    deleted = ("\nDeleted the damaged files:\n  " + "\n  ".join(damaged)) if damaged else ""
+    if failure is not None:
         raise DatasetError(f"Fashion-MNIST was not found locally and the download "
-                           f"failed ({err}).\n" + _fixes()) from err
-    if not _complete(_data_cache_dir()):
+                           f"failed ({str(failure).strip()}).{deleted}\n"
+                           + _fixes()) from failure
+    if damaged:
+        raise DatasetError(f"torchvision's download of Fashion-MNIST is corrupted."
+                           f"{deleted}\n" + _fixes())
+    try:
+        complete = _complete(cache)
+    except DatasetError as err:
+        raise DatasetError(f"torchvision's download is incomplete: {err}") from err
+    if not complete:
         raise DatasetError("torchvision's download left no files.\n" + _fixes())
-    return _data_cache_dir()
+    return cache
 
 
 def _parse_idx(data: bytes, name: str) -> np.ndarray:
@@ -296,3 +360,50 @@ def get_dataloaders(batch_size: int = 128, budget: Budget | None = None,
                               generator=generator, num_workers=0)
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False)
     return train_loader, test_loader
+
+
+def _source(folder: Path, cached_before: bool) -> str:
+    # Which step of find_data_dir's search order gave the folder, in the reader's words.
+    if os.environ.get("LIGHTCNN_DATA"):
+        return "the LIGHTCNN_DATA environment variable"
+    if folder == DEBIAN_DIR:
+        return "Debian's package dataset-fashion-mnist"
+    if cached_before:
+        return "the user cache"
+    return "torchvision's download into the user cache"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make sure the four files are there and verified: ``python -m lightcnn.data``.
+
+    Run before the tests and the chapters (``make data``), so that a missing dataset
+    stops them with one message instead of a failure in every test that loads data.
+
+    Args:
+        argv: command-line arguments (``None``: ``sys.argv[1:]``); there are no options.
+
+    Returns:
+        0 when the files are there and verified (the folder and its source are printed),
+        1 when they are not (the reason and the three fixes are printed to stderr).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m lightcnn.data",
+        description="Find Fashion-MNIST (LIGHTCNN_DATA, the user cache, Debian's "
+                    "dataset-fashion-mnist) or download it into the user cache, verify "
+                    "the MD5 of the four files and print where they are.")
+    parser.parse_args(argv)
+    cached_before = all(_file_in(_data_cache_dir(), name) for name in FILES)
+    try:
+        folder = find_data_dir(download=True)
+        for name in FILES:
+            verify_file(_file_in(folder, name))
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Fashion-MNIST: all four files verified (MD5) in {folder}")
+    print(f"  found through {_source(folder, cached_before)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,22 +30,37 @@ def tiny_budget() -> Budget:
                   overfit_epochs=1, search_train_size=100, search_final_epochs=1, val_size=100, calib_size=16, latency_warmup=1, latency_repeats=3)
 
 
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Where the data is (LIGHTCNN_DATA, the user cache or Debian's copy; make data puts it
+    there), found once per session, before any test moves the cache."""
+    try:
+        return lc.find_data_dir(download=False)
+    except lc.DatasetError as err:
+        pytest.fail(f"{err}\nRun `make data` first.", pytrace=False)
+
+
 @pytest.fixture
-def isolated_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh user cache, so tests never read or write the real one."""
+def isolated_cache(tmp_path, monkeypatch, data_dir) -> Path:
+    """A fresh user cache, so tests never read or write the real one.
+
+    The real data stands in for Debian's copy (the next place searched after the cache),
+    so code that loads data in an empty cache finds it instead of downloading, also on a
+    machine where the data is only in the real user cache.
+    """
     cache = tmp_path / "cache"
     monkeypatch.setenv("LIGHTCNN_CACHE", str(cache))
     monkeypatch.delenv("LIGHTCNN_DATA", raising=False)
+    monkeypatch.setattr(lc.data, "DEBIAN_DIR", data_dir)
     return cache
 
 
 @pytest.fixture
-def data_copy(tmp_path) -> Path:
+def data_copy(tmp_path, data_dir) -> Path:
     """A temporary copy of the four verified files, safe to damage."""
-    source = lc.find_data_dir(download=False)
     target = tmp_path / "fmnist"
     target.mkdir()
     for name in lc.data.FILES:
-        src = lc.data._file_in(source, name)
+        src = lc.data._file_in(data_dir, name)
         shutil.copy(src, target / src.name)
     return target

@@ -1,8 +1,14 @@
 import gzip
 import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 import lightcnn as lc
 from lightcnn.data import FILES, DatasetError, balanced_subset
@@ -82,6 +88,146 @@ def test_search_order_user_cache_before_debian(isolated_cache, data_copy):
         lc.load_fashion_mnist(train=False)
 
 
+def _fake_torchvision(source: Path, corrupt: str | None = None,
+                      fail: bool = False) -> Callable[..., None]:
+    """A stand-in for torchvision's FashionMNIST(root, train, download=True).
+
+    Writes what torchvision writes, each ``.gz`` and its decompressed copy under
+    ``root/FashionMNIST/raw``, taken from ``source``; ``corrupt`` names a file whose
+    content gets one flipped byte (in both copies); ``fail`` raises as without network.
+    Records every call, so a test can check that the download was attempted.
+    """
+    calls = []
+
+    def fake(root, train=True, download=False, **kwargs):
+        calls.append(root)
+        if fail:
+            raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            if (raw / name).is_file():
+                continue  # torchvision skips a file it already holds
+            data = bytearray(lc.data.verify_file(lc.data._file_in(source, name)))
+            if name == corrupt:
+                data[-1] ^= 0xFF
+            (raw / (name + ".gz")).write_bytes(gzip.compress(bytes(data), compresslevel=1))
+            (raw / name).write_bytes(bytes(data))
+
+    fake.calls = calls
+    return fake
+
+
+@pytest.fixture
+def nothing_local(isolated_cache, tmp_path, monkeypatch) -> Path:
+    """An empty user cache, no Debian copy, LIGHTCNN_DATA unset: only a download helps."""
+    empty = tmp_path / "no-debian"
+    empty.mkdir()
+    monkeypatch.setattr(lc.data, "DEBIAN_DIR", empty)
+    return isolated_cache / "FashionMNIST" / "raw"
+
+
+def test_download_into_an_empty_cache_is_found_and_verified(nothing_local, data_dir,
+                                                            monkeypatch, capsys):
+    fake = _fake_torchvision(data_dir)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake)
+    assert lc.data.main([]) == 0
+    assert len(fake.calls) == 1
+    out, err = capsys.readouterr()
+    assert f"verified (MD5) in {nothing_local}\n" in out
+    assert "torchvision's download into the user cache" in out and err == ""
+    for name, md5 in FILES.items():
+        for path in (nothing_local / name, nothing_local / (name + ".gz")):
+            assert hashlib.md5(lc.data.verify_file(path)).hexdigest() == md5
+    # The next run finds the cache and downloads nothing.
+    assert lc.data.main([]) == 0 and len(fake.calls) == 1
+    assert "found through the user cache" in capsys.readouterr().out
+    x, y = lc.load_fashion_mnist(train=False)
+    assert x.shape == (10000, 28, 28)
+    assert torch.equal(torch.bincount(y), torch.full((10,), 1000))
+
+
+def test_corrupted_download_is_rejected_deleted_and_fetched_again(nothing_local, data_dir,
+                                                                  monkeypatch):
+    bad = "train-labels-idx1-ubyte"
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST",
+                        _fake_torchvision(data_dir, corrupt=bad))
+    with pytest.raises(DatasetError) as err:
+        lc.find_data_dir()
+    message = str(err.value)
+    assert "corrupted" in message and f"{bad}.gz" in message and "Deleted" in message
+    assert message.count("Fix it in one of three ways") == 1
+    # Both copies of the damaged file are gone, the good files stay.
+    assert not (nothing_local / bad).exists() and not (nothing_local / f"{bad}.gz").exists()
+    assert all((nothing_local / (n + ".gz")).is_file() for n in FILES if n != bad)
+    # The cache is now partial: without download it is an error, with one it is completed.
+    with pytest.raises(DatasetError, match=f"partial.*{bad}"):
+        lc.find_data_dir(download=False)
+    fake = _fake_torchvision(data_dir)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake)
+    assert lc.find_data_dir() == nothing_local and len(fake.calls) == 1
+    assert hashlib.md5(lc.data.verify_file(nothing_local / bad)).hexdigest() == FILES[bad]
+
+
+def _assert_one_message_with_the_three_fixes(stderr: str) -> None:
+    assert stderr.startswith("error: Fashion-MNIST was not found locally and the "
+                             "download failed")
+    assert "Temporary failure in name resolution" in stderr
+    assert "Traceback" not in stderr and "Warning" not in stderr
+    for fix in ("Fix it in one of three ways", "apt-get install dataset-fashion-mnist",
+                "let torchvision download", "LIGHTCNN_DATA"):
+        assert stderr.count(fix) == 1, fix
+
+
+def test_no_network_and_nothing_local_is_one_message(nothing_local, monkeypatch, capsys):
+    fake = _fake_torchvision(Path("unused"), fail=True)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake)
+    assert lc.data.main([]) == 1 and len(fake.calls) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    _assert_one_message_with_the_three_fixes(err)
+    assert str(nothing_local) in err  # fix 2 names the cache the download goes to
+
+
+def test_interrupted_download_leaves_no_truncated_file(nothing_local, data_dir,
+                                                      monkeypatch):
+    # The connection drops halfway through the first file: the truncated .gz is deleted
+    # and the message says both what failed and what was deleted.
+    def interrupted(root, train=True, download=False, **kwargs):
+        nothing_local.mkdir(parents=True)
+        part = lc.data._file_in(data_dir, "train-images-idx3-ubyte").read_bytes()[:100_000]
+        (nothing_local / "train-images-idx3-ubyte.gz").write_bytes(part)
+        raise OSError("Connection reset by peer")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", interrupted)
+    with pytest.raises(DatasetError, match="download failed .Connection reset by peer.") as err:
+        lc.find_data_dir()
+    assert "Deleted the damaged files:\n  train-images-idx3-ubyte.gz" in str(err.value)
+    assert list(nothing_local.iterdir()) == []
+
+
+def test_entry_point_exit_status_as_make_data_runs_it(data_copy, tmp_path):
+    # The Makefile's command in a fresh process; LIGHTCNN_DATA picks the folder, so
+    # neither the user cache nor the network is touched.
+    def run(folder: Path) -> subprocess.CompletedProcess:
+        env = dict(os.environ, LIGHTCNN_DATA=str(folder), LIGHTCNN_CACHE=str(tmp_path / "c"))
+        return subprocess.run([sys.executable, "-c", "import sys, lightcnn.data; "
+                               "sys.exit(lightcnn.data.main())"], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    good = run(data_copy)
+    assert good.returncode == 0 and good.stderr == ""
+    assert f"verified (MD5) in {data_copy}\n" in good.stdout and "LIGHTCNN_DATA" in good.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = run(empty)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith(f"error: No Fashion-MNIST files in {empty} (given by "
+                                 "LIGHTCNN_DATA)")
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.count("Fix it in one of three ways") == 1
+
+
 def test_balanced_subset_is_balanced_deterministic_and_seeded():
     _, y = lc.load_fashion_mnist(train=True)
     a = balanced_subset(y, 1000, seed=0)
@@ -128,3 +274,10 @@ def test_balanced_subset_property(per_class, seed):
     index = balanced_subset(labels, 5 * per_class, seed)
     assert len(index.unique()) == len(index) == 5 * per_class
     assert torch.equal(torch.bincount(labels[index], minlength=5), torch.full((5,), per_class))
+
+
+def test_entry_point_rejects_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        lc.data.main(["--download-to", "/tmp"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --download-to" in capsys.readouterr().err
