@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .binary import BinaryConv2d, BinaryLinear, activation_scale_map, binary_layers
 
-__all__ = ["BACKENDS", "available_backends", "pack_signs", "unpack_signs", "popcount",
+__all__ = ["BACKENDS", "available_backends", "popcount_peak", "gemm_instructions", "pack_signs", "unpack_signs", "popcount",
            "xnor_gemm", "PackedBinaryConv2d", "PackedBinaryLinear", "pack_model"]
 
 BACKENDS = ("torch", "numba")
@@ -50,6 +50,43 @@ _POPCOUNT_TABLE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=to
 def available_backends() -> tuple[str, ...]:
     """The backends that run here: ``"torch"`` always, ``"numba"`` when it is installed."""
     return BACKENDS if importlib.util.find_spec("numba") is not None else ("torch",)
+
+
+def popcount_peak(cores: int | None = None, cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The most binary multiply-accumulates per second popcount can do on this CPU.
+
+    ``peak = cores x bits per popcount instruction x instructions per cycle x clock``, with
+    one popcount instruction per cycle per core: 512 bits with AVX-512 VPOPCNTDQ
+    (``avx512_vpopcntdq`` in the CPU flags), 64 bits with scalar ``POPCNT`` otherwise (the
+    assumption behind XNOR-Net's 64x). The clock is the one the kernel reports (``cpu MHz``:
+    the base clock under a hypervisor, so boost clocks can beat the "peak"). The XOR, the
+    loads and the additions are not counted: a real kernel stays below this ceiling.
+
+    Returns:
+        dict with ``clock_ghz`` (None where unknown), ``cores``, ``vpopcntdq``,
+        ``bits_per_cycle`` (per core) and ``peak_binary_macs_per_s`` (None where the clock
+        is unknown).
+    """
+    cores = torch.get_num_threads() if cores is None else cores
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be a positive int, got {cores!r}")
+    clock, flags = None, set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "cpu MHz" and clock is None:
+                    clock = float(value) / 1000.0
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except (OSError, ValueError):
+        pass
+    vpopcntdq = "avx512_vpopcntdq" in flags
+    bits = 512 if vpopcntdq else 64
+    return {"clock_ghz": clock, "cores": cores, "vpopcntdq": vpopcntdq,
+            "bits_per_cycle": bits,
+            "peak_binary_macs_per_s": None if clock is None else cores * bits * clock * 1e9}
 
 
 def _backend(backend: str) -> str:
@@ -174,6 +211,19 @@ def _numba_kernels():
     return numba, gemm, pack_rows
 
 
+def gemm_instructions() -> dict[str, int]:
+    """How often the compiled numba GEMM uses each popcount instruction (compiles it if
+    needed): ``{"vpopcntq": n, "popcnt": n}`` from its x86 assembly. A vectorized kernel
+    shows ``vpopcntq``; a CPU without AVX-512 VPOPCNTDQ only scalar ``popcnt``."""
+    numba, gemm, _ = _numba_kernels()
+    if not gemm.signatures:
+        a = np.zeros((4, 1), dtype=np.uint64)
+        gemm(a, a.T.copy(), 64, np.empty((4, 4), dtype=np.int32))
+    asm = "\n".join(gemm.inspect_asm().values()).lower()
+    vector = asm.count("vpopcntq")
+    return {"vpopcntq": vector, "popcnt": asm.count("popcnt") - vector}
+
+
 def _as_u64(t: Tensor) -> np.ndarray:
     return t.detach().numpy().view(np.uint64)
 
@@ -285,22 +335,40 @@ class PackedBinaryConv2d(nn.Module):
             self._kernel_version = version
         return self._kernel_words
 
-    def forward(self, x: Tensor) -> Tensor:
+    def pack_input(self, x: Tensor) -> Tensor:
+        """Step 1: ``(B, C, H, W)`` float -> ``(B, H + 2p, W + 2p, ceil(C/64))`` words of the
+        signs, padded with the word of +1s (bits set for the C channels, 0 above)."""
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
-        kh, kw = self.kernel_size
-        (sh, sw), (ph, pw) = self.stride, self.padding
+        ph, pw = self.padding
         words = _pack_channels(x, self.backend)                    # (B, H, W, Wc)
         n_words = words.shape[-1]
-        # pad with +1: bits set for the C real channels, 0 for the padding bits
         ones = _pack_bits(torch.ones(n_words * 64, dtype=torch.bool)[:c])
         padded = ones.expand(b, h + 2 * ph, w + 2 * pw, n_words).clone()
         padded[:, ph:ph + h, pw:pw + w] = words
-        # im2col on words: (B, Hp, Wp, Wc) -> (B, OH, OW, Wc, kh, kw) -> (B OH OW, kh kw Wc)
-        cols = padded.unfold(1, kh, sh).unfold(2, kw, sw)
-        oh, ow = cols.shape[1], cols.shape[2]
-        cols = cols.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, kh * kw * n_words)
+        return padded
+
+    def im2col(self, padded: Tensor) -> Tensor:
+        """Step 2: im2col on words, ``(B, Hp, Wp, Wc) -> (B OH OW, kh kw Wc)``: each row
+        holds one output position's window, in the kernel's (kh, kw, word) order."""
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        cols = padded.unfold(1, kh, sh).unfold(2, kw, sw)          # (B, OH, OW, Wc, kh, kw)
+        b, oh, ow, n_words = cols.shape[:4]
+        return cols.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, kh * kw * n_words)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(OH, OW)`` for an ``h x w`` input."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        oh, ow = self.output_size(h, w)
+        cols = self.im2col(self.pack_input(x))
+        # step 3: XNOR GEMM, then the float work per output (scales, bias)
         dots = xnor_gemm(cols, self.kernel_words(), kh * kw * c, self.backend,
                          b_transposed=True)                        # (B OH OW, O) int32
         # (B, OH, OW, O) -> NCHW view in channels-last memory, as oneDNN likes it

@@ -173,3 +173,18 @@ def test_pack_model_needs_binary_activations():
         K.pack_model(B.binarize(lc.create_model("baseline_cnn"), "bwn"))
     with pytest.raises(ValueError, match="binary activations"):
         K.PackedBinaryConv2d(B.BinaryConv2d(3, 4, 3, scheme="binaryconnect"))
+
+
+def test_popcount_peak_from_the_cpu_description(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some CPU\ncpu MHz\t\t: 2500.000\n"
+                    "flags\t\t: fpu sse2 popcnt avx512f avx512_vpopcntdq\n")
+    peak = K.popcount_peak(cores=2, cpuinfo=str(info))
+    assert peak == {"clock_ghz": 2.5, "cores": 2, "vpopcntdq": True, "bits_per_cycle": 512,
+                    "peak_binary_macs_per_s": 2 * 512 * 2.5e9}
+    info.write_text("cpu MHz\t\t: 3000.0\nflags\t\t: fpu sse2 popcnt avx2\n")
+    assert K.popcount_peak(cores=1, cpuinfo=str(info))["peak_binary_macs_per_s"] == 64 * 3e9
+    missing = K.popcount_peak(cores=1, cpuinfo=str(tmp_path / "none"))
+    assert missing["clock_ghz"] is None and missing["peak_binary_macs_per_s"] is None
+    with pytest.raises(ValueError, match="cores"):
+        K.popcount_peak(cores=0)
