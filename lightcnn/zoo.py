@@ -99,13 +99,16 @@ def _source_hash(name: str) -> str:
 
 
 def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = None,
-              channels_last: bool = False, **model_kwargs) -> str:
+              channels_last: bool = False, init_from: str | None = None,
+              **model_kwargs) -> str:
     """16 hex digits identifying one trained model (see the module docstring)."""
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
     budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
             "budget": budget_fields, "seed": seed, "code": _source_hash(name),
             "torch": torch.__version__.split("+")[0]}
+    if init_from is not None:  # trained on from another cached model (absent = old keys stay)
+        spec["init_from"] = init_from
     if channels_last:  # other kernels, other rounding: another model (absent = old keys stay)
         spec["memory_format"] = "channels_last"
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -147,7 +150,8 @@ def _store(path: Path, entry: dict) -> None:
 
 def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
-                channels_last: bool = False, **model_kwargs) -> TrainedModel:
+                channels_last: bool = False, init_from: TrainedModel | None = None,
+                **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
 
     Args:
@@ -164,6 +168,9 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
             oneDNN's CPU convolutions prefer: faster for most depthwise families, slower
             for some (ShuffleNetV2, GhostNet; chapter 03). The returned model is converted
             back to the default format, so latency is always measured in one format.
+        init_from: start from this trained model's weights instead of a random
+            initialization (e.g. a float model's, for its binarized twin): its state dict
+            must load into the new model. Its cache entry is part of the key.
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
     budget = budget or get_budget()
@@ -177,7 +184,19 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     model = _models.create_model(name, **model_kwargs)
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
-    key = cache_key(name, budget, seed, recipe, channels_last, **model_kwargs)
+    if init_from is not None:
+        if not isinstance(init_from, TrainedModel):
+            raise TypeError(f"init_from must be a TrainedModel from get_trained, got "
+                            f"{type(init_from).__name__}")
+        try:
+            model.load_state_dict(init_from.model.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"init_from: the weights of {init_from.path.name} do not fit "
+                             f"{name!r} ({err})") from err
+        if after_step is not None:  # e.g. clip loaded latent weights before the first step
+            after_step(model)
+    key = cache_key(name, budget, seed, recipe, channels_last,
+                    None if init_from is None else init_from.path.name, **model_kwargs)
     path = cache_path(name, budget, key)
     entry = _load(path)
     if entry is not None:

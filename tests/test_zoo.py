@@ -101,3 +101,24 @@ def test_channels_last_training_is_its_own_entry(isolated_cache, tiny_budget):
                                channels_last=True).trained_now
     with pytest.raises(TypeError, match="channels_last"):
         zoo.get_trained("lenet5", budget=tiny_budget, channels_last="yes")
+
+
+def test_init_from_starts_from_another_cached_model(tiny_budget, isolated_cache):
+    base = lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False)
+    still = dict(lc.zoo.RECIPES["binary_cnn"], lr=1e-12)   # training barely moves weights
+    warm = lc.zoo.get_trained("binary_cnn", tiny_budget, progress=False, recipe=still,
+                              init_from=base, scheme="bwn")
+    cold = lc.zoo.get_trained("binary_cnn", tiny_budget, progress=False, recipe=still,
+                              scheme="bwn")
+    assert warm.path != cold.path                  # the starting point is part of the key
+    w_base = base.model.features[3][0].weight
+    assert torch.allclose(warm.model.features[3][0].weight, w_base.clamp(-1, 1), atol=1e-6)
+    assert not torch.allclose(cold.model.features[3][0].weight, w_base, atol=1e-3)
+    again = lc.zoo.get_trained("binary_cnn", tiny_budget, progress=False, recipe=still,
+                               init_from=base, scheme="bwn")
+    assert not again.trained_now and again.path == warm.path
+    with pytest.raises(TypeError, match="init_from must be a TrainedModel"):
+        lc.zoo.get_trained("binary_cnn", tiny_budget, init_from=base.model)
+    lenet = lc.zoo.get_trained("lenet5", tiny_budget, progress=False)
+    with pytest.raises(ValueError, match="init_from: the weights of lenet5"):
+        lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False, init_from=lenet)
