@@ -50,8 +50,9 @@ class Budget:
         binary_epochs: epochs for each network of chapter 6's binary comparison (the fp32
             reference and five binarized twins, trained from scratch): fewer than
             ``epochs``, because six networks trained for ``epochs`` would not fit a
-            chapter's time limit on a 2-core CPU (one epoch of a binary baseline took
-            1.6-1.7 minutes on an AMD EPYC, the fp32 one 1.2).
+            chapter's time limit on a 2-core CPU (on an AMD EPYC one epoch took 1.1
+            minutes in float32 and with binary weights, 1.4 to 1.8 with binary
+            activations; the chapter ran 27.7 minutes cold).
     """
 
     name: str

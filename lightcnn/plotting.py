@@ -245,11 +245,13 @@ def _place_legend(fig, ax, labels) -> None:
 
 def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,
                 ylabel: str, title: str | None = None, percent: bool = False,
-                reference: float | None = None, reference_label: str = "reference"):
+                reference: float | None = None, reference_label: str = "reference",
+                markers: bool = True):
     """One line per named series over shared ``x`` values (e.g. accuracy vs sparsity).
 
     ``percent`` multiplies the series by 100 (fractions to %); ``reference`` draws a
-    dashed horizontal line (e.g. the unpruned model's accuracy).
+    dashed horizontal line (e.g. the unpruned model's accuracy); ``markers=False`` draws
+    plain lines (for curves sampled at hundreds of points, such as a function's graph).
     """
     if not series:
         raise ValueError("series must name at least one curve")
@@ -259,7 +261,8 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
     fig, ax = plt.subplots()
     scale = 100 if percent else 1
     for name, values in series.items():
-        ax.plot(list(x), [scale * v for v in values], marker="o", markersize=3, label=name)
+        ax.plot(list(x), [scale * v for v in values], marker="o" if markers else None,
+                markersize=3, label=name)
     if reference is not None:
         ax.axhline(scale * reference, color="grey", linestyle="--", linewidth=1,
                    label=reference_label)
