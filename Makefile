@@ -9,7 +9,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
+# the chapters, and the appendix pages that run code
+NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb)) $(sort $(wildcard book/*.ipynb))
 # nbval: run each notebook in this venv's kernel; a cell may train for a while.
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
 

@@ -283,6 +283,9 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
     for name, module in weighted:
         if name in keep or isinstance(module, (BinaryConv2d, BinaryLinear)):
             continue
+        if hasattr(module, "weight_orig"):
+            raise ValueError(f"layer {name!r} carries a pruning mask; make it permanent "
+                             "first (lightcnn.pruning.remove_masks)")
         if isinstance(module, nn.Conv2d):
             if module.kernel_size == (1, 1) and not pointwise:
                 continue

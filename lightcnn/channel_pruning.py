@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torchvision.models.shufflenetv2 import channel_shuffle as _tv_channel_shuffle
+from torchvision.ops import stochastic_depth as _stochastic_depth
 
 from .blocks import channel_shuffle
 from .profile import _check_model, _check_shape, count_macs
@@ -97,7 +99,8 @@ _SAME_CHANNELS_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.
 _SAME_CHANNELS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.silu, F.hardswish, F.hardsigmoid,
                             F.sigmoid, F.gelu, F.dropout, F.max_pool2d, F.avg_pool2d,
                             F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu,
-                            torch.sigmoid, torch.tanh}
+                            torch.sigmoid, torch.tanh,
+                            _stochastic_depth}  # drops whole samples (EfficientNet), not channels
 _SAME_CHANNELS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_",
                           "sigmoid_"}
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
@@ -107,8 +110,9 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 
 class _Tracer(fx.Tracer):
     # channel_shuffle is one opaque node: its view/transpose/view would hide the permutation
+    # (the book's own, and torchvision's ShuffleNetV2 one, which computes the same)
     def __init__(self):
-        super().__init__(autowrap_functions=(channel_shuffle,))
+        super().__init__(autowrap_functions=(channel_shuffle, _tv_channel_shuffle))
 
 
 @dataclass
@@ -184,9 +188,15 @@ def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> _Analysis:
             env[node] = None
         elif node.op == "call_module":
             name, module = node.target, modules[node.target]
-            if name in called:
+            # A stateless module (an activation, pooling, dropout, identity) may be called
+            # more than once (torchvision's ResNet blocks reuse one ReLU): each call maps
+            # channel j to channel j. A module with weights or buffers has one set of
+            # channels, which two call sites could not prune differently.
+            stateful = any(True for _ in module.parameters(recurse=False)) or \
+                any(True for _ in module.buffers(recurse=False))
+            if name in called and stateful:
                 raise ValueError(f"module {name!r} is called twice in forward; channel "
-                                 "pruning needs one call per layer")
+                                 "pruning needs one call per layer with weights")
             called.add(name)
             x = slots_of(args[0])
             if isinstance(module, nn.Conv2d):
@@ -274,7 +284,7 @@ def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
             a.fix(y)
             return x if len(x) >= len(y) else y
         return first
-    if not is_method and target is channel_shuffle:
+    if not is_method and target in (channel_shuffle, _tv_channel_shuffle):
         groups = args[1] if len(args) > 1 else kwargs["groups"]
         n = len(first)
         a.fix(first)                             # a shuffle of fewer channels is another permutation

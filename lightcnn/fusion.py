@@ -86,7 +86,32 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
                 _fold(first, second)
                 setattr(module, name, nn.Identity())
+    if any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()):
+        _fuse_traced(fused)
     return fused
+
+
+def _fuse_traced(model: nn.Module) -> None:
+    """Fold the pairs that are not neighbours in an ``nn.Sequential`` (torchvision's ResNet
+    blocks call ``self.conv1`` then ``self.bn1`` in ``forward``), found by tracing the
+    forward pass with ``torch.fx``: a batch norm whose input is a conv's output used by
+    nothing else. A model ``torch.fx`` cannot trace keeps those batch norms."""
+    try:
+        graph = torch.fx.Tracer().trace(model)
+    except Exception:  # data-dependent control flow: keep what the Sequential pass did
+        return
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and isinstance(modules.get(source.target), nn.Conv2d)
+                and len(source.users) == 1 and not isinstance(modules[node.target], nn.Identity)):
+            _fold(modules[source.target], modules[node.target])
+            parent, _, child = node.target.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+            modules[node.target] = nn.Identity()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ Taught in chapters/05_quantization.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import warnings
@@ -77,6 +78,42 @@ def _check_example(example: Tensor) -> None:
                          f"{tuple(example.shape)}")
 
 
+def _unshare_stateless(model: nn.Module) -> nn.Module:
+    """``model``, or a traced copy in which every call of a module gets a module of its own.
+
+    torchvision's ResNet blocks call one ``nn.ReLU`` twice. The X86 quantizer groups the
+    captured ops by the module they came from, and a group with two outputs (two calls)
+    stops it ("Input partition has more than one output node"). Giving the second call a
+    copy of the (stateless) module changes nothing it computes. Models without repeated
+    calls, or that ``torch.fx`` cannot trace, are returned as they are.
+    """
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # data-dependent control flow: nothing to untangle here
+        return model
+    seen: set[str] = set()
+    repeated = False
+    for node in traced.graph.nodes:
+        if node.op != "call_module":
+            continue
+        if node.target in seen:
+            module = traced.get_submodule(node.target)
+            if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                return model  # a layer with weights used twice: keep its single copy
+            name = f"{node.target.replace('.', '_')}_call{len(seen)}"
+            traced.add_submodule(name, copy.deepcopy(module))
+            node.target = name
+            # export keeps the traced nodes' metadata: name the new module there too
+            node.meta.pop("nn_module_stack", None)
+            node.meta.pop("source_fn_stack", None)
+            repeated = True
+        seen.add(node.target)
+    if not repeated:
+        return model
+    traced.recompile()
+    return traced
+
+
 def export_model(model: nn.Module, example: Tensor, train: bool = False) -> nn.Module:
     """``model`` captured by ``torch.export`` as an ATen graph module, batch size dynamic.
 
@@ -87,6 +124,7 @@ def export_model(model: nn.Module, example: Tensor, train: bool = False) -> nn.M
     _check_model(model)
     _check_example(example)
     model.train(train)
+    model = _unshare_stateless(model)
     batch = torch.export.Dim.AUTO  # lets torch.export find the batch dimension dynamic
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     return program.module()

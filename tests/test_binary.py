@@ -133,6 +133,10 @@ def test_binarize_rejects_what_it_cannot_handle_by_name():
         B.binarize(reflect, "bnn")
     with pytest.raises(TypeError):
         B.sign_ste(torch.tensor([1, -1]))
+    masked = lc.pruning.apply_masks(lc.create_model("baseline_cnn"),
+                                    lc.pruning.global_masks(lc.create_model("baseline_cnn"), 0.5))
+    with pytest.raises(ValueError, match="'features.2.0' carries a pruning mask"):
+        B.binarize(masked, "bnn")
 
 
 def test_training_moves_latent_weights_and_clipping_keeps_them_in_range():

@@ -247,3 +247,35 @@ def test_ratio_for_macs_rejects_bad_arguments_and_unreachable_shares():
     # the classifier's inputs cannot all go: some MACs always stay
     with pytest.raises(ValueError, match="no pruning ratio"):
         cp.ratio_for_macs(model, share=1e-6, step=0.3)
+
+
+class _ReusedRelu(nn.Module):
+    """One ReLU module called after both convs, as torchvision's ResNet blocks do."""
+
+    def __init__(self, reuse_conv: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.reuse_conv = reuse_conv
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        if self.reuse_conv:
+            x = self.conv2(x)
+        return self.head(x)
+
+
+def test_a_stateless_module_may_be_called_twice_but_a_layer_with_weights_may_not():
+    torch.manual_seed(0)
+    model = _ReusedRelu().eval()
+    plan = cp.plan_channel_pruning(model, 0.5)
+    assert sorted(plan) == ["conv1", "conv2"] and all(len(v) == 4 for v in plan.values())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(cp.remove_channels(model, plan)(x), cp.zero_channels(model, plan)(x),
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="'conv2' is called twice in forward"):
+        cp.plan_channel_pruning(_ReusedRelu(reuse_conv=True), 0.5)
