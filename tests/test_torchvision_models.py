@@ -107,7 +107,7 @@ def test_unstructured_pruning_reaches_its_exact_sparsity(name):
     assert pruning.sparsity(masked) == pytest.approx(round(0.7 * total) / total, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_int8_pt2e_runs_and_keeps_most_predictions(name):
     from lightcnn import int8
 
