@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import BaselineCNN, register_model
+from .pruning import _is_masked
 
 __all__ = ["Scheme", "SCHEMES", "sign_ste", "stochastic_sign_ste", "BinaryConv2d",
            "BinaryLinear", "activation_scale_map", "binarize", "binary_layers", "clip_latent_weights",
@@ -89,18 +90,14 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
-class _StochasticSignSTE(torch.autograd.Function):
+class _StochasticSignSTE(_SignSTE):
+    # the same clipped STE backward; only the forward samples
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         # P(+1) = hard sigmoid(x) = clip((x + 1) / 2, 0, 1)   (BinaryConnect, eq. 3)
         p = ((x + 1) / 2).clamp(0, 1)
         return torch.where(torch.rand_like(x) < p, 1.0, -1.0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
 
 
 def sign_ste(x: Tensor) -> Tensor:
@@ -274,16 +271,15 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
         if own and not isinstance(module, _PASSIVE):
             raise ValueError(f"layer {name!r} ({type(module).__name__}) has weights "
                              "binarize cannot handle; supported: Conv2d (groups=1), Linear")
-    first = next(n for n, m in weighted if isinstance(m, nn.Conv2d)) if any(
-        isinstance(m, nn.Conv2d) for _, m in weighted) else None
-    last = [n for n, m in weighted if isinstance(m, nn.Linear)]
+    convs = [n for n, m in weighted if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in weighted if isinstance(m, nn.Linear)]
     keep = set(skip)
     if keep_first_last:
-        keep |= {n for n in (first, last[-1] if last else None) if n is not None}
+        keep |= set(convs[:1] + linears[-1:])
     for name, module in weighted:
         if name in keep or isinstance(module, (BinaryConv2d, BinaryLinear)):
             continue
-        if hasattr(module, "weight_orig"):
+        if _is_masked(module):
             raise ValueError(f"layer {name!r} carries a pruning mask; make it permanent "
                              "first (lightcnn.pruning.remove_masks)")
         if isinstance(module, nn.Conv2d):
@@ -303,18 +299,13 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
             new = BinaryLinear(module.in_features, module.out_features,
                                module.bias is not None, scheme=scheme)
         new.load_state_dict(module.state_dict())
-        _set(model, name, new)
+        model.set_submodule(name, new)
     if scheme_.binary_activations:
         for name, module in list(model.named_modules()):
             if isinstance(module, (nn.ReLU, nn.ReLU6)):
-                _set(model, name, nn.Hardtanh())
+                model.set_submodule(name, nn.Hardtanh())
     clip_latent_weights(model)
     return model
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:

@@ -29,6 +29,7 @@ Taught in chapters/06_binary_networks.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .binary import BinaryConv2d, BinaryLinear, activation_scale_map, binary_layers
+from .runtime import cpuinfo_fields
 
 __all__ = ["BACKENDS", "available_backends", "popcount_peak", "gemm_instructions", "pack_signs", "unpack_signs", "popcount",
            "xnor_gemm", "PackedBinaryConv2d", "PackedBinaryLinear", "pack_model"]
@@ -70,19 +72,12 @@ def popcount_peak(cores: int | None = None, cpuinfo: str = "/proc/cpuinfo") -> d
     cores = torch.get_num_threads() if cores is None else cores
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise ValueError(f"cores must be a positive int, got {cores!r}")
-    clock, flags = None, set()
+    fields = cpuinfo_fields(cpuinfo)
     try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "cpu MHz" and clock is None:
-                    clock = float(value) / 1000.0
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except (OSError, ValueError):
-        pass
-    vpopcntdq = "avx512_vpopcntdq" in flags
+        clock = float(fields["cpu MHz"]) / 1000.0
+    except (KeyError, ValueError):
+        clock = None
+    vpopcntdq = "avx512_vpopcntdq" in fields.get("flags", "").split()
     bits = 512 if vpopcntdq else 64
     return {"clock_ghz": clock, "cores": cores, "vpopcntdq": vpopcntdq,
             "bits_per_cycle": bits,
@@ -427,16 +422,13 @@ def pack_model(model: nn.Module, backend: str = "auto") -> nn.Module:
         ValueError: the model has no layer with binary weights and activations (weight-only
             schemes keep real activations, which a bit cannot hold).
     """
-    import copy
-
     layers = {n: m for n, m in binary_layers(model).items() if m.scheme.binary_activations}
     if not layers:
         raise ValueError("model has no binary layer with binary activations to pack "
                          "(binarize it with scheme 'bnn' or 'xnor')")
     packed = copy.deepcopy(model).eval()
     for name, layer in layers.items():
-        new = (PackedBinaryConv2d(layer, backend) if isinstance(layer, BinaryConv2d)
-               else PackedBinaryLinear(layer, backend))
-        parent, _, child = name.rpartition(".")
-        setattr(packed.get_submodule(parent) if parent else packed, child, new)
+        packed.set_submodule(name, PackedBinaryConv2d(layer, backend)
+                             if isinstance(layer, BinaryConv2d)
+                             else PackedBinaryLinear(layer, backend))
     return packed

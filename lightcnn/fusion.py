@@ -22,6 +22,7 @@ Taught in chapters/03_light_architectures.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -95,23 +96,25 @@ def _fuse_traced(model: nn.Module) -> None:
     """Fold the pairs that are not neighbours in an ``nn.Sequential`` (torchvision's ResNet
     blocks call ``self.conv1`` then ``self.bn1`` in ``forward``), found by tracing the
     forward pass with ``torch.fx``: a batch norm whose input is a conv's output used by
-    nothing else. A model ``torch.fx`` cannot trace keeps those batch norms."""
+    nothing else, each module called once (folding a shared batch norm into one of its
+    convs would change the other call). A model ``torch.fx`` cannot trace keeps those
+    batch norms."""
     try:
         graph = torch.fx.Tracer().trace(model)
     except Exception:  # data-dependent control flow: keep what the Sequential pass did
         return
     modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         source = node.args[0]
         if (isinstance(source, torch.fx.Node) and source.op == "call_module"
                 and isinstance(modules.get(source.target), nn.Conv2d)
-                and len(source.users) == 1 and not isinstance(modules[node.target], nn.Identity)):
+                and len(source.users) == 1
+                and calls[node.target] == calls[source.target] == 1):
             _fold(modules[source.target], modules[node.target])
-            parent, _, child = node.target.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
-            modules[node.target] = nn.Identity()
+            model.set_submodule(node.target, nn.Identity())
 
 
 @dataclass(frozen=True)

@@ -231,15 +231,9 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
     """
     _check_run(model, input_shape, batch_size, threads, warmup, repeats)
     x = example if example is not None else torch.randn(batch_size, *input_shape)
-    times = []
     with _inference(model, threads):
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return _latency(times, len(x), threads)
+        return time_interleaved({"model": lambda: model(x)}, threads, warmup, repeats,
+                                len(x))["model"]
 
 
 def _latency(times: list[float], batch_size: int, threads: int) -> Latency:

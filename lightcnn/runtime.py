@@ -24,7 +24,7 @@ from torch import nn
 
 from .budget import Budget, get_budget
 
-__all__ = ["DEFAULT_THREADS", "cpu_name", "page_faults_per_pass", "pin_allocator", "seed_everything",
+__all__ = ["DEFAULT_THREADS", "cpu_name", "cpuinfo_fields", "page_faults_per_pass", "pin_allocator", "seed_everything",
            "set_threads", "setup"]
 
 # The book's machine has 2 cores; every published latency is measured with 2 threads.
@@ -50,6 +50,22 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``"model name"``, ``"cpu MHz"``,
+    ``"flags"``, ...), whitespace collapsed; empty where the file cannot be read."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), " ".join(value.split())
+                if key and value and key not in fields:
+                    fields[key] = value
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The processor's model name, as the kernel reports it (``platform.processor()`` or
     ``"unknown"`` where there is no ``/proc/cpuinfo``).
@@ -57,15 +73,7 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     Latencies are only comparable on the same processor, so :func:`setup` prints it: a
     chapter's output then says which machine measured its numbers.
     """
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return " ".join(value.split())
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpuinfo_fields(cpuinfo).get("model name") or platform.processor() or "unknown"
 
 
 def pin_allocator() -> bool:

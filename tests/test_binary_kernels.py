@@ -12,6 +12,7 @@ from torch import nn
 import lightcnn as lc
 from lightcnn import binary as B
 from lightcnn import binary_kernels as K
+from helpers import randomize_bn
 
 BACKENDS = K.available_backends()
 
@@ -115,19 +116,11 @@ class _Small(nn.Module):
         return self.features(x)
 
 
-def _with_random_statistics(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean.normal_(0, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scheme", ["bnn", "xnor"])
 def test_packed_model_equals_its_float_simulation(backend, scheme):
     torch.manual_seed(0)
-    sim = _with_random_statistics(B.binarize(_Small(), scheme))
+    sim = randomize_bn(B.binarize(_Small(), scheme))
     packed = K.pack_model(sim, backend)
     assert not B.binary_layers(packed)   # every binary layer now runs on packed bits
     x = torch.randn(8, 3, 11, 11)
@@ -140,7 +133,7 @@ def test_packed_model_equals_its_float_simulation(backend, scheme):
 @pytest.mark.parametrize("scheme", ["bnn", "xnor"])
 def test_packed_baseline_predicts_like_the_simulation(scheme):
     torch.manual_seed(0)
-    sim = _with_random_statistics(B.binarize(lc.create_model("baseline_cnn"), scheme))
+    sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), scheme))
     packed = K.pack_model(sim)
     x = torch.randn(64, 1, 28, 28)
     with torch.no_grad():
@@ -155,12 +148,12 @@ def test_packed_baseline_predicts_like_the_simulation(scheme):
 
 
 def test_packed_model_survives_a_state_dict_round_trip():
-    sim = _with_random_statistics(B.binarize(lc.create_model("baseline_cnn"), "xnor"))
+    sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "xnor"))
     packed = K.pack_model(sim)
     buffer = io.BytesIO()
     torch.save(packed.state_dict(), buffer)
-    fresh = K.pack_model(_with_random_statistics(
-        B.binarize(lc.create_model("baseline_cnn"), "xnor")))
+    fresh = K.pack_model(randomize_bn(
+        B.binarize(lc.create_model("baseline_cnn"), "xnor"), seed=1))
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         fresh(x)   # builds its kernel layout from its own weights first

@@ -82,3 +82,23 @@ def test_measure_fusion_refuses_to_time_a_changed_function():
     model = _trained_bn(lc.create_model("baseline_cnn"))
     with pytest.raises(ValueError, match="differs from the original"):
         lc.measure_fusion(model, torch.randn(2, 1, 28, 28), atol=-1.0)
+
+
+def test_a_batch_norm_called_twice_is_not_folded_into_one_of_its_convs():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.a(x)) + self.bn(self.b(x))
+
+    torch.manual_seed(0)
+    model = Shared().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    fused = lc.fuse_conv_bn(model)
+    assert isinstance(fused.bn, nn.BatchNorm2d)   # one fold would be wrong for the other call
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), atol=1e-6)

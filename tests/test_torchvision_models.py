@@ -15,6 +15,7 @@ import lightcnn as lc
 from lightcnn import binary as B
 from lightcnn import channel_pruning as cp
 from lightcnn import pruning
+from helpers import randomize_bn
 
 SHAPE = (3, 64, 64)
 FAMILIES = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5",
@@ -28,15 +29,7 @@ def _model(name: str, seed: int = 0, registry: bool = False) -> nn.Module:
         model = getattr(torchvision.models, name)(num_classes=10)
     else:
         model = lc.create_model(name, num_classes=10)
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+    return randomize_bn(model, seed)
 
 
 def _formula_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
