@@ -24,6 +24,8 @@ from . import zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
 from . import binary, binary_kernels
+from . import distillation
+from . import lowrank
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"
