@@ -100,8 +100,12 @@ def _source_hash(name: str) -> str:
 
 def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = None,
               channels_last: bool = False, init_from: str | None = None,
-              **model_kwargs) -> str:
-    """16 hex digits identifying one trained model (see the module docstring)."""
+              distill: dict | None = None, **model_kwargs) -> str:
+    """16 hex digits identifying one trained model (see the module docstring).
+
+    ``distill`` describes a distilled student: its teacher's cache file name, the loss
+    settings and the hash of ``lightcnn/distillation.py`` (see :func:`get_trained`).
+    """
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
     budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
@@ -109,6 +113,8 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
             "torch": torch.__version__.split("+")[0]}
     if init_from is not None:  # trained on from another cached model (absent = old keys stay)
         spec["init_from"] = init_from
+    if distill is not None:  # learned from a cached teacher (absent = old keys stay)
+        spec["distill"] = distill
     if channels_last:  # other kernels, other rounding: another model (absent = old keys stay)
         spec["memory_format"] = "channels_last"
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -151,6 +157,7 @@ def _store(path: Path, entry: dict) -> None:
 def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
                 channels_last: bool = False, init_from: TrainedModel | None = None,
+                teacher: TrainedModel | None = None, distill: dict | None = None,
                 **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
 
@@ -171,6 +178,13 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         init_from: start from this trained model's weights instead of a random
             initialization (e.g. a float model's, for its binarized twin): its state dict
             must load into the new model. Its cache entry is part of the key.
+        teacher: distill the model from this trained model (chapter 07): trained with
+            ``lightcnn.distillation.Distiller`` and its ``loss_fn``; when the recipe does
+            not augment, the teacher's logits on the training set are computed once. The
+            teacher's cache file name, the loss settings and the source of
+            ``distillation.py`` are part of the key.
+        distill: keyword arguments of ``Distiller`` (temperature, alpha, hints,
+            hint_weight, attention, beta); its defaults when omitted. Needs ``teacher``.
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
     budget = budget or get_budget()
@@ -195,8 +209,23 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                              f"{name!r} ({err})") from err
         if after_step is not None:  # e.g. clip loaded latent weights before the first step
             after_step(model)
+    distiller, distill_spec = None, None
+    if teacher is not None:
+        if not isinstance(teacher, TrainedModel):
+            raise TypeError(f"teacher must be a TrainedModel from get_trained, got "
+                            f"{type(teacher).__name__}")
+        from . import distillation as _distillation  # chapter 07 builds on the zoo
+
+        # built before the lookup, so bad settings fail on a cache hit too
+        distiller = _distillation.Distiller(model, teacher.model, **(distill or {}))
+        distill_spec = {"teacher": teacher.path.name, "settings": distiller.settings,
+                        "code": hashlib.sha256(
+                            inspect.getsource(_distillation).encode()).hexdigest()}
+    elif distill is not None:
+        raise ValueError("distill needs a teacher (teacher=get_trained(...))")
     key = cache_key(name, budget, seed, recipe, channels_last,
-                    None if init_from is None else init_from.path.name, **model_kwargs)
+                    None if init_from is None else init_from.path.name, distill_spec,
+                    **model_kwargs)
     path = cache_path(name, budget, key)
     entry = _load(path)
     if entry is not None:
@@ -209,10 +238,20 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     if channels_last:
         # NCHW inputs meet NHWC weights: oneDNN then runs the convolutions in NHWC
         model.to(memory_format=torch.channels_last)
-    history = fit(model, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
+    trainee, loss_fn = model, None
+    if distiller is not None:
+        # fit optimizes the distiller: the student and its hint regressors (the teacher
+        # is outside it); only the student is stored
+        trainee, loss_fn = distiller, distiller.loss_fn
+        if not recipe["augment"]:  # same images every epoch: run the teacher once
+            train_loader = _distillation.with_teacher_logits(train_loader, teacher.model)
+        if after_step is not None:
+            step_function = after_step
+            after_step = lambda _: step_function(model)  # noqa: E731 (on the student)
+    history = fit(trainee, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
                   schedule=recipe["schedule"], seed=seed, progress=progress,
-                  after_step=after_step)
+                  loss_fn=loss_fn, after_step=after_step)
     model.to(memory_format=torch.contiguous_format)
     # fit scored the final model on the same test loader after its last epoch
     accuracy = history.test_accuracy[-1]

@@ -1,0 +1,284 @@
+"""lightcnn.lowrank against explicit formulas, PyTorch's convolutions and TensorLy."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from tensorly.decomposition import partial_tucker
+from torch import nn
+
+import lightcnn as lc
+from lightcnn import lowrank
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+# ------------------------------------------------------------------------ matrices
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(2, 40), n=st.integers(2, 40), data=st.data())
+def test_truncated_svd_error_is_the_discarded_singular_values(m, n, data):
+    rank = data.draw(st.integers(1, min(m, n)))
+    torch.manual_seed(m * 100 + n)
+    w = torch.randn(m, n, dtype=torch.float64)
+    a, b = lc.lowrank.truncated_svd(w, rank)
+    assert a.shape == (m, rank) and b.shape == (rank, n)
+    s = torch.linalg.svdvals(w)
+    # Eckart-Young: ||W - A B||_F^2 = sum of the discarded s_i^2
+    assert math.isclose((w - a @ b).norm().item(), s[rank:].square().sum().sqrt().item(),
+                        rel_tol=1e-9, abs_tol=1e-9)
+    # and the factors share the singular values evenly
+    assert torch.allclose(a.norm(dim=0), b.norm(dim=1))
+
+
+def test_energy_rank_keeps_the_asked_fraction_of_the_squared_norm():
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0])          # squares 16, 4, 1, 1 (total 22)
+    assert lowrank.energy_rank(s, 16 / 22) == 1
+    assert lowrank.energy_rank(s, 16 / 22 + 1e-6) == 2
+    assert lowrank.energy_rank(s, 21 / 22) == 3
+    assert lowrank.energy_rank(s, 1.0) == 4
+    with pytest.raises(ValueError, match="energy must be in"):
+        lowrank.energy_rank(s, 0.0)
+
+
+@pytest.mark.parametrize("m,n", [(10, 128), (64, 576), (128, 1152), (7, 7)])
+def test_break_even_rank_is_where_the_factorization_stops_saving(m, n):
+    layer = nn.Linear(n, m)
+    for rank in range(1, min(m, n) + 1):
+        cheaper = lowrank.decomposed_macs(layer, "svd", rank) < m * n
+        assert cheaper == (rank < lowrank.break_even_rank(m, n))
+
+
+def test_svd_linear_equals_the_truncated_product_and_full_rank_the_layer():
+    torch.manual_seed(0)
+    layer = nn.Linear(30, 20)
+    x = torch.randn(5, 30)
+    full = lowrank.svd_linear(layer, 20)
+    assert torch.allclose(full(x), layer(x), atol=1e-5)
+    low = lowrank.svd_linear(layer, 4)
+    a, b = lowrank.truncated_svd(layer.weight, 4)
+    assert torch.allclose(low(x), x @ (a @ b).T + layer.bias, atol=1e-5)
+    assert lc.count_params(low) == 4 * (30 + 20) + 20
+
+
+# ------------------------------------------------------------ the conv decompositions
+
+CONVS = [dict(c=6, n=8, k=3, stride=1, padding=1, dilation=1, bias=False),
+         dict(c=5, n=7, k=3, stride=2, padding=1, dilation=1, bias=True),
+         dict(c=4, n=6, k=5, stride=1, padding=2, dilation=1, bias=True),
+         dict(c=4, n=4, k=3, stride=1, padding=2, dilation=2, bias=False)]
+
+
+def _conv(spec) -> nn.Conv2d:
+    torch.manual_seed(spec["c"] * 10 + spec["k"])
+    return nn.Conv2d(spec["c"], spec["n"], spec["k"], stride=spec["stride"],
+                     padding=spec["padding"], dilation=spec["dilation"], bias=spec["bias"])
+
+
+def _apply(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+
+
+@pytest.mark.parametrize("spec", CONVS)
+def test_spatial_separable_is_the_svd_of_the_kernel_unfolded_to_c_k_by_k_n(spec):
+    conv = _conv(spec)
+    n, c, k, _ = conv.weight.shape
+    x = torch.randn(2, c, 11, 11)
+    full = lowrank.spatial_separable_conv(conv, min(c * k, k * n))
+    assert torch.allclose(full(x), conv(x), atol=1e-5)
+    rank = 2
+    sep = lowrank.spatial_separable_conv(conv, rank)
+    v, h = sep[0].weight, sep[1].weight                 # (r, C, k, 1), (N, r, 1, k)
+    kernel = torch.einsum("rci,nrj->ncij", v[..., 0], h[:, :, 0, :])
+    assert torch.allclose(sep(x), _apply(conv, kernel, x), atol=1e-5)
+    matrix = conv.weight.detach().permute(1, 2, 3, 0).reshape(c * k, k * n)
+    s = torch.linalg.svdvals(matrix.double())
+    assert math.isclose((kernel - conv.weight).norm().item(), s[rank:].square().sum().sqrt().item(),
+                        rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("spec", CONVS)
+def test_tucker2_conv_computes_the_conv_with_the_reconstructed_kernel(spec):
+    conv = _conv(spec)
+    n, c = conv.weight.shape[:2]
+    x = torch.randn(2, c, 11, 11)
+    assert torch.allclose(lowrank.tucker2_conv(conv, (n, c))(x), conv(x), atol=1e-5)
+    ranks = (max(1, n // 2), max(1, c // 2))
+    core, u_out, u_in = lowrank.hosvd(conv.weight, ranks)
+    kernel = torch.einsum("orij,no,cr->ncij", core, u_out, u_in)
+    assert torch.allclose(lowrank.tucker2_conv(conv, ranks)(x), _apply(conv, kernel, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("iterations", [0, 5])
+def test_own_hosvd_and_hooi_equal_tensorlys_reconstruction(iterations):
+    torch.manual_seed(1)
+    weight = torch.randn(32, 24, 3, 3, dtype=torch.float64)
+    ranks = (12, 9)
+    core, u_out, u_in = lowrank.hosvd(weight, ranks, iterations=iterations)
+    mine = torch.einsum("orij,no,cr->ncij", core, u_out, u_in)
+    (tl_core, tl_factors), _ = partial_tucker(weight.numpy(), rank=list(ranks), modes=[0, 1],
+                                              n_iter_max=iterations, init="svd", tol=0)
+    theirs = torch.from_numpy(np.asarray(tl.tenalg.multi_mode_dot(tl_core, tl_factors, modes=[0, 1])))
+    assert _rel(mine, theirs) < 1e-5
+    # orthonormal factors, and HOOI never worse than HOSVD
+    assert torch.allclose(u_out.T @ u_out, torch.eye(12, dtype=torch.float64), atol=1e-10)
+    hosvd_err = _rel(torch.einsum("orij,no,cr->ncij", *lowrank.hosvd(weight, ranks)), weight)
+    assert _rel(mine, weight) <= hosvd_err + 1e-12
+
+
+def test_hosvd_recovers_a_kernel_of_exact_multilinear_rank():
+    torch.manual_seed(2)
+    core = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    u_out = torch.linalg.qr(torch.randn(16, 5, dtype=torch.float64))[0]
+    u_in = torch.linalg.qr(torch.randn(12, 4, dtype=torch.float64))[0]
+    weight = torch.einsum("orij,no,cr->ncij", core, u_out, u_in)
+    rec = torch.einsum("orij,no,cr->ncij", *lowrank.hosvd(weight, (5, 4)))
+    assert _rel(rec, weight) < 1e-10
+
+
+@pytest.mark.parametrize("spec", CONVS)
+def test_cp_conv_computes_the_conv_with_the_cp_kernel(spec):
+    conv = _conv(spec)
+    c = conv.weight.shape[1]
+    x = torch.randn(2, c, 11, 11)
+    cp = lowrank.cp_conv(conv, 6)
+    a_c = cp[0].weight[:, :, 0, 0]           # (R, C)
+    a_h = cp[1].weight[:, 0, :, 0]           # (R, kh)
+    a_w = cp[2].weight[:, 0, 0, :]           # (R, kw)
+    a_n = cp[3].weight[:, :, 0, 0]           # (N, R)
+    kernel = torch.einsum("nr,rc,ri,rj->ncij", a_n, a_c, a_h, a_w)
+    assert torch.allclose(cp(x), _apply(conv, kernel, x), atol=1e-4)
+
+
+def test_cp_conv_recovers_a_kernel_of_exact_cp_rank():
+    torch.manual_seed(3)
+    factors = [torch.randn(d, 4, dtype=torch.float64) for d in (8, 6, 3, 3)]
+    weight = torch.einsum("nr,cr,ir,jr->ncij", *factors).float()
+    conv = nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+    x = torch.randn(2, 6, 9, 9)
+    assert _rel(lowrank.cp_conv(conv, 4)(x), conv(x)) < 1e-3
+
+
+# -------------------------------------------------------------------------- VBMF
+
+@pytest.mark.parametrize("rank,shape", [(5, (60, 200)), (3, (144, 64)), (8, (128, 576))])
+def test_evbmf_finds_the_rank_of_a_low_rank_signal_in_noise(rank, shape):
+    g = torch.Generator().manual_seed(rank)
+    signal = torch.randn(shape[0], rank, generator=g) @ torch.randn(rank, shape[1], generator=g)
+    noisy = signal + 0.1 * torch.randn(*shape, generator=g)
+    assert lowrank.evbmf_rank(noisy) == rank
+
+
+def test_evbmf_keeps_nothing_of_pure_noise():
+    g = torch.Generator().manual_seed(0)
+    assert lowrank.evbmf_rank(torch.randn(80, 300, generator=g)) == 0
+
+
+def test_tucker2_ranks_vbmf_are_within_the_channels():
+    conv = nn.Conv2d(32, 64, 3)
+    r_out, r_in = lowrank.tucker2_ranks_vbmf(conv)
+    assert 1 <= r_out <= 64 and 1 <= r_in <= 32
+
+
+# -------------------------------------------------------------------- MACs formulas
+
+@pytest.mark.parametrize("method,rank", [("spatial", 3), ("tucker2", (4, 3)), ("cp", 5)])
+@pytest.mark.parametrize("spec", CONVS)
+def test_decomposed_macs_equal_the_counted_macs(method, rank, spec):
+    conv = _conv(spec)
+    c = conv.weight.shape[1]
+    shape = (c, 12, 12)
+    out = conv(torch.zeros(1, *shape)).shape[-2:]
+    layer = lowrank._decompose(conv, method, rank)
+    assert lowrank.decomposed_macs(conv, method, rank, tuple(out)) == lc.count_macs(layer, shape)
+
+
+@pytest.mark.parametrize("method,options", [("spatial", {}), ("tucker2", {"iterations": 2}),
+                                            ("cp", {"n_iter_max": 20})])
+def test_decompose_model_reaches_the_macs_ratio(method, options):
+    torch.manual_seed(0)
+    # narrow, so CP-ALS at the ranks that halve the MACs takes a second, not minutes
+    model = lc.create_model("baseline_cnn", widths=(16, 32, 48)).eval()
+    total = lc.count_macs(model)
+    small, plan = lowrank.decompose_model(model, method, macs_ratio=2.0, **options)
+    assert lc.count_macs(small) <= total / 2
+    assert lc.count_macs(small) > total / 3          # the largest ranks that meet it
+    assert plan and set(plan) <= {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert small(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert isinstance(model.features[0][0], nn.Conv2d)       # the original is untouched
+
+
+def test_decompose_model_at_full_rank_keeps_the_function():
+    torch.manual_seed(0)
+    model = lc.create_model("baseline_cnn").eval()
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    ranks = {n: lowrank.max_rank(m, "tucker2") for n, m in convs.items()}
+    same, _ = lowrank.decompose_model(model, "tucker2", ranks=ranks)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(same(x), model(x), atol=1e-4)
+
+
+def test_decompose_model_on_a_torchvision_resnet():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    shape = (3, 64, 64)
+    small, plan = lowrank.decompose_model(model, "tucker2", macs_ratio=2.0, input_shape=shape,
+                                          skip=("conv1",))
+    assert "conv1" not in plan and "layer1.0.conv1" in plan
+    assert lc.count_macs(small, shape) <= lc.count_macs(model, shape) / 2
+    assert small(torch.randn(2, *shape)).shape == (2, 10)
+
+
+# ----------------------------------------------------------------------- bad input
+
+def test_bad_ranks_and_layers_are_refused_with_the_layer_named():
+    conv = nn.Conv2d(8, 16, 3)
+    with pytest.raises(ValueError, match=r"rank must be in \[1, 8\]"):
+        lowrank.svd_linear(nn.Linear(8, 20), 9)
+    with pytest.raises(ValueError, match="rank must be in"):
+        lowrank.svd_linear(nn.Linear(8, 20), 0)
+    with pytest.raises(TypeError, match="rank must be an int"):
+        lowrank.spatial_separable_conv(conv, 2.5)
+    with pytest.raises(ValueError, match="rank must be in"):
+        lowrank.tucker2_conv(conv, (17, 4))
+    with pytest.raises(ValueError, match="decomposes an nn.Conv2d, got Linear"):
+        lowrank.tucker2_conv(nn.Linear(3, 3), (1, 1))
+    with pytest.raises(ValueError, match="decomposes an nn.Linear, got Conv2d"):
+        lowrank.svd_linear(conv, 1)
+    for fn, rank in ((lowrank.tucker2_conv, (2, 2)), (lowrank.spatial_separable_conv, 2),
+                     (lowrank.cp_conv, 2)):
+        with pytest.raises(ValueError, match="grouped conv"):
+            fn(nn.Conv2d(8, 8, 3, groups=2), rank)
+    with pytest.raises(ValueError, match="zero padding"):
+        lowrank.tucker2_conv(nn.Conv2d(4, 4, 3, padding="same"), (2, 2))
+
+
+def test_decompose_model_bad_arguments():
+    model = lc.create_model("baseline_cnn")
+    with pytest.raises(ValueError, match="method must be one of"):
+        lowrank.decompose_model(model, "qr", macs_ratio=2.0)
+    with pytest.raises(ValueError, match="exactly one of"):
+        lowrank.decompose_model(model, "tucker2")
+    with pytest.raises(ValueError, match="macs_ratio must be >= 1"):
+        lowrank.decompose_model(model, "tucker2", macs_ratio=0.5)
+    with pytest.raises(ValueError, match="classifier.2 .Linear. cannot be decomposed by 'tucker2'"):
+        lowrank.decompose_model(model, "tucker2", ranks={"classifier.2": (2, 2)})
+    with pytest.raises(ValueError, match="'nope' is not a module"):
+        lowrank.decompose_model(model, "cp", ranks={"nope": 2})
+    with pytest.raises(ValueError, match="features.2.0: rank must be in"):
+        lowrank.decompose_model(model, "spatial", ranks={"features.2.0": 10_000})
+    with pytest.raises(ValueError, match="out of reach"):
+        lowrank.decompose_model(model, "svd", macs_ratio=2.0)
+    with pytest.raises(ValueError, match="macs_fraction must be in"):
+        lowrank.rank_for_macs(nn.Linear(4, 4), "svd", 0.0)
+    with pytest.raises(ValueError, match="matrix must be 2-D"):
+        lowrank.evbmf_rank(torch.randn(3))
