@@ -21,7 +21,12 @@ from pathlib import Path
 
 from .budget import Budget, get_budget
 
-__all__ = ["REQUIRED_KEYS", "results_dir", "save_results", "load_results", "load_all_results"]
+__all__ = ["REQUIRED_KEYS", "results_dir", "save_results", "load_results", "load_all_results",
+           "summary_rows", "summary_markdown", "write_summary", "SUMMARY_FILE"]
+
+# The front page's table (book/intro.md includes it), rewritten from the JSON files by
+# every full-budget save_results; tests/test_results.py checks it matches them.
+SUMMARY_FILE = "summary.md"
 
 REQUIRED_KEYS = ("name", "baseline", "accuracy", "params", "nonzero_params", "macs",
                  "size_bytes", "latency_ms_b1", "latency_ms_b256", "budget")
@@ -87,6 +92,8 @@ def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.replace(path)
+    if budget.name == "full" and not os.environ.get("LIGHTCNN_RESULTS_DIR"):
+        write_summary(folder)
     return path
 
 
@@ -104,3 +111,74 @@ def load_all_results(budget: Budget | None = None) -> dict[str, list[dict]]:
     """Every chapter's rows, keyed by chapter name, in file-name order."""
     folder = results_dir(budget)
     return {p.stem: load_results(p.stem, budget) for p in sorted(folder.glob("*.json"))}
+
+
+def _chapter_title(chapter: str) -> str:
+    number, _, words = chapter.partition("_")
+    return f"{int(number)} {words.replace('_', ' ')}" if number.isdigit() else chapter
+
+
+def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list[dict]:
+    """Per chapter, the variant with the fewest stored bytes and the one with the lowest
+    batch-256 latency among those within ``max_drop`` (a fraction: 0.01 = 1 point) of the
+    accuracy of the baseline they name, each as ratios to that baseline:
+    ``size_ratio = bytes_baseline / bytes``, ``speedup = latency_baseline / latency``.
+
+    A chapter with no such variant (or no latency measured) gets ``None`` in that column.
+    """
+    out = []
+    for chapter, rows in results.items():
+        by_name = {r["name"]: r for r in rows}
+        smallest = fastest = None
+        for row in rows:
+            base = by_name.get(row["baseline"]) if row["baseline"] else None
+            if base is None or row["accuracy"] is None or base["accuracy"] is None:
+                continue
+            drop = base["accuracy"] - row["accuracy"]
+            if drop > max_drop:
+                continue
+            size_ratio = base["size_bytes"] / row["size_bytes"]
+            candidate = dict(name=row["name"], baseline=base["name"], drop=drop, ratio=size_ratio)
+            if size_ratio > 1 and (smallest is None or size_ratio > smallest["ratio"]):
+                smallest = candidate
+            if row["latency_ms_b256"] and base["latency_ms_b256"]:
+                speedup = base["latency_ms_b256"] / row["latency_ms_b256"]
+                if speedup > 1 and (fastest is None or speedup > fastest["ratio"]):
+                    fastest = dict(candidate, ratio=speedup)
+        out.append(dict(chapter=chapter, smallest=smallest, fastest=fastest))
+    return out
+
+
+def summary_markdown(results: dict[str, list[dict]], max_drop: float = 0.01) -> str:
+    """:func:`summary_rows` as a Markdown table (what the book's front page shows)."""
+    def cell(entry: dict | None, unit: str) -> str:
+        if entry is None:
+            return "none smaller" if unit == "fewer bytes" else "none measured faster"
+        return (f"{entry['name']}: **{entry['ratio']:.2f}x** {unit} "
+                f"({-100 * entry['drop']:+.2f} points vs {entry['baseline']})")
+
+    points = f"{100 * max_drop:g} point{'s' if max_drop != 0.01 else ''}"
+    lines = [f"| chapter | smallest within {points} of its baseline | fastest at batch 256 "
+             f"within {points} |", "|---|---|---|"]
+    for row in summary_rows(results, max_drop):
+        lines.append(f"| {_chapter_title(row['chapter'])} | {cell(row['smallest'], 'fewer bytes')} "
+                     f"| {cell(row['fastest'], 'faster')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(folder: Path | None = None) -> Path:
+    """Rewrite ``<folder>/summary.md`` from every results file in ``folder`` (default:
+    the book's ``book/results``)."""
+    folder = Path(folder) if folder is not None else _repo_results_dir()
+    results = {p.stem: load_results_file(p) for p in sorted(folder.glob("*.json"))}
+    path = folder / SUMMARY_FILE
+    path.write_text("<!-- written by lightcnn.results.write_summary from the JSON files here; "
+                    "do not edit -->\n" + summary_markdown(results))
+    return path
+
+
+def load_results_file(path: Path) -> list[dict]:
+    """Rows of one results file at ``path`` (validated)."""
+    rows = json.loads(Path(path).read_text())
+    _validate(rows)
+    return rows

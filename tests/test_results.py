@@ -47,3 +47,41 @@ def test_published_results_are_valid():
     for path in folder.glob("*.json"):
         rows = lc.load_results(path.stem, lc.get_budget("full"))
         assert all(r["budget"] == "full" for r in rows), path
+
+
+def test_summary_picks_the_smallest_and_fastest_within_the_allowed_drop():
+    rows = [ROW,
+            dict(ROW, name="tiny but bad", baseline="base", accuracy=0.90, size_bytes=1,
+                 latency_ms_b256=0.5),                                   # 3 points down
+            dict(ROW, name="half size", baseline="base", accuracy=0.925, size_bytes=20,
+                 latency_ms_b256=6.0),
+            dict(ROW, name="quarter size", baseline="base", accuracy=0.921, size_bytes=10,
+                 latency_ms_b256=None),
+            dict(ROW, name="slower", baseline="base", accuracy=0.95, size_bytes=40,
+                 latency_ms_b256=12.0)]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["smallest"]["name"] == "quarter size" and row["smallest"]["ratio"] == 4.0
+    assert row["fastest"]["name"] == "half size" and row["fastest"]["ratio"] == 1.5
+    assert abs(row["fastest"]["drop"] - 0.005) < 1e-12
+    (strict,) = lc.results.summary_rows({"99_test": rows}, max_drop=0.0)
+    assert strict["smallest"] is None and strict["fastest"] is None
+    text = lc.results.summary_markdown({"99_test": rows})
+    assert "| 99 test | quarter size: **4.00x** fewer bytes (-0.90 points vs base) " \
+           "| half size: **1.50x** faster (-0.50 points vs base) |" in text
+
+
+def test_the_front_page_summary_matches_the_published_results(tmp_path):
+    book = Path(__file__).resolve().parents[1] / "book" / "results"
+    for f in book.glob("*.json"):
+        (tmp_path / f.name).write_text(f.read_text())
+    fresh = lc.results.write_summary(tmp_path).read_text()
+    assert (book / lc.results.SUMMARY_FILE).read_text() == fresh, \
+        "book/results/summary.md is stale: run lc.results.write_summary()"
+    assert "{include} results/summary.md" in (book.parent / "intro.md").read_text()
+
+
+def test_a_full_budget_save_rewrites_the_summary(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIGHTCNN_RESULTS_DIR", raising=False)
+    monkeypatch.setattr(lc.results, "_repo_results_dir", lambda: tmp_path)
+    lc.save_results("98_test", [dict(ROW, budget="full")], lc.get_budget("full"))
+    assert "| 98 test | none smaller | none measured faster |" in (tmp_path / "summary.md").read_text()
