@@ -209,6 +209,10 @@ def _converted(prepared: nn.Module) -> nn.Module:
     return converted
 
 
+# graphs Dynamo may keep per forward function (compile_cpu raises its limit to this)
+COMPILED_GRAPHS = 64
+
+
 def compile_cpu(model: nn.Module) -> nn.Module:
     """``model`` compiled by Inductor with freezing on, for CPU inference.
 
@@ -219,9 +223,15 @@ def compile_cpu(model: nn.Module) -> nn.Module:
     thread count set when they compile: change ``torch.set_num_threads`` before compiling.
     """
     _check_model(model)
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # weights as constants: int8 prepacking once, not per call
+    # Every model of one class shares its forward's code object, and Dynamo keeps at most
+    # recompile_limit graphs per code object (8 by default; each model and input shape
+    # takes one): past it, it warns once and runs the rest in eager mode, so a chapter
+    # comparing many compiled variants would time eager ones under a "compiled" label.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILED_GRAPHS)
     # two messages every int8 compile prints that say nothing about the user's code: a
     # torch-internal tensor-copy warning in Inductor's oneDNN lowering, and "no CUDA runtime"
     warnings.filterwarnings("ignore", message="To copy construct from a tensor",

@@ -36,7 +36,7 @@ from torch import nn
 
 from .profile import INPUT_SHAPE, count_macs, count_macs_by_module
 
-__all__ = ["METHODS", "break_even_rank", "cp_conv", "decompose_model", "decomposed_macs",
+__all__ = ["METHODS", "break_even_rank", "cp_conv", "decompose_layer", "decompose_model", "decomposed_macs",
            "energy_rank", "evbmf_rank", "hosvd", "max_rank", "rank_for_macs",
            "spatial_separable_conv", "svd_linear", "truncated_svd", "tucker2_conv",
            "tucker2_ranks_vbmf"]
@@ -436,7 +436,13 @@ def rank_for_macs(layer: nn.Module, method: str, macs_fraction: float,
 
 # --------------------------------------------------------------------- whole models
 
-def _decompose(layer: nn.Module, method: str, rank, **options) -> nn.Sequential:
+def decompose_layer(layer: nn.Module, method: str, rank: int | tuple[int, int],
+                    **options) -> nn.Sequential:
+    """``layer`` replaced by ``method`` at ``rank`` (Tucker-2: ``(R_out, R_in)``):
+    :func:`svd_linear`, :func:`spatial_separable_conv`, :func:`tucker2_conv` or
+    :func:`cp_conv`, with ``options`` passed on."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "svd":
         return svd_linear(layer, rank, **options)
     if method == "spatial":
@@ -509,7 +515,7 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
     decomposed = copy.deepcopy(model)
     for name, rank in plan.items():
         try:
-            decomposed.set_submodule(name, _decompose(names[name], method, rank, **options))
+            decomposed.set_submodule(name, decompose_layer(names[name], method, rank, **options))
         except (ValueError, TypeError) as err:
             raise type(err)(f"{name}: {err}") from err
     return decomposed, plan

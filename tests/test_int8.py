@@ -114,3 +114,17 @@ def test_bad_arguments_are_reported():
         int8.convert_int8_qat(model)
     with pytest.raises(TypeError):
         int8.quantize_int8("not a model", [_images(2)])
+
+
+def test_compile_cpu_compiles_more_models_of_one_class_than_dynamos_default_limit():
+    # Dynamo caches 8 graphs per forward function by default and runs the rest eagerly
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    x = torch.randn(2, 3)
+    for i in range(10):
+        torch.manual_seed(i)
+        compiled = int8.compile_cpu(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+        with torch.inference_mode():
+            compiled(x)
+    assert counters["stats"]["unique_graphs"] - before == 10

@@ -197,7 +197,7 @@ def test_decomposed_macs_equal_the_counted_macs(method, rank, spec):
     c = conv.weight.shape[1]
     shape = (c, 12, 12)
     out = conv(torch.zeros(1, *shape)).shape[-2:]
-    layer = lowrank._decompose(conv, method, rank)
+    layer = lowrank.decompose_layer(conv, method, rank)
     assert lowrank.decomposed_macs(conv, method, rank, tuple(out)) == lc.count_macs(layer, shape)
 
 
@@ -278,6 +278,8 @@ def test_decompose_model_bad_arguments():
         lowrank.decompose_model(model, "spatial", ranks={"features.2.0": 10_000})
     with pytest.raises(ValueError, match="out of reach"):
         lowrank.decompose_model(model, "svd", macs_ratio=2.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        lowrank.decompose_layer(nn.Conv2d(4, 4, 3), "tt", 2)
     with pytest.raises(ValueError, match="macs_fraction must be in"):
         lowrank.rank_for_macs(nn.Linear(4, 4), "svd", 0.0)
     with pytest.raises(ValueError, match="matrix must be 2-D"):
