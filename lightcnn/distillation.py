@@ -393,6 +393,9 @@ class Distiller(nn.Module):
         self.teacher.eval()  # in case the caller switched it back to training
         # the teacher must run for its features even when its logits are cached
         run_teacher = cached is None or bool(self._teacher_layers)
+        if run_teacher:
+            # fit moves the Distiller (student, regressors) to its device, not the teacher
+            self.teacher.to(x.device)
         with FeatureHooks(self.student, self._student_layers) as s_hooks, \
                 FeatureHooks(self.teacher, self._teacher_layers) as t_hooks:
             student_logits = self.student(x)

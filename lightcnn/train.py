@@ -7,7 +7,9 @@ Hutter, "SGDR", arXiv 1608.03983 (cosine schedule).
 ``fit`` runs mini-batch SGD (or AdamW) on cross-entropy, optionally with weight decay and
 a learning-rate schedule, and records one row of history per epoch. The same seed gives
 the same numbers: the model's initial weights are the caller's, and ``fit`` seeds the
-augmentation and the shuffling itself.
+augmentation and the shuffling itself. Training runs on the CPU by default, or on a GPU
+(``device="auto"`` picks CUDA or Apple's MPS when present); the book times models on the
+CPU only.
 
 Taught in chapters/01_cnn_basics.
 """
@@ -15,6 +17,7 @@ Taught in chapters/01_cnn_basics.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["History", "fit", "evaluate", "predict", "confusion_matrix", "make_optimizer"]
+__all__ = ["History", "fit", "evaluate", "predict", "confusion_matrix", "make_optimizer",
+           "resolve_device"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,6 +97,53 @@ class _Progress:
             self.bar.close()
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``"cpu"``, ``"cuda"`` (``"cuda:1"``), ``"mps"``, or
+    ``"auto"``, which picks CUDA, then Apple's MPS, when present, and the CPU otherwise.
+    ``None`` reads ``LIGHTCNN_DEVICE`` (default ``"cpu"``), so ``LIGHTCNN_DEVICE=auto make
+    execute`` trains every chapter's models on a GPU.
+
+    Raises:
+        ValueError: an unknown device name, or a GPU that this machine does not have.
+    """
+    if device is None:
+        device = os.environ.get("LIGHTCNN_DEVICE", "cpu").strip().lower() or "cpu"
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'mps' or 'auto', got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'mps' or 'auto', got {device!r}") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but this machine has no CUDA GPU (use 'auto')")
+        # deterministic cuBLAS (lc.setup turns deterministic algorithms on) needs this
+        # workspace setting before its first call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif resolved.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"device={device!r}, but this machine has no Apple GPU (use 'auto')")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda', 'mps' or 'auto', got {device!r}")
+    return resolved
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: float,
                    momentum: float = 0.9) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, or AdamW; weight decay skips biases and norm scales.
@@ -119,11 +170,12 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         test_loader: DataLoader | None = None, lr: float = 0.1, weight_decay: float = 5e-4,
         optimizer: str = "sgd", schedule: str | None = "onecycle", seed: int = 0,
         loss_fn: LossFn | None = None, progress: bool = True,
-        after_step: Callable[[nn.Module], None] | None = None) -> History:
+        after_step: Callable[[nn.Module], None] | None = None,
+        device: str | torch.device | None = None) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
     Args:
-        model: the network; trained on the CPU.
+        model: the network; trained on ``device``, then moved back to where it was.
         train_loader: batches of ``(x, y)``.
         epochs: number of passes over ``train_loader``.
         test_loader: evaluated after every epoch when given.
@@ -138,6 +190,9 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             ipywidgets, one line per epoch elsewhere.
         after_step: called with the model after every optimizer step (e.g. to re-apply
             pruning masks).
+        device: where to train (see :func:`resolve_device`: ``"auto"`` uses a GPU when
+            there is one; ``None`` reads ``LIGHTCNN_DEVICE``, default the CPU). Batches
+            are moved there one at a time, and the test set is scored there.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -147,7 +202,10 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if schedule not in ("onecycle", "cosine", None):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or None, got {schedule!r}")
+    device = resolve_device(device)
     loss_fn = loss_fn or _default_loss
+    home = _model_device(model)
+    model.to(device)   # before the optimizer, so it holds the moved parameters
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     steps = epochs * len(train_loader)
     if schedule == "onecycle":
@@ -167,6 +225,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         start = time.perf_counter()
         total_loss, seen = 0.0, 0
         for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, x, y)
             loss.backward()
@@ -187,22 +246,26 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             history.test_accuracy.append(metrics["accuracy"])
         reporter.epoch_end(epoch, history)
     reporter.close()
+    model.to(home)     # the book measures latency on the CPU, where the model came from
     return history
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(logits, labels)`` for every batch of ``loader``, model in eval mode."""
+    """Return ``(logits, labels)`` for every batch of ``loader``, model in eval mode, on
+    the device the model is on; both returned on the CPU."""
     model.eval()
+    device = _model_device(model)
     all_logits, all_labels = [], []
     for x, y in loader:
-        all_logits.append(model(x))
+        all_logits.append(model(x.to(device)).cpu())
         all_labels.append(y)
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
 def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
-    """Mean cross-entropy and accuracy (fraction correct) of ``model`` on ``loader``."""
+    """Mean cross-entropy and accuracy (fraction correct) of ``model`` on ``loader``, run
+    on the device the model is on."""
     logits, labels = predict(model, loader)
     return {"loss": nn.functional.cross_entropy(logits, labels).item(),
             "accuracy": (logits.argmax(1) == labels).float().mean().item()}

@@ -100,7 +100,7 @@ def _source_hash(name: str) -> str:
 
 def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = None,
               channels_last: bool = False, init_from: str | None = None,
-              distill: dict | None = None, **model_kwargs) -> str:
+              distill: dict | None = None, device: str = "cpu", **model_kwargs) -> str:
     """16 hex digits identifying one trained model (see the module docstring).
 
     ``distill`` describes a distilled student: its teacher's cache file name, the loss
@@ -115,6 +115,8 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
         spec["init_from"] = init_from
     if distill is not None:  # learned from a cached teacher (absent = old keys stay)
         spec["distill"] = distill
+    if device != "cpu":  # a GPU's kernels round differently: another model (cpu = old keys)
+        spec["device"] = device
     if channels_last:  # other kernels, other rounding: another model (absent = old keys stay)
         spec["memory_format"] = "channels_last"
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -158,7 +160,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
                 channels_last: bool = False, init_from: TrainedModel | None = None,
                 teacher: TrainedModel | None = None, distill: dict | None = None,
-                **model_kwargs) -> TrainedModel:
+                device: str | None = None, **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
 
     Args:
@@ -185,8 +187,14 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
             ``distillation.py`` are part of the key.
         distill: keyword arguments of ``Distiller`` (temperature, alpha, hints,
             hint_weight, attention, beta); its defaults when omitted. Needs ``teacher``.
+        device: train on ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (a GPU when there is
+            one); ``None`` reads ``LIGHTCNN_DEVICE`` (default ``"cpu"``). The device kind
+            is part of the key, since a GPU's kernels give other weights; the returned
+            model is always on the CPU, where the book measures it.
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
+    train_device = _train.resolve_device(device)
+    device_kind = train_device.type
     budget = budget or get_budget()
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -225,7 +233,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         raise ValueError("distill needs a teacher (teacher=get_trained(...))")
     key = cache_key(name, budget, seed, recipe, channels_last,
                     None if init_from is None else init_from.path.name, distill_spec,
-                    **model_kwargs)
+                    device_kind, **model_kwargs)
     path = cache_path(name, budget, key)
     entry = _load(path)
     if entry is not None:
@@ -251,8 +259,11 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     history = fit(trainee, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
                   schedule=recipe["schedule"], seed=seed, progress=progress,
-                  loss_fn=loss_fn, after_step=after_step)
-    model.to(memory_format=torch.contiguous_format)
+                  loss_fn=loss_fn, after_step=after_step, device=train_device)
+    # back to the CPU, where the book measures every model, in the default format
+    model.to("cpu", memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.model.to("cpu")     # the Distiller took it to the training device
     # fit scored the final model on the same test loader after its last epoch
     accuracy = history.test_accuracy[-1]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,

@@ -80,3 +80,55 @@ def test_progress_prints_one_line_per_epoch_when_no_bar_can_redraw(tiny_budget, 
     assert lines[0].startswith("epoch 1/2: train loss") and "test accuracy" in lines[0]
     lc.fit(lc.create_model("lenet5"), train, 1, progress=False)
     assert capsys.readouterr().out == ""
+
+
+def test_resolve_device_picks_a_gpu_only_when_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert lc.train.resolve_device("auto") == torch.device("cpu")
+    assert lc.train.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        lc.train.resolve_device("cuda")
+    with pytest.raises(ValueError, match="no Apple GPU"):
+        lc.train.resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert lc.train.resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert lc.train.resolve_device("auto") == torch.device("cuda")     # CUDA first
+    assert lc.train.resolve_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setenv("LIGHTCNN_DEVICE", "cpu")
+    assert lc.train.resolve_device(None) == torch.device("cpu")
+    monkeypatch.setenv("LIGHTCNN_DEVICE", "auto")
+    assert lc.train.resolve_device(None) == torch.device("cuda")
+    monkeypatch.setenv("LIGHTCNN_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="device must be"):
+        lc.train.resolve_device(None)
+    for bad in ("gpu", "tpu", 3, "meta"):
+        with pytest.raises(ValueError, match="device must be"):
+            lc.train.resolve_device(bad)
+
+
+def test_fit_on_the_cpu_device_equals_the_default(tiny_budget):
+    loader, test_loader = lc.get_dataloaders(64, tiny_budget)
+    results = []
+    for kwargs in ({}, {"device": "cpu"}, {"device": "auto"} if not torch.cuda.is_available() else {"device": "cpu"}):
+        torch.manual_seed(0)
+        model = lc.create_model("lenet5")
+        history = lc.fit(model, loader, 1, test_loader, progress=False, **kwargs)
+        results.append((history.train_loss, history.test_accuracy, model.state_dict()))
+    for loss, acc, state in results[1:]:
+        assert loss == results[0][0] and acc == results[0][1]
+        assert all(torch.equal(state[k], results[0][2][k]) for k in state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_and_evaluate_on_a_gpu(tiny_budget):
+    loader, test_loader = lc.get_dataloaders(64, tiny_budget)
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    history = lc.fit(model, loader, 1, test_loader, progress=False, device="cuda")
+    assert not next(model.parameters()).is_cuda                     # back where it came from
+    on_cpu = lc.evaluate(model, test_loader)
+    on_gpu = lc.evaluate(model.cuda(), test_loader)
+    assert on_gpu["accuracy"] == history.test_accuracy[-1]
+    assert abs(on_cpu["accuracy"] - on_gpu["accuracy"]) <= 0.01   # other kernels, same model

@@ -122,3 +122,27 @@ def test_init_from_starts_from_another_cached_model(tiny_budget, isolated_cache)
     lenet = lc.zoo.get_trained("lenet5", tiny_budget, progress=False)
     with pytest.raises(ValueError, match="init_from: the weights of lenet5"):
         lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False, init_from=lenet)
+
+
+def test_the_device_kind_is_part_of_the_key_and_cpu_keeps_old_keys(tiny_budget):
+    cpu = zoo.cache_key("lenet5", tiny_budget)
+    assert zoo.cache_key("lenet5", tiny_budget, device="cpu") == cpu
+    assert zoo.cache_key("lenet5", tiny_budget, device="cuda") not in (cpu, zoo.cache_key(
+        "lenet5", tiny_budget, device="mps"))
+
+
+def test_get_trained_on_auto_without_a_gpu_is_the_cpu_entry(isolated_cache, tiny_budget, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    first = zoo.get_trained("lenet5", budget=tiny_budget, progress=False)
+    auto = zoo.get_trained("lenet5", budget=tiny_budget, progress=False, device="auto")
+    assert not auto.trained_now and auto.path == first.path
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        zoo.get_trained("lenet5", budget=tiny_budget, progress=False, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_get_trained_on_a_gpu_returns_a_cpu_model(isolated_cache, tiny_budget):
+    trained = zoo.get_trained("lenet5", budget=tiny_budget, progress=False, device="cuda")
+    assert trained.trained_now and not next(trained.model.parameters()).is_cuda
+    assert trained.path != zoo.get_trained("lenet5", budget=tiny_budget, progress=False).path
