@@ -527,15 +527,9 @@ def _plan_for_ratio(model: nn.Module, method: str, macs_ratio: float,
     total = count_macs(model, input_shape)
     per_layer = count_macs_by_module(model, input_shape)
     target = total / macs_ratio
-    out_hw = {}
-    for name, layer in eligible.items():
-        if isinstance(layer, nn.Conv2d):
-            n, c, kh, kw = layer.weight.shape
-            pixels = per_layer[name] // (n * c * kh * kw)
-            side = int(round(math.sqrt(pixels)))
-            out_hw[name] = (side, pixels // side)
-        else:
-            out_hw[name] = (1, 1)
+    # output pixels per layer from its counted MACs; the formulas use only H * W
+    out_hw = {name: (per_layer[name] // layer.weight.numel(), 1) if isinstance(layer, nn.Conv2d)
+              else (1, 1) for name, layer in eligible.items()}
 
     lowest = (1, 1) if method == "tucker2" else 1
 

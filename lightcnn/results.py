@@ -102,9 +102,7 @@ def load_results(chapter: str, budget: Budget | None = None) -> list[dict]:
     path = results_dir(budget) / f"{chapter}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results for {chapter!r} at {path}; run the chapter first")
-    rows = json.loads(path.read_text())
-    _validate(rows)
-    return rows
+    return load_results_file(path)
 
 
 def load_all_results(budget: Budget | None = None) -> dict[str, list[dict]]:

@@ -97,6 +97,10 @@ class _Progress:
             self.bar.close()
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The device to train on: ``"cpu"``, ``"cuda"`` (``"cuda:1"``), ``"mps"``, or
     ``"auto"``, which picks CUDA, then Apple's MPS, when present, and the CPU otherwise.
@@ -115,7 +119,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        elif _mps_available():
             device = "mps"
         else:
             device = "cpu"
@@ -130,7 +134,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         # workspace setting before its first call
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif resolved.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        if not _mps_available():
             raise ValueError(f"device={device!r}, but this machine has no Apple GPU (use 'auto')")
     elif resolved.type != "cpu":
         raise ValueError(f"device must be 'cpu', 'cuda', 'mps' or 'auto', got {device!r}")
