@@ -39,8 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from .train import History, fit
+
 __all__ = ["soft_targets", "distillation_loss", "attention_map", "attention_transfer_loss",
-           "hint_loss", "FeatureHooks", "Distiller", "split_targets", "cache_teacher_logits",
+           "hint_loss", "FeatureHooks", "Distiller", "distill", "split_targets",
+           "cache_teacher_logits",
            "TeacherLogitsDataset", "with_teacher_logits", "without_class", "balancing_bias",
            "raise_class_bias"]
 
@@ -478,26 +481,85 @@ class TeacherLogitsDataset(Dataset):
         return x, torch.cat([label, self.logits[i]])
 
 
-def with_teacher_logits(loader: DataLoader, teacher: nn.Module, batch_size: int = 1000
-                        ) -> DataLoader:
+def with_teacher_logits(loader: DataLoader, teacher: nn.Module, batch_size: int = 1000,
+                        logits: Tensor | None = None) -> DataLoader:
     """``loader`` again, its targets carrying the teacher's logits computed once.
 
     The new loader shuffles with the same generator, so with the same seed it yields the
     same batches in the same order, and :meth:`Distiller.loss_fn` skips the teacher's
     forward pass (the bulk of a large teacher's cost) in every epoch.
 
+    Args:
+        loader: batches of ``(x, y)`` over a dataset that does not augment.
+        teacher: run once over ``loader.dataset`` (unless ``logits`` are given).
+        batch_size: the teacher's batch size for that pass.
+        logits: the teacher's logits on ``loader.dataset`` from an earlier
+            :func:`cache_teacher_logits` (several students, one teacher pass).
+
     Raises:
         ValueError: the loader's dataset augments (the teacher must then see each
-            augmented batch), or the loader has no fixed batch size.
+            augmented batch), the loader has no fixed batch size, or ``logits`` has not
+            one row per item.
     """
     if loader.batch_size is None:
         raise ValueError("loader must have a fixed batch_size (no custom batch_sampler)")
-    logits = cache_teacher_logits(teacher, loader.dataset, batch_size)
+    if logits is None:
+        logits = cache_teacher_logits(teacher, loader.dataset, batch_size)
+    elif _augments(loader.dataset):
+        raise ValueError("dataset augments its images (augment=True), so cached logits "
+                         "would be stale: run the teacher on each batch instead")
     return DataLoader(TeacherLogitsDataset(loader.dataset, logits),
                       batch_size=loader.batch_size,
                       shuffle=isinstance(loader.sampler, RandomSampler),
                       generator=loader.generator, num_workers=loader.num_workers,
                       drop_last=loader.drop_last)
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, epochs: int,
+            test_loader: DataLoader | None = None, *, temperature: float = 4.0,
+            alpha: float = 0.5, hints: Mapping[str, str] | None = None,
+            hint_weight: float = 1.0, attention: Mapping[str, str] | None = None,
+            beta: float = 1000.0, input_shape: tuple[int, ...] = (1, 28, 28),
+            cache_logits: bool | None = None, **fit_kwargs) -> History:
+    """Train ``student`` in place on what ``teacher`` outputs; return ``lc.fit``'s History.
+
+    The one-call form of ``lc.fit(Distiller(...), loader, epochs,
+    loss_fn=distiller.loss_fn)``: builds the :class:`Distiller`, runs the teacher once over
+    the training set when its images do not change between epochs, and trains the student
+    (and any hint regressors, which are then dropped).
+
+    Args:
+        student: the network to train (in place).
+        teacher: the trained network; left unchanged (eval mode, no gradient).
+        train_loader: the transfer set, batches of ``(x, y)``.
+        epochs: passes over ``train_loader``.
+        test_loader: scored after every epoch when given.
+        temperature, alpha, hints, hint_weight, attention, beta, input_shape: see
+            :class:`Distiller`.
+        cache_logits: run the teacher once and reuse its logits in every epoch; ``None``
+            (default) does so exactly when the loader does not augment its images.
+            ``True`` with an augmenting loader is refused, since the logits would be stale.
+        **fit_kwargs: passed to ``lc.fit`` (lr, weight_decay, optimizer, schedule, seed,
+            progress, after_step, device); not ``loss_fn``, which is the distiller's.
+
+    Raises:
+        ValueError: bad distillation settings (see :class:`Distiller`), ``cache_logits=True``
+            with augmented data, or a ``loss_fn`` in ``fit_kwargs``.
+    """
+    if "loss_fn" in fit_kwargs:
+        raise ValueError("fit_kwargs: loss_fn is the distiller's; drop it")
+    if cache_logits is not None and not isinstance(cache_logits, bool):
+        raise TypeError(f"cache_logits must be None, True or False, got {cache_logits!r}")
+    distiller = Distiller(student, teacher, temperature, alpha, hints, hint_weight,
+                          attention, beta, input_shape)
+    augments = _augments(train_loader.dataset)
+    if cache_logits and augments:
+        raise ValueError("cache_logits=True but train_loader augments its images, so the "
+                         "teacher's logits change every epoch: pass cache_logits=None")
+    if cache_logits or (cache_logits is None and not augments):
+        train_loader = with_teacher_logits(train_loader, teacher)
+    return fit(distiller, train_loader, epochs, test_loader, loss_fn=distiller.loss_fn,
+               **fit_kwargs)
 
 
 def without_class(dataset: Dataset, class_index: int) -> Subset:

@@ -246,28 +246,43 @@ def _place_legend(fig, ax, labels) -> None:
 def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,
                 ylabel: str, title: str | None = None, percent: bool = False,
                 reference: float | None = None, reference_label: str = "reference",
-                markers: bool = True):
+                markers: bool = True, errors: dict[str, Sequence[float]] | None = None,
+                logx: bool = False):
     """One line per named series over shared ``x`` values (e.g. accuracy vs sparsity).
 
     ``percent`` multiplies the series by 100 (fractions to %); ``reference`` draws a
     dashed horizontal line (e.g. the unpruned model's accuracy); ``markers=False`` draws
     plain lines (for curves sampled at hundreds of points, such as a function's graph).
+    ``errors`` gives some series error bars (e.g. one standard deviation over seeds, in
+    the series' units); ``logx`` puts x on a log scale, ticked at the given values.
     """
     if not series:
         raise ValueError("series must name at least one curve")
     lengths = {k: len(v) for k, v in series.items() if len(v) != len(x)}
+    errors = errors or {}
+    unknown = sorted(set(errors) - set(series))
+    if unknown:
+        raise ValueError(f"errors names series that are not plotted: {unknown}")
+    lengths.update({f"errors[{k}]": len(v) for k, v in errors.items() if len(v) != len(x)})
     if lengths:
         raise ValueError(f"every series needs {len(x)} values (one per x), got {lengths}")
+    if logx and any(v <= 0 for v in x):
+        raise ValueError("logx needs every x > 0")
     fig, ax = plt.subplots()
     scale = 100 if percent else 1
     for name, values in series.items():
-        ax.plot(list(x), [scale * v for v in values], marker="o" if markers else None,
-                markersize=3, label=name)
+        yerr = None if name not in errors else [scale * e for e in errors[name]]
+        ax.errorbar(list(x), [scale * v for v in values], yerr=yerr, capsize=3 if yerr else 0,
+                    marker="o" if markers else None, markersize=3, label=name)
     if reference is not None:
         ax.axhline(scale * reference, color="grey", linestyle="--", linewidth=1,
                    label=reference_label)
     ax.set_xlabel(xlabel)
-    if all(float(v).is_integer() for v in x):
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(list(x), [f"{v:g}" for v in x])   # the values measured, not decades
+        ax.minorticks_off()
+    elif all(float(v).is_integer() for v in x):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs, counts: no 2.5
     ax.set_ylabel(ylabel)
     if title:

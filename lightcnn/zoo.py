@@ -56,6 +56,9 @@ RECIPES: dict[str, dict] = {
 }
 DEFAULT_RECIPE = RECIPES["baseline_cnn"]
 
+# a teacher's logits on one training set, computed once per process (see get_trained)
+_TEACHER_LOGITS: dict[tuple, torch.Tensor] = {}
+
 
 @dataclass
 class TrainedModel:
@@ -252,7 +255,15 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         # is outside it); only the student is stored
         trainee, loss_fn = distiller, distiller.loss_fn
         if not recipe["augment"]:  # same images every epoch: run the teacher once
-            train_loader = _distillation.with_teacher_logits(train_loader, teacher.model)
+            # and once per process for the same images (seeds and students of a chapter)
+            images = (teacher.path.name, budget.train_size,
+                      None if budget.train_size is None else seed)   # what the set holds
+            if images not in _TEACHER_LOGITS:
+                _TEACHER_LOGITS.clear()   # keep one teacher's logits in memory, not many
+                _TEACHER_LOGITS[images] = _distillation.cache_teacher_logits(
+                    teacher.model, train_loader.dataset)
+            train_loader = _distillation.with_teacher_logits(
+                train_loader, teacher.model, logits=_TEACHER_LOGITS[images])
         if after_step is not None:
             step_function = after_step
             after_step = lambda _: step_function(model)  # noqa: E731 (on the student)

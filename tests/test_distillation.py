@@ -291,6 +291,53 @@ def test_augmented_data_is_not_cached(data_dir):
         D.cache_teacher_logits(teacher, TensorDataset(torch.zeros(2, 1)), batch_size=0)
 
 
+def test_distill_equals_fit_with_a_distiller_and_caches_the_teacher(monkeypatch):
+    teacher, student = teacher_and_student()
+    twin = copy.deepcopy(student)
+    settings = dict(temperature=3.0, alpha=0.3)
+    calls = []
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda x: calls.append(len(x)) or forward(x))
+    history = D.distill(student, teacher, random_loader(), 2, random_loader(n=16), seed=3,
+                        progress=False, input_shape=SHAPE, **settings)
+    # the teacher saw the 48 training images once (cached logits) plus the dry run,
+    # not once per epoch
+    assert sum(calls) == 48 + 2
+    distiller = D.Distiller(twin, teacher, input_shape=SHAPE, **settings)
+    expected = lc.fit(distiller, random_loader(), 2, random_loader(n=16), seed=3,
+                      progress=False, loss_fn=distiller.loss_fn)
+    assert history.train_loss == pytest.approx(expected.train_loss, rel=1e-5)
+    assert history.test_accuracy == expected.test_accuracy
+    for k, v in student.state_dict().items():
+        assert torch.allclose(v.float(), twin.state_dict()[k].float(), atol=1e-5), k
+
+
+def test_distill_runs_the_teacher_on_augmented_batches(data_dir):
+    teacher = lc.create_model("lenet5").eval()
+    student = lc.create_model("baseline_cnn", widths=(2, 2, 2))
+    augmented = DataLoader(lc.FashionMNIST(train=True, size=16, augment=True, root=data_dir),
+                           batch_size=8)
+    before = copy.deepcopy(teacher.state_dict())
+    D.distill(student, teacher, augmented, 1, progress=False)      # cache_logits=None: no cache
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="cache_logits=True but train_loader augments"):
+        D.distill(student, teacher, augmented, 1, cache_logits=True, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(temperature=0.0), ValueError, "temperature must be"),
+    (dict(alpha=1.5), ValueError, "alpha must be in"),
+    (dict(hints={"nope": "3"}), ValueError, "nope"),
+    (dict(loss_fn=lambda m, x, y: 0), ValueError, "loss_fn is the distiller's"),
+    (dict(cache_logits="yes"), TypeError, "cache_logits must be"),
+])
+def test_distill_rejects_bad_arguments(kwargs, error, match):
+    teacher, student = teacher_and_student()
+    with pytest.raises(error, match=match):
+        D.distill(student, teacher, random_loader(), 1, input_shape=SHAPE, progress=False,
+                  **kwargs)
+
+
 def test_split_targets():
     y = torch.tensor([3, 1])
     assert D.split_targets(y)[0] is y and D.split_targets(y)[1] is None
@@ -400,6 +447,32 @@ def test_distilled_students_are_cached_under_their_teacher_and_settings(isolated
         zoo.get_trained("lenet5", tiny_budget, teacher=teacher.model)
     with pytest.raises(ValueError, match="temperature"):
         zoo.get_trained("lenet5", tiny_budget, teacher=teacher, distill=dict(temperature=-1.0))
+
+
+def test_zoo_runs_a_teacher_once_per_training_set(isolated_cache, tiny_budget, monkeypatch):
+    teacher = zoo.get_trained("lenet5", tiny_budget, progress=False)
+    monkeypatch.setattr(zoo, "_TEACHER_LOGITS", {})
+    passes = []
+    cache = D.cache_teacher_logits
+    monkeypatch.setattr(D, "cache_teacher_logits",
+                        lambda t, dataset, *a: passes.append(len(dataset)) or cache(t, dataset, *a))
+    for temperature in (2.0, 4.0):      # other settings, same images: one teacher pass
+        zoo.get_trained("lenet5", tiny_budget, progress=False, teacher=teacher,
+                        distill=dict(temperature=temperature))
+    assert passes == [tiny_budget.train_size]
+    # a subset's images depend on the seed: another seed, another pass
+    zoo.get_trained("lenet5", tiny_budget, seed=1, progress=False, teacher=teacher)
+    assert len(passes) == 2
+    # the remembered logits are the teacher's on those images
+    (key, logits), = zoo._TEACHER_LOGITS.items()
+    loader, _ = lc.get_dataloaders(128, tiny_budget, augment=False, seed=1)
+    assert torch.allclose(logits, cache(teacher.model, loader.dataset), atol=1e-6)
+    # and a given set of logits must fit the loader's images
+    with pytest.raises(ValueError, match="logits must be"):
+        D.with_teacher_logits(loader, teacher.model, logits=logits[:-1])
+    augmented, _ = lc.get_dataloaders(128, tiny_budget, augment=True, seed=1)
+    with pytest.raises(ValueError, match="augment"):
+        D.with_teacher_logits(augmented, teacher.model, logits=logits)
 
 
 def test_zoo_distills_with_hints_on_augmented_data(isolated_cache, tiny_budget, monkeypatch):

@@ -1,4 +1,5 @@
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -102,6 +103,26 @@ def test_plot_history_marks_whole_epochs_only():
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_curves_draws_error_bars_on_a_log_axis():
+    fig, ax = lc.plotting.plot_curves([1, 4, 20], {"kd": [0.90, 0.92, 0.91], "alone": [0.9] * 3},
+                                      "T", "accuracy", percent=True,
+                                      errors={"kd": [0.001, 0.002, 0.003]}, logx=True)
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "20"]
+    # one vertical bar per point, +- the error, in percent like the series
+    (bars,) = [c for c in ax.collections if len(c.get_segments()) == 3]
+    spans = [(seg[0][1], seg[1][1]) for seg in bars.get_segments()]
+    assert np.allclose(spans, [(89.9, 90.1), (91.8, 92.2), (90.7, 91.3)])
+    assert len(ax.collections) == 1             # no bars on the series without errors
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="not plotted"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", errors={"b": [0, 0]})
+    with pytest.raises(ValueError, match=r"errors\[a\]"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", errors={"a": [0]})
+    with pytest.raises(ValueError, match="logx needs every x > 0"):
+        lc.plotting.plot_curves([0, 2], {"a": [1, 2]}, "x", "y", logx=True)
 
 
 def test_plot_curves_marks_whole_numbers_when_x_is_whole():
