@@ -25,6 +25,7 @@ from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
 from . import binary, binary_kernels
 from . import distillation
+from .distillation import distill
 from . import lowrank
 from .fusion import fuse_conv_bn, measure_fusion
 

@@ -53,6 +53,13 @@ class Budget:
             chapter's time limit on a 2-core CPU (on an AMD EPYC one epoch took 1.1
             minutes in float32 and with binary weights, 1.4 to 1.8 with binary
             activations; the chapter ran 27.7 minutes cold).
+        distill_epochs: epochs of each student of chapter 7's main comparison (three
+            students, three seeds, alone and distilled: 18 trainings on all the training
+            images), fewer than ``epochs`` so that they and the sweeps fit a chapter's
+            time limit on a 2-core CPU.
+        distill_sweep_size: class-balanced training images of each run of chapter 7's
+            sweeps (temperature, label weight, features, missing class).
+        distill_sweep_epochs: epochs of each sweep run.
     """
 
     name: str
@@ -72,6 +79,9 @@ class Budget:
     latency_repeats: int
     latency_batch_sizes: tuple[int, ...] = (1, 256)
     binary_epochs: int = 1
+    distill_epochs: int = 1
+    distill_sweep_size: int = 500
+    distill_sweep_epochs: int = 1
 
     def as_dict(self) -> dict:
         """The budget as a plain dict (stored with trained models and results)."""
@@ -82,12 +92,14 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget("full", train_size=None, test_size=None, epochs=20, finetune_epochs=3,
                    proxy_epochs=2, survey_epochs=1, overfit_train_size=6000, overfit_epochs=10,
                    search_train_size=10000, search_final_epochs=6, val_size=5000,
-                   calib_size=1024, latency_warmup=10, latency_repeats=50, binary_epochs=3),
+                   calib_size=1024, latency_warmup=10, latency_repeats=50, binary_epochs=3,
+                   distill_epochs=3, distill_sweep_size=10000, distill_sweep_epochs=5),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
-                 latency_warmup=2, latency_repeats=5, binary_epochs=1),
+                 latency_warmup=2, latency_repeats=5, binary_epochs=1,
+                 distill_epochs=1, distill_sweep_size=500, distill_sweep_epochs=1),
 }
 
 
