@@ -123,6 +123,8 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
     ``size_ratio = bytes_baseline / bytes``, ``speedup = latency_baseline / latency``.
 
     A chapter with no such variant (or no latency measured) gets ``None`` in that column.
+    Ties (e.g. a student trained alone and distilled: same bytes, same latency) go to the
+    more accurate variant.
     """
     out = []
     for chapter, rows in results.items():
@@ -137,11 +139,13 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
                 continue
             size_ratio = base["size_bytes"] / row["size_bytes"]
             candidate = dict(name=row["name"], baseline=base["name"], drop=drop, ratio=size_ratio)
-            if size_ratio > 1 and (smallest is None or size_ratio > smallest["ratio"]):
+            if size_ratio > 1 and (smallest is None or (size_ratio, -drop)
+                                   > (smallest["ratio"], -smallest["drop"])):
                 smallest = candidate
             if row["latency_ms_b256"] and base["latency_ms_b256"]:
                 speedup = base["latency_ms_b256"] / row["latency_ms_b256"]
-                if speedup > 1 and (fastest is None or speedup > fastest["ratio"]):
+                if speedup > 1 and (fastest is None or (speedup, -drop)
+                                    > (fastest["ratio"], -fastest["drop"])):
                     fastest = dict(candidate, ratio=speedup)
         out.append(dict(chapter=chapter, smallest=smallest, fastest=fastest))
     return out

@@ -68,6 +68,14 @@ def test_summary_picks_the_smallest_and_fastest_within_the_allowed_drop():
     text = lc.results.summary_markdown({"99_test": rows})
     assert "| 99 test | quarter size: **4.00x** fewer bytes (-0.90 points vs base) " \
            "| half size: **1.50x** faster (-0.50 points vs base) |" in text
+    # a tie in bytes and time (a student alone and distilled) goes to the more accurate
+    twins = [ROW, dict(ROW, name="alone", baseline="base", accuracy=0.921, size_bytes=10,
+                       latency_ms_b256=6.0),
+             dict(ROW, name="distilled", baseline="base", accuracy=0.925, size_bytes=10,
+                  latency_ms_b256=6.0)]
+    for order in (twins, [twins[0], twins[2], twins[1]]):
+        (row,) = lc.results.summary_rows({"99_test": order})
+        assert row["smallest"]["name"] == row["fastest"]["name"] == "distilled"
 
 
 def test_the_front_page_summary_matches_the_published_results(tmp_path):
