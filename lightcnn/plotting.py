@@ -166,6 +166,7 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
         ax.set_title(title)
     fig.tight_layout()
     _keep_labels_inside(fig, ax, labels)
+    _keep_vertical_order(fig, labels)
     if front and ordered:
         _place_legend(fig, ax, labels)
     return fig, ax
@@ -202,6 +203,38 @@ def _keep_labels_inside(fig, ax, labels, rounds: int = 5) -> None:
         grow = lambda pixels: (pixels + 4) * per_pixel if pixels > 0 else 0
         ax.set_ylim(y0 - grow(under), y1 + grow(over))
     _separate_labels(fig, labels)   # the last word: labels never overlap
+
+
+def _keep_vertical_order(fig, labels) -> None:
+    """Swap the places of two labels in one column whose order is the reverse of their
+    points' (alternating above/below can cross the labels of two points at one x, e.g. a
+    model and its distilled twin), so the upper label names the upper point.
+
+    Two labels of one font size are equally tall, so a swap moves each into the other's
+    free slot; labels that would then overlap a third one are left where they were.
+    """
+    renderer = fig.canvas.get_renderer()
+    points_per_pixel = 72 / fig.dpi
+    for _ in range(len(labels) ** 2):          # a bubble sort of the crossed pairs
+        swapped = False
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                box_a, box_b = a.get_window_extent(renderer), b.get_window_extent(renderer)
+                if not (box_a.x0 < box_b.x1 and box_b.x0 < box_a.x1):
+                    continue                   # not one above the other
+                if (a.xy[1] - b.xy[1]) * (box_a.y0 - box_b.y0) >= 0:
+                    continue                   # in order (or tied)
+                move = (box_b.y0 - box_a.y0) * points_per_pixel
+                others = [t.get_window_extent(renderer) for t in labels if t is not a and t is not b]
+                new_a, new_b = box_a.translated(0, move / points_per_pixel), \
+                    box_b.translated(0, -move / points_per_pixel)
+                if any(n.overlaps(o) for n in (new_a, new_b) for o in others):
+                    continue
+                (ax_, ay), (bx, by) = a.xyann, b.xyann
+                a.xyann, b.xyann = (ax_, ay + move), (bx, by - move)
+                swapped = True
+        if not swapped:
+            return
 
 
 def _separate_labels(fig, labels) -> None:

@@ -61,6 +61,25 @@ def test_plot_tradeoff_labels_of_nearly_coinciding_points_do_not_overlap():
     matplotlib.pyplot.close(fig)
 
 
+def test_plot_tradeoff_labels_keep_the_vertical_order_of_their_points():
+    # chapter 07's case: each student alone and distilled at one latency, close accuracies
+    rows = [dict(name="teacher", latency=99.9, accuracy=0.9338)]
+    for name, ms, alone, distilled in (("narrow", 16.6, 0.8905, 0.8930), ("half", 39.3, 0.9044, 0.9115),
+                                       ("squeeze", 48.8, 0.8930, 0.8156), ("half long", 39.3, 0.9260, 0.9271)):
+        rows += [dict(name=f"{name}, alone", latency=ms, accuracy=alone),
+                 dict(name=f"{name}, distilled", latency=ms, accuracy=distilled)]
+    fig, ax = plotting.plot_tradeoff(rows, x="latency")
+    renderer = fig.canvas.get_renderer()
+    labels = {t.get_text(): t for t in ax.texts}
+    for name in ("narrow", "half", "squeeze", "half long"):
+        a, d = labels[f"{name}, alone"], labels[f"{name}, distilled"]
+        label_above = d.get_window_extent(renderer).y0 > a.get_window_extent(renderer).y0
+        assert label_above == (d.xy[1] > a.xy[1]), name
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+    matplotlib.pyplot.close(fig)
+
+
 def test_plot_tradeoff_keeps_labels_inside_the_axes():
     # chapter 05's case: long names, the costliest point at the right edge, a dense cluster
     rows = [dict(name=f"k-means {b} bits, centroids fine-tuned", size_bytes=1e5 * (1 + b / 10),
