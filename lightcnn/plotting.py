@@ -224,12 +224,12 @@ def _keep_vertical_order(fig, labels) -> None:
                     continue                   # not one above the other
                 if (a.xy[1] - b.xy[1]) * (box_a.y0 - box_b.y0) >= 0:
                     continue                   # in order (or tied)
-                move = (box_b.y0 - box_a.y0) * points_per_pixel
+                pixels = box_b.y0 - box_a.y0          # a moves up by this, b down
                 others = [t.get_window_extent(renderer) for t in labels if t is not a and t is not b]
-                new_a, new_b = box_a.translated(0, move / points_per_pixel), \
-                    box_b.translated(0, -move / points_per_pixel)
-                if any(n.overlaps(o) for n in (new_a, new_b) for o in others):
+                moved = (box_a.translated(0, pixels), box_b.translated(0, -pixels))
+                if any(n.overlaps(o) for n in moved for o in others):
                     continue
+                move = pixels * points_per_pixel      # offsets are in points
                 (ax_, ay), (bx, by) = a.xyann, b.xyann
                 a.xyann, b.xyann = (ax_, ay + move), (bx, by - move)
                 swapped = True

@@ -156,8 +156,8 @@ def summary_markdown(results: dict[str, list[dict]], max_drop: float = 0.01) -> 
     def cell(entry: dict | None, unit: str) -> str:
         if entry is None:
             return "none smaller" if unit == "fewer bytes" else "none measured faster"
-        points = -100 * entry["drop"] + 0.0     # + 0.0: no "-0.00" for an equal accuracy
-        points = 0.0 if abs(points) < 0.005 else points
+        points = -100 * entry["drop"]
+        points = 0.0 if abs(points) < 0.005 else points   # no "-0.00" for an equal accuracy
         return (f"{entry['name']}: **{entry['ratio']:.2f}x** {unit} "
                 f"({points:+.2f} points vs {entry['baseline']})")
 
