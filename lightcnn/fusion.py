@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .profile import measure_latency
+from .profile import compare_latency
 
 __all__ = ["FusionReport", "fuse_conv_bn", "measure_fusion"]
 
@@ -142,7 +142,7 @@ def measure_fusion(model: nn.Module, x: torch.Tensor, batch_sizes: tuple[int, ..
                    threads: int = 2, warmup: int = 10, repeats: int = 50,
                    atol: float = 1e-4) -> FusionReport:
     """Fold ``model``'s batch norms, check the eval-mode outputs on ``x`` agree within
-    ``atol``, and measure both models' latency (``lc.measure_latency``) at each batch size.
+    ``atol``, and measure both models' latency at each batch size, side by side (``lc.compare_latency``).
 
     Raises:
         ValueError: the fused model's outputs differ from the original's by more than
@@ -158,8 +158,12 @@ def measure_fusion(model: nn.Module, x: torch.Tensor, batch_sizes: tuple[int, ..
     def bns(m: nn.Module) -> int:
         return sum(isinstance(layer, nn.BatchNorm2d) for layer in m.modules())
 
-    def times(m: nn.Module) -> dict[int, float]:
-        return {b: measure_latency(m, b, threads=threads, warmup=warmup, repeats=repeats).median_ms
-                for b in batch_sizes}
-
-    return FusionReport(diff, bns(model), bns(fused), times(model), times(fused))
+    # both models timed side by side (round-robin), so the speed-up is a ratio of medians
+    # taken under the same conditions
+    times: dict[str, dict[int, float]] = {"model": {}, "fused": {}}
+    for b in batch_sizes:
+        lat = compare_latency({"model": model, "fused": fused}, b, tuple(x.shape[1:]),
+                              threads=threads, warmup=warmup, repeats=repeats)
+        for name in times:
+            times[name][b] = lat[name].median_ms
+    return FusionReport(diff, bns(model), bns(fused), times["model"], times["fused"])

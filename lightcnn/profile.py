@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
     "count_macs_thop", "model_size_bytes", "Latency", "measure_latency", "time_interleaved",
-    "compare_latency", "profile_model",
+    "compare_latency", "profile_model", "profile_models",
     "Table", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
 ]
 
@@ -314,6 +314,9 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
                   size_gzip_bytes: int | None = None) -> dict:
     """One row of a comparison table: accuracy, counts, bytes and latency of ``model``.
 
+    To compare several models, use :func:`profile_models`: it times them side by side,
+    so their latency ratios do not also measure what changed between two measurements.
+
     Args:
         name: the row's name; ``baseline`` names the row it is compared with.
         accuracy: fraction of test images classified correctly (measured by the caller).
@@ -324,7 +327,22 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
             ``torch.save``'s dense one (e.g. a sparse file); ``size_gzip_bytes`` likewise
             (``None`` with ``size_bytes`` given: not reported).
     """
-    row = {
+    row = _counts_row(model, name, accuracy, baseline, input_shape, macs, size_bytes,
+                      size_gzip_bytes)
+    for b in batch_sizes:
+        lat = measure_latency(model, b, input_shape, threads, warmup, repeats)
+        row[f"latency_ms_b{b}"] = lat.median_ms
+        row[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
+    row["threads"] = threads
+    row["budget"] = budget
+    return row
+
+
+def _counts_row(model: nn.Module, name: str, accuracy: float | None, baseline: str | None,
+                input_shape: tuple[int, ...], macs: int | None, size_bytes: int | None,
+                size_gzip_bytes: int | None) -> dict:
+    """The row's fields that do not need a clock."""
+    return {
         "name": name,
         "baseline": baseline,
         "accuracy": None if accuracy is None else float(accuracy),
@@ -336,13 +354,57 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
                             else None if size_bytes is not None
                             else model_size_bytes(model, compressed=True)),
     }
+
+
+def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | None = None,
+                   baseline: str | None = None, budget: str | None = None,
+                   input_shape: tuple[int, ...] = INPUT_SHAPE,
+                   batch_sizes: tuple[int, ...] = (1, 256), threads: int = 2, warmup: int = 10,
+                   repeats: int = 50, macs: dict[str, int] | None = None,
+                   size_bytes: dict[str, int] | None = None,
+                   size_gzip_bytes: dict[str, int] | None = None) -> list[dict]:
+    """Rows of :func:`profile_model` for several models, their latency timed side by side.
+
+    At each batch size the models run round-robin in one loop (:func:`compare_latency`),
+    so a ratio of two rows' medians, ``baseline_ms / model_ms``, compares runs taken
+    under the same conditions.
+
+    Args:
+        models: row name -> model, in the order of the rows.
+        accuracy: row name -> test accuracy (rows not named get ``None``).
+        baseline: the row the others are compared with: a name in ``models`` (its own
+            row gets ``baseline=None``) or a row measured elsewhere.
+        macs, size_bytes, size_gzip_bytes: row name -> the value to report instead of the
+            counted one (see :func:`profile_model`).
+
+    Raises:
+        ValueError: ``models`` is empty or not a dict, or a per-row dict names a row that
+            is not in ``models``.
+    """
+    if not isinstance(models, dict) or not models:
+        raise ValueError("models must be a non-empty dict of name -> nn.Module")
+    per_row = {"accuracy": accuracy or {}, "macs": macs or {}, "size_bytes": size_bytes or {},
+               "size_gzip_bytes": size_gzip_bytes or {}}
+    for arg, values in per_row.items():
+        if not isinstance(values, dict):
+            raise TypeError(f"{arg} must be a dict of row name -> value, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(models))
+        if unknown:
+            raise ValueError(f"{arg} names rows that are not in models: {unknown}")
+    rows = {name: _counts_row(model, name, per_row["accuracy"].get(name),
+                              None if name == baseline else baseline, input_shape,
+                              per_row["macs"].get(name), per_row["size_bytes"].get(name),
+                              per_row["size_gzip_bytes"].get(name))
+            for name, model in models.items()}
     for b in batch_sizes:
-        lat = measure_latency(model, b, input_shape, threads, warmup, repeats)
-        row[f"latency_ms_b{b}"] = lat.median_ms
-        row[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
-    row["threads"] = threads
-    row["budget"] = budget
-    return row
+        latency = compare_latency(models, b, input_shape, threads, warmup, repeats)
+        for name, row in rows.items():
+            row[f"latency_ms_b{b}"] = latency[name].median_ms
+            row[f"latency_iqr_ms_b{b}"] = latency[name].iqr_ms
+    for row in rows.values():
+        row["threads"] = threads
+        row["budget"] = budget
+    return list(rows.values())
 
 
 def _fmt_count(n: float, spec: str = ".2f", plain: str = ".0f") -> str:

@@ -225,3 +225,53 @@ def test_compare_latency_ranks_a_slower_model_slower():
         lc.compare_latency({})
     with pytest.raises(ValueError, match="non-empty dict of name -> callable"):
         lc.time_interleaved({"x": 3})
+
+
+class _Sleepy(torch.nn.Module):
+    """A LeNet-5 that also sleeps 3 ms per call: slower by construction."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = lc.create_model("lenet5")
+
+    def forward(self, x):
+        import time as _time
+        _time.sleep(0.003)
+        return self.net(x)
+
+
+def test_profile_models_times_side_by_side_and_counts_like_profile_model():
+    torch.manual_seed(0)
+    fast, slow = lc.create_model("lenet5"), _Sleepy()
+    rows = lc.profile_models({"fast": fast, "slow": slow}, accuracy={"slow": 0.5},
+                             baseline="fast", budget="ci", batch_sizes=(1, 2), threads=1,
+                             warmup=1, repeats=5, size_bytes={"slow": 77})
+    assert [r["name"] for r in rows] == ["fast", "slow"]
+    one = lc.profile_model(fast, "fast", budget="ci", batch_sizes=(1, 2), threads=1, warmup=1,
+                           repeats=5)
+    assert list(rows[0]) == list(one)                      # same fields, same order
+    for key in ("params", "nonzero_params", "macs", "size_bytes", "size_gzip_bytes"):
+        assert rows[0][key] == one[key]
+    assert rows[0]["baseline"] is None and rows[1]["baseline"] == "fast"
+    assert rows[0]["accuracy"] is None and rows[1]["accuracy"] == 0.5
+    assert rows[1]["size_bytes"] == 77 and rows[1]["size_gzip_bytes"] is None
+    assert rows[1]["params"] == lc.count_params(fast)       # same network inside
+    for b in (1, 2):
+        assert rows[1][f"latency_ms_b{b}"] >= 3.0 > rows[0][f"latency_ms_b{b}"]
+        assert rows[0][f"latency_iqr_ms_b{b}"] >= 0
+    assert rows[0]["threads"] == 1 and rows[1]["budget"] == "ci"
+
+
+def test_profile_models_with_an_outside_baseline_and_bad_arguments():
+    model = lc.create_model("lenet5")
+    rows = lc.profile_models({"a": model}, baseline="measured elsewhere", batch_sizes=(),
+                             threads=1)
+    assert rows[0]["baseline"] == "measured elsewhere" and "latency_ms_b1" not in rows[0]
+    with pytest.raises(ValueError, match="models must be a non-empty dict"):
+        lc.profile_models({})
+    with pytest.raises(ValueError, match=r"accuracy names rows that are not in models: \['b'\]"):
+        lc.profile_models({"a": model}, accuracy={"b": 0.9}, batch_sizes=())
+    with pytest.raises(TypeError, match="macs must be a dict"):
+        lc.profile_models({"a": model}, macs=[1], batch_sizes=())
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        lc.profile_models({"a": model}, repeats=0)
