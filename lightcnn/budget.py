@@ -64,6 +64,13 @@ class Budget:
         distill_sweep_size: class-balanced training images of each run of chapter 7's
             sweeps (temperature, label weight, features, missing class).
         distill_sweep_epochs: epochs of each sweep run.
+        prune_epochs: fine-tuning epochs of chapter 4's zoo-cached pruned models (gradual
+            pruning to 12x, network slimming after its cut): twice ``finetune_epochs``,
+            because three epochs left the 12x model 1.6 to 2.2 points below the baseline
+            and the slimmed one 2.2; more would not fit a chapter's time limit on a
+            2-core CPU (an epoch of the baseline took about a minute on an AMD EPYC).
+        slim_penalty_epochs: epochs of network slimming's penalised fine-tuning, before
+            its cut (two pushed only 0.2% of the batch-norm scales below 0.05).
     """
 
     name: str
@@ -87,6 +94,8 @@ class Budget:
     distill_long_epochs: int = 1
     distill_sweep_size: int = 500
     distill_sweep_epochs: int = 1
+    prune_epochs: int = 1
+    slim_penalty_epochs: int = 1
 
     def as_dict(self) -> dict:
         """The budget as a plain dict (stored with trained models and results)."""
@@ -99,14 +108,14 @@ BUDGETS: dict[str, Budget] = {
                    search_train_size=10000, search_final_epochs=6, val_size=5000,
                    calib_size=1024, latency_warmup=10, latency_repeats=50, binary_epochs=3,
                    distill_epochs=2, distill_long_epochs=10, distill_sweep_size=5000,
-                   distill_sweep_epochs=5),
+                   distill_sweep_epochs=5, prune_epochs=6, slim_penalty_epochs=3),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
                  latency_warmup=2, latency_repeats=5, binary_epochs=1,
                  distill_epochs=1, distill_long_epochs=1, distill_sweep_size=500,
-                 distill_sweep_epochs=1),
+                 distill_sweep_epochs=1, prune_epochs=1, slim_penalty_epochs=1),
 }
 
 

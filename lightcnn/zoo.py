@@ -13,6 +13,7 @@ Taught in chapters/01_cnn_basics.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -35,7 +36,7 @@ from .data import get_dataloaders, user_cache_dir
 from .train import History, fit
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
-           "get_trained"]
+           "get_trained", "PRUNING_METHODS", "get_pruned"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
 # on); latency and calibration settings do not, so changing them keeps the cache valid.
@@ -69,6 +70,8 @@ class TrainedModel:
     history: History
     path: Path
     trained_now: bool
+    # what a derived model (get_pruned) records about how it was made: ratio, sparsity...
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 def _after_step(path: str | None) -> Callable[[nn.Module], None] | None:
@@ -281,3 +284,137 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                   "history": history.as_dict(), "key": key})
     model.eval()
     return TrainedModel(model, accuracy, history, path, trained_now=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Pruned models: a longer fine-tuning schedule, paid once per machine (chapter 04)
+# ---------------------------------------------------------------------------------------
+
+PRUNING_METHODS = ("agp", "l1", "slimming")
+
+
+def _pruning_code_hash() -> str:
+    from . import channel_pruning, profile, pruning   # chapter 04 builds on the zoo
+    sources = [inspect.getsource(m) for m in (pruning, channel_pruning, profile, _train, _data)]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()
+
+
+def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
+               sparsity: float | None = None, macs_share: float | None = None,
+               penalty: float = 1e-2, penalty_epochs: int | None = None, lr: float = 0.01,
+               seed: int = 0, progress: bool = True) -> TrainedModel:
+    """``base`` pruned by ``method`` and fine-tuned ``epochs`` epochs: from the cache, or
+    made now and cached (the key hashes ``base``'s cache entry, the method and its
+    settings, the budget, the seed and the source of the pruning, training and data code).
+
+    Fine-tuning is the chapter's: SGD, a cosine schedule from ``lr`` (a tenth of the
+    baseline's peak), weight decay 5e-4, augmented batches of 128.
+
+    Methods:
+        ``"agp"``: gradual magnitude pruning (Zhu & Gupta) to weight ``sparsity`` with one
+            global threshold; the cubic ramp takes the first three quarters of the
+            fine-tuning steps (a mask update every hundredth of them), the rest recovers
+            at the target. The zeros are made permanent (a plain model).
+        ``"l1"``: the same fraction of every layer's channels removed by filter L1 norm
+            (Li et al.), the smallest ratio in steps of 0.05 that leaves at most
+            ``macs_share`` of the MACs (``channel_pruning.ratio_for_macs``), then fine-tuned.
+        ``"slimming"``: network slimming (Liu et al.): ``penalty_epochs`` of fine-tuning
+            with ``penalty * sum |gamma|`` on the batch-norm scales, then channels cut
+            by one global threshold on ``|gamma|`` at the smallest ratio leaving
+            ``macs_share`` of the MACs, then fine-tuned.
+
+    ``info`` of the result holds ``method``; ``sparsity`` (agp); ``ratio`` and
+    ``oneshot_accuracy``, the test accuracy right after the cut (structured); and for
+    slimming the penalty phase's ``penalty_history``, ``penalty_accuracy`` and the
+    ``bn_scales`` (every ``|gamma|``) it left for the cut to rank.
+
+    Raises:
+        TypeError: ``base`` is not a :class:`TrainedModel`.
+        ValueError: an unknown method, a missing or out-of-range setting, or a setting
+            the method does not take.
+    """
+    from . import channel_pruning as cp
+    from . import pruning
+
+    if not isinstance(base, TrainedModel):
+        raise TypeError(f"base must be a TrainedModel from get_trained, got {type(base).__name__}")
+    if method not in PRUNING_METHODS:
+        raise ValueError(f"method must be one of {PRUNING_METHODS}, got {method!r}")
+    for arg, value in (("epochs", epochs), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (arg == "epochs"):
+            raise ValueError(f"{arg} must be an int >= {int(arg == 'epochs')}, got {value!r}")
+    wanted, unwanted = (("sparsity", "macs_share") if method == "agp"
+                        else ("macs_share", "sparsity"))
+    value = sparsity if method == "agp" else macs_share
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < 1:
+        raise ValueError(f"method {method!r} needs {wanted} in (0, 1), got {value!r}")
+    if (macs_share if method == "agp" else sparsity) is not None:
+        raise ValueError(f"method {method!r} does not take {unwanted}")
+    if method == "slimming":
+        if isinstance(penalty_epochs, bool) or not isinstance(penalty_epochs, int) \
+                or penalty_epochs < 1:
+            raise ValueError(f"slimming needs penalty_epochs, an int >= 1, got {penalty_epochs!r}")
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+            raise ValueError(f"penalty must be a number > 0, got {penalty!r}")
+    elif penalty_epochs is not None:
+        raise ValueError(f"method {method!r} does not take penalty_epochs")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+
+    budget = budget or get_budget()
+    settings = {"method": method, wanted: value, "epochs": epochs, "lr": lr, "seed": seed}
+    if method == "slimming":
+        settings.update(penalty=penalty, penalty_epochs=penalty_epochs)
+    spec = {"pruned_from": base.path.name, "settings": settings,
+            "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
+            "code": _pruning_code_hash(), "torch": torch.__version__.split("+")[0]}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    stem = base.path.name.split("-")[0]
+    path = user_cache_dir() / "zoo" / f"{stem}+{method}-{budget.name}-{key}.pt"
+
+    def restore(state: dict) -> nn.Module:
+        # a copy of the base resized to the stored shapes (removed channels) and loaded
+        model = cp.resize_to_state_dict(copy.deepcopy(base.model), state)
+        return model.eval()
+
+    entry = _load(path)
+    if entry is not None:
+        return TrainedModel(restore(entry["state_dict"]), entry["accuracy"],
+                            History.from_dict(entry["history"]), path, trained_now=False,
+                            info=entry["info"])
+
+    train_loader, test_loader = get_dataloaders(128, budget, augment=True, seed=seed)
+
+    def finetune(model: nn.Module, n: int, **kwargs) -> History:
+        return fit(model, train_loader, n, test_loader, lr=lr, schedule="cosine", seed=seed,
+                   progress=progress, **kwargs)
+
+    model = copy.deepcopy(base.model)
+    info: dict = {"method": method}
+    if method == "agp":
+        steps = epochs * len(train_loader)
+        pruner = pruning.AGPPruner(value, total_steps=int(0.75 * steps),
+                                   frequency=max(1, steps // 100))
+        history = finetune(model, epochs, after_step=pruner)
+        pruning.remove_masks(model)            # zeros made permanent: a plain model again
+        info["sparsity"] = pruning.sparsity(model)
+    else:
+        rule, scope = cp.l1_importance, "layer"
+        if method == "slimming":
+            penalised = finetune(model, penalty_epochs, loss_fn=cp.slimming_loss(penalty))
+            info.update(penalty_history=penalised.as_dict(),
+                        penalty_accuracy=penalised.test_accuracy[-1],
+                        # the scales the global cut ranks, kept to show what the penalty did
+                        bn_scales=torch.cat([m.weight.detach().abs().flatten()
+                                             for m in model.modules()
+                                             if isinstance(m, nn.BatchNorm2d)]))
+            rule, scope = cp.bn_scale_importance, "global"
+        ratio = cp.ratio_for_macs(model, rule, share=value, scope=scope)
+        model = cp.remove_channels(model, cp.plan_channel_pruning(model, ratio, rule, scope=scope))
+        info.update(ratio=ratio, oneshot_accuracy=_train.evaluate(model, test_loader)["accuracy"])
+        history = finetune(model, epochs)
+    accuracy = history.test_accuracy[-1]
+    _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
+                  "history": history.as_dict(), "info": info, "key": key})
+    return TrainedModel(model.eval(), accuracy, history, path, trained_now=True, info=info)

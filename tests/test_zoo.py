@@ -146,3 +146,106 @@ def test_get_trained_on_a_gpu_returns_a_cpu_model(isolated_cache, tiny_budget):
     trained = zoo.get_trained("lenet5", budget=tiny_budget, progress=False, device="cuda")
     assert trained.trained_now and not next(trained.model.parameters()).is_cuda
     assert trained.path != zoo.get_trained("lenet5", budget=tiny_budget, progress=False).path
+
+
+# ---------------------------------------------------------------- get_pruned (chapter 04)
+
+@pytest.fixture
+def tiny_base(isolated_cache, tiny_budget):
+    return lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False)
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_get_pruned_l1_equals_the_steps_done_by_hand_and_is_cached(tiny_base, tiny_budget,
+                                                                    monkeypatch):
+    from lightcnn import channel_pruning as cp
+    pruned = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget, macs_share=0.5,
+                               progress=False)
+    assert pruned.trained_now and pruned.path.name.startswith("baseline_cnn+l1-ci-")
+    # by hand: the same ratio, the same channels, the same fine-tuning
+    ratio = cp.ratio_for_macs(tiny_base.model, cp.l1_importance, share=0.5)
+    model = cp.remove_channels(tiny_base.model,
+                               cp.plan_channel_pruning(tiny_base.model, ratio, cp.l1_importance))
+    train_loader, test_loader = lc.get_dataloaders(128, tiny_budget, augment=True, seed=0)
+    oneshot = lc.evaluate(model, test_loader)["accuracy"]
+    history = lc.fit(model, train_loader, 1, test_loader, lr=0.01, schedule="cosine", seed=0,
+                     progress=False)
+    assert pruned.info == {"method": "l1", "ratio": ratio, "oneshot_accuracy": oneshot}
+    assert _same_state(pruned.model, model) and pruned.accuracy == history.test_accuracy[-1]
+    assert lc.count_macs(pruned.model) <= 0.5 * lc.count_macs(tiny_base.model)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    again = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget, macs_share=0.5,
+                              progress=False)
+    assert not again.trained_now and again.info == pruned.info   # info survives the cache
+    assert _same_state(again.model, pruned.model)          # resized to the stored shapes
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), pruned.model.eval()(x))
+    assert tiny_base.model.features[0][0].out_channels == 32   # the base is untouched
+
+
+def test_get_pruned_agp_reaches_the_sparsity_and_slimming_the_macs(tiny_base, tiny_budget):
+    from lightcnn import pruning
+    agp = lc.zoo.get_pruned(tiny_base, "agp", epochs=1, budget=tiny_budget, sparsity=0.9,
+                            progress=False)
+    weights = sum(l.weight.numel() for l in pruning.prunable_layers(agp.model).values())
+    assert abs(pruning.sparsity(agp.model) - 0.9) <= 1 / weights + 1e-9
+    assert agp.info["sparsity"] == pruning.sparsity(agp.model)
+    assert not pruning.masks_of(agp.model)                  # zeros permanent, no hooks
+    assert set(agp.model.state_dict()) == set(tiny_base.model.state_dict())
+    slim = lc.zoo.get_pruned(tiny_base, "slimming", epochs=1, budget=tiny_budget,
+                             macs_share=0.5, penalty_epochs=1, progress=False)
+    assert lc.count_macs(slim.model) <= 0.5 * lc.count_macs(tiny_base.model)
+    assert slim.info["method"] == "slimming" and 0 < slim.info["ratio"] < 1
+    assert len(slim.info["penalty_history"]["train_loss"]) == 1
+    assert 0 <= slim.info["penalty_accuracy"] <= 1
+    bns = [m for m in tiny_base.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert slim.info["bn_scales"].shape == (sum(m.num_features for m in bns),)
+    # other settings, other entries
+    paths = {agp.path, slim.path,
+             lc.zoo.get_pruned(tiny_base, "agp", epochs=1, budget=tiny_budget, sparsity=0.8,
+                               progress=False).path}
+    assert len(paths) == 3
+
+
+def test_get_pruned_retrains_a_corrupted_entry(tiny_base, tiny_budget):
+    first = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget, macs_share=0.5,
+                              progress=False)
+    blob = bytearray(first.path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    first.path.write_bytes(bytes(blob))
+    with pytest.warns(UserWarning, match="corrupted"):
+        second = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget,
+                                   macs_share=0.5, progress=False)
+    assert second.trained_now and _same_state(second.model, first.model)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(method="agp"), ValueError, r"'agp' needs sparsity in \(0, 1\)"),
+    (dict(method="agp", sparsity=1.0), ValueError, "needs sparsity"),
+    (dict(method="agp", sparsity=0.9, macs_share=0.5), ValueError, "does not take macs_share"),
+    (dict(method="l1", sparsity=0.9), ValueError, r"'l1' needs macs_share"),
+    (dict(method="l1", macs_share=0.5, penalty_epochs=2), ValueError, "does not take penalty_epochs"),
+    (dict(method="slimming", macs_share=0.5), ValueError, "penalty_epochs"),
+    (dict(method="slimming", macs_share=0.5, penalty_epochs=1, penalty=0), ValueError, "penalty must be"),
+    (dict(method="taylor", macs_share=0.5), ValueError, "method must be one of"),
+    (dict(method="l1", macs_share=0.5, epochs=0), ValueError, "epochs must be an int >= 1"),
+    (dict(method="l1", macs_share=0.5, lr=-1), ValueError, "lr must be"),
+])
+def test_get_pruned_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, match):
+    kwargs = {"epochs": 1, **kwargs}
+    with pytest.raises(error, match=match):
+        lc.zoo.get_pruned(tiny_base, budget=tiny_budget, progress=False, **kwargs)
+
+
+def test_get_pruned_needs_a_trained_model(tiny_base, tiny_budget):
+    with pytest.raises(TypeError, match="base must be a TrainedModel"):
+        lc.zoo.get_pruned(tiny_base.model, "l1", epochs=1, macs_share=0.5, budget=tiny_budget)
