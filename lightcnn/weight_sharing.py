@@ -38,30 +38,42 @@ __all__ = ["Codebook", "share_weights", "shared_layers", "unshare", "weight_shar
            "product_quantize_model"]
 
 class Codebook(nn.Module):
-    """Parametrization ``weight = codebook[indices]`` (the float weight it replaces is ignored)."""
+    """Parametrization ``weight = codebook[indices]`` (the float weight it replaces is ignored),
+    or ``codebook[indices] * mask`` for a pruned layer, whose zeros stay zero: fine-tuning
+    then moves each centroid by the gradients of the unpruned weights that share it only.
+    """
 
-    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor):
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor,
+                 mask: torch.Tensor | None = None):
         super().__init__()
         self.codebook = nn.Parameter(codebook.detach().clone())
         self.register_buffer("indices", indices.detach().clone())
+        self.register_buffer("mask", None if mask is None else mask.detach().clone())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.codebook[self.indices]
+        shared = self.codebook[self.indices]
+        return shared if self.mask is None else shared * self.mask
 
 
 def share_weights(model: nn.Module, bits: int | dict[str, int], iters: int = 20,
-                  init: str = "linear") -> nn.Module:
+                  init: str = "linear", keep_zeros: bool = False) -> nn.Module:
     """A copy of ``model`` whose Conv2d/Linear weights are k-means shared, per layer.
 
     Args:
         bits: index width for every layer, or ``{layer name: bits}`` (layers not named keep
             their float weights; mixed precision).
         iters, init: as :func:`lightcnn.quantization.kmeans_codebook`.
+        keep_zeros: cluster only the nonzero weights and keep the zeros exactly zero (a
+            mask), as Deep Compression shares the weights that pruning left: ``2^bits``
+            centroids for the survivors, none spent on the pruned.
 
     Raises:
         ValueError: bits outside ``CODE_BITS``, a named layer that is not a Conv2d/Linear,
-            or NaN/infinite weights (from ``kmeans_codebook``).
+            NaN/infinite weights (from ``kmeans_codebook``), or with ``keep_zeros`` a layer
+            whose weights are all zero.
     """
+    if not isinstance(keep_zeros, bool):
+        raise TypeError(f"keep_zeros must be a bool, got {keep_zeros!r}")
     _check_model(model)
     layers = prunable_layers(model)
     if isinstance(bits, dict):
@@ -77,9 +89,18 @@ def share_weights(model: nn.Module, bits: int | dict[str, int], iters: int = 20,
         layer = shared.get_submodule(name)
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} is already shared or masked; remove that first")
-        codebook, indices = kmeans_codebook(layer.weight, b, iters, init)
-        parametrize.register_parametrization(layer, "weight", Codebook(codebook, indices),
-                                             unsafe=True)
+        if keep_zeros:
+            weight = layer.weight.detach()
+            nonzero = weight != 0
+            if not nonzero.any():
+                raise ValueError(f"layer {name!r} has no nonzero weight to share")
+            codebook, survivors = kmeans_codebook(weight[nonzero], b, iters, init)
+            indices = torch.zeros(weight.shape, dtype=torch.int64)
+            indices[nonzero] = survivors      # pruned entries point at centroid 0, masked
+            p = Codebook(codebook, indices, nonzero.to(weight.dtype))
+        else:
+            p = Codebook(*kmeans_codebook(layer.weight, b, iters, init))
+        parametrize.register_parametrization(layer, "weight", p, unsafe=True)
         # the original float weight stays attached but is never read: no gradient, no update
         layer.parametrizations.weight.original.requires_grad_(False)
     return shared
@@ -116,7 +137,8 @@ def weight_sharing_bytes(model: nn.Module) -> dict[str, int]:
     """Stored bytes of a shared model: ``{"weights": ..., "other": ..., "total": ...}``.
 
     ``weights``: Conv2d/Linear weights, each shared one as ``kmeans_bytes`` (bit-packed
-    indices + float32 codebook), each unshared one as 4 bytes per entry. ``other``: every
+    indices + float32 codebook; with a mask, indices of the nonzero entries only plus one
+    bit per entry for where they are), each unshared one as 4 bytes per entry. ``other``: every
     other parameter and buffer (biases, batch norm) as 4 bytes per entry.
     """
     _check_model(model)
@@ -125,7 +147,11 @@ def weight_sharing_bytes(model: nn.Module) -> dict[str, int]:
     for name, layer in prunable_layers(model).items():
         if name in shared:
             p = shared[name]
-            weights += kmeans_bytes(p.indices.numel(), (p.codebook.numel() - 1).bit_length())
+            bits = (p.codebook.numel() - 1).bit_length()
+            if p.mask is None:
+                weights += kmeans_bytes(p.indices.numel(), bits)
+            else:   # a bitmask of the positions, then the survivors' indices
+                weights += -(-p.mask.numel() // 8) + kmeans_bytes(int(p.mask.count_nonzero()), bits)
         else:
             weights += 4 * layer.weight.numel()
     counted = {id(layer.weight) for layer in prunable_layers(model).values()

@@ -117,3 +117,67 @@ def test_bad_arguments_are_reported():
         W.product_quantize_model(model, 0, 4)
     with pytest.raises(TypeError):
         W.share_weights("model", 4)
+
+
+def _pruned_lenet(sparsity=0.8):
+    from lightcnn import pruning
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    pruning.apply_masks(model, pruning.global_masks(model, sparsity))
+    return pruning.remove_masks(model)
+
+
+def test_share_weights_keep_zeros_keeps_the_pruned_zeros_and_shares_the_rest():
+    from lightcnn import pruning
+    model = _pruned_lenet()
+    shared = W.share_weights(model, 3, keep_zeros=True)
+    for name, layer in pruning.prunable_layers(model).items():
+        w, s = layer.weight.detach(), shared.get_submodule(name).weight.detach()
+        assert torch.equal(s == 0, w == 0)                 # the same zeros, no new ones
+        assert s[w != 0].unique().numel() <= 8
+        # each survivor sits on the centroid nearest to it (the k-means of the nonzeros)
+        p = W.shared_layers(shared)[name]
+        nearest = (w[w != 0][:, None] - p.codebook.detach()[None, :]).abs().argmin(1)
+        assert torch.equal(p.codebook.detach()[nearest], s[w != 0])
+    # without keep_zeros every layer either loses zeros or spends a centroid on them
+    plain = W.share_weights(model, 3)
+    for name, layer in pruning.prunable_layers(model).items():
+        w, s = layer.weight.detach(), plain.get_submodule(name).weight.detach()
+        assert (s[w == 0] != 0).any() or s[w != 0].unique().numel() <= 7
+
+
+def test_masked_centroids_get_gradients_from_the_survivors_only():
+    model = _pruned_lenet()
+    shared = W.share_weights(model, 2, keep_zeros=True)
+    name = "features.0"
+    p = W.shared_layers(shared)[name]
+    layer = shared.get_submodule(name)
+    g = torch.randn_like(layer.weight)
+    (layer.weight * g).sum().backward()
+    mask = p.mask.bool()
+    expected = torch.zeros(4).scatter_add_(0, p.indices[mask], g[mask])   # Han's eq. 3, survivors only
+    assert torch.allclose(p.codebook.grad, expected, atol=1e-5)
+
+
+def test_masked_bytes_count_a_bitmask_and_the_survivors_indices():
+    model = _pruned_lenet()
+    shared = W.share_weights(model, 4, keep_zeros=True)
+    expected = 0
+    for layer in shared_layers_of(shared):
+        n, z = layer.mask.numel(), int(layer.mask.count_nonzero())
+        expected += -(-n // 8) + -(-z * 4 // 8) + 4 * 16
+    assert W.weight_sharing_bytes(shared)["weights"] == expected
+
+
+def shared_layers_of(model):
+    return list(W.shared_layers(model).values())
+
+
+def test_keep_zeros_rejects_an_empty_layer_and_a_non_bool():
+    model = _pruned_lenet()
+    with torch.no_grad():
+        model.features[0].weight.zero_()
+    with pytest.raises(ValueError, match="'features.0' has no nonzero weight"):
+        W.share_weights(model, 2, keep_zeros=True)
+    with pytest.raises(TypeError, match="keep_zeros must be a bool"):
+        W.share_weights(model, 2, keep_zeros=1)
