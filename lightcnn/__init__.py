@@ -27,7 +27,7 @@ from . import binary, binary_kernels
 from . import distillation
 from .distillation import distill
 from . import lowrank
-from . import compression
+from . import compression, pipeline
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"
