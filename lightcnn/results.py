@@ -6,7 +6,10 @@ running the tests never dirties the tree. Chapter 09 reads every file back.
 
 A file is a JSON list of rows, one per model variant, each with at least
 ``REQUIRED_KEYS``; ``baseline`` names the row a variant is compared with (``None`` on the
-baseline row itself).
+baseline row itself). ``save_results`` also stamps every row with ``CONTRACT_KEYS``: the
+chapter, the technique (the chapter's, or ``"reference"`` on a row compared with nothing)
+and the name of the CPU that measured it, so the leaderboard can say where each number
+comes from.
 
 Taught in chapters/09_putting_it_together.
 """
@@ -20,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 from .budget import Budget, get_budget
+from .runtime import cpu_name
 
-__all__ = ["REQUIRED_KEYS", "results_dir", "save_results", "load_results", "load_all_results",
+__all__ = ["REQUIRED_KEYS", "CONTRACT_KEYS", "TECHNIQUES", "results_dir", "save_results", "load_results", "load_all_results",
            "summary_rows", "summary_markdown", "write_summary", "SUMMARY_FILE"]
 
 # The front page's table (book/intro.md includes it), rewritten from the JSON files by
@@ -30,6 +34,15 @@ SUMMARY_FILE = "summary.md"
 
 REQUIRED_KEYS = ("name", "baseline", "accuracy", "params", "nonzero_params", "macs",
                  "size_bytes", "latency_ms_b1", "latency_ms_b256", "budget")
+
+
+# stamped on every row by save_results (see the module docstring)
+CONTRACT_KEYS = REQUIRED_KEYS + ("chapter", "technique", "cpu")
+
+# each chapter's technique, by chapter number
+TECHNIQUES = {"01": "baseline", "02": "design", "03": "architecture", "04": "pruning",
+              "05": "quantization", "06": "binarization", "07": "distillation",
+              "08": "low-rank", "09": "pipeline"}
 
 
 def _repo_results_dir() -> Path:
@@ -80,11 +93,18 @@ def _validate(rows: list[dict]) -> None:
 
 
 def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -> Path:
-    """Validate ``rows`` and write them to ``<results_dir>/<chapter>.json``; return the path."""
+    """Validate ``rows``, stamp them with the chapter, technique and CPU (a row's own
+    ``technique`` is kept), and write them to ``<results_dir>/<chapter>.json``; return the
+    path. The caller's rows are not modified."""
     if not chapter or "/" in chapter or chapter.endswith(".json"):
         raise ValueError(f"chapter must be a bare name like '01_cnn_basics', got {chapter!r}")
     budget = budget or get_budget()
     _validate(rows)
+    cpu = cpu_name()
+    technique = TECHNIQUES.get(chapter[:2], chapter)
+    rows = [{**row, "chapter": chapter, "cpu": cpu,
+             "technique": row.get("technique") or ("reference" if row["baseline"] is None
+                                                   else technique)} for row in rows]
     folder = results_dir(budget)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{chapter}.json"

@@ -22,9 +22,23 @@ def test_round_trip(tmp_path, monkeypatch):
     rows = [ROW, dict(ROW, name="small", baseline="base", macs=10)]
     path = lc.save_results("99_test", rows)
     assert path == tmp_path / "99_test.json"
-    assert json.loads(path.read_text()) == rows
-    assert lc.load_results("99_test") == rows
-    assert lc.load_all_results() == {"99_test": rows}
+    stamp = {"chapter": "99_test", "cpu": lc.runtime.cpu_name()}
+    stamped = [dict(ROW, **stamp, technique="reference"),
+               dict(rows[1], **stamp, technique="99_test")]   # no technique for chapter 99
+    assert json.loads(path.read_text()) == stamped
+    assert "chapter" not in rows[0]                           # the caller's rows untouched
+    assert lc.load_results("99_test") == stamped
+    assert lc.load_all_results() == {"99_test": stamped}
+
+
+def test_rows_are_stamped_with_the_chapter_technique_and_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTCNN_RESULTS_DIR", str(tmp_path))
+    rows = [ROW, dict(ROW, name="pruned", baseline="base"),
+            dict(ROW, name="own", baseline="base", technique="distillation")]
+    saved = lc.results.load_results_file(lc.save_results("04_pruning", rows))
+    assert [r["technique"] for r in saved] == ["reference", "pruning", "distillation"]
+    assert all(set(lc.results.CONTRACT_KEYS) <= set(r) for r in saved)
+    assert {r["chapter"] for r in saved} == {"04_pruning"}
 
 
 @pytest.mark.parametrize("bad,match", [
