@@ -43,7 +43,7 @@ from .pruning import _is_masked
 
 __all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
            "RandomImportance", "ChannelGroup", "channel_groups", "plan_channel_pruning",
-           "ratio_for_macs", "remove_channels", "zero_channels", "resize_to_state_dict",
+           "ratio_for_macs", "prune_to_macs", "remove_channels", "zero_channels", "resize_to_state_dict",
            "bn_l1_penalty", "slimming_loss"]
 
 Importance = Callable[[nn.Module], "torch.Tensor | None"]
@@ -518,6 +518,14 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
         k += 1
     raise ValueError(f"no pruning ratio below 1 leaves {share} of the MACs "
                      f"(scope={scope!r}, step={step})")
+
+
+def prune_to_macs(model: nn.Module, importance: Importance = l1_importance, share: float = 0.5,
+                  scope: str = "layer") -> tuple[nn.Module, float]:
+    """A copy of ``model`` with channels removed at :func:`ratio_for_macs`'s ratio: at most
+    ``share`` of its MACs left. Returns ``(smaller model, ratio)``."""
+    ratio = ratio_for_macs(model, importance, share=share, scope=scope)
+    return remove_channels(model, plan_channel_pruning(model, ratio, importance, scope=scope)), ratio
 
 
 def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]

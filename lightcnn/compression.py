@@ -396,8 +396,7 @@ def load_compressed(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, tor
         for count, nbits in ((survivors, index_nbits), (n_gaps, gap_nbits)):
             lengths, at = _read_table(data, at)
             size = math.ceil(nbits / 8)
-            streams.append(huffman_decode(bytes(data[at:at + size]), nbits, lengths, count)
-                           if count else np.zeros(0, dtype=np.int64))
+            streams.append(huffman_decode(bytes(data[at:at + size]), nbits, lengths, count))
             at += size
         indices, gaps = streams
         weight = np.zeros(int(np.prod(shape)), dtype=np.float32)

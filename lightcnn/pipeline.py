@@ -188,9 +188,7 @@ def prune_channels(macs_share: float = 0.5, epochs: int = 1,
     _check_epochs(epochs)
 
     def step(model: nn.Module, context: Context) -> nn.Module:
-        ratio = cp.ratio_for_macs(model, importance, share=macs_share, scope=scope)
-        smaller = cp.remove_channels(model, cp.plan_channel_pruning(model, ratio, importance,
-                                                                    scope=scope))
+        smaller, _ = cp.prune_to_macs(model, importance, share=macs_share, scope=scope)
         _finetune(smaller, context, epochs)
         return smaller
     return step

@@ -410,8 +410,7 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
                                              for m in model.modules()
                                              if isinstance(m, nn.BatchNorm2d)]))
             rule, scope = cp.bn_scale_importance, "global"
-        ratio = cp.ratio_for_macs(model, rule, share=value, scope=scope)
-        model = cp.remove_channels(model, cp.plan_channel_pruning(model, ratio, rule, scope=scope))
+        model, ratio = cp.prune_to_macs(model, rule, share=value, scope=scope)
         info.update(ratio=ratio, oneshot_accuracy=_train.evaluate(model, test_loader)["accuracy"])
         history = finetune(model, epochs)
     accuracy = history.test_accuracy[-1]

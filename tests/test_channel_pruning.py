@@ -279,3 +279,14 @@ def test_a_stateless_module_may_be_called_twice_but_a_layer_with_weights_may_not
                               atol=1e-5)
     with pytest.raises(ValueError, match="'conv2' is called twice in forward"):
         cp.plan_channel_pruning(_ReusedRelu(reuse_conv=True), 0.5)
+
+
+def test_prune_to_macs_removes_the_channels_of_ratio_for_macs():
+    torch.manual_seed(0)
+    model = lc.create_model("baseline_cnn")
+    smaller, ratio = cp.prune_to_macs(model, cp.l1_importance, share=0.5)
+    assert ratio == cp.ratio_for_macs(model, cp.l1_importance, share=0.5)
+    by_hand = cp.remove_channels(model, cp.plan_channel_pruning(model, ratio, cp.l1_importance))
+    assert all(torch.equal(a, b) for a, b in zip(smaller.state_dict().values(),
+                                                by_hand.state_dict().values()))
+    assert lc.count_macs(smaller) <= 0.5 * lc.count_macs(model)
