@@ -129,17 +129,22 @@ def _count_label(value: float, _pos=None) -> str:
 
 def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
                   logx: bool = True, title: str | None = None, front: bool = False,
-                  xlabel: str | None = None, strip: str = ""):
+                  xlabel: str | None = None, strip: str = "", background: Sequence[dict] = ()):
     """Scatter of result rows (e.g. accuracy vs MACs), each point labelled by its name.
 
     With ``front``, the Pareto front (cheapest in ``x`` for its ``y``) is drawn as a line.
     ``strip`` is removed from the labels (e.g. a suffix every row shares). Labels
     alternate above and below their points so that neighbours overlap less.
+    ``background`` rows are drawn as small grey points without labels (e.g. every row of
+    a leaderboard behind its labelled Pareto front).
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots()
     value = lambda r, key: 100 * r[key] if key == "accuracy" else r[key]
+    if background:
+        ax.scatter([r[x] for r in background], [value(r, y) for r in background], s=10,
+                   color="0.75", zorder=0, label="other results")
     if front:
         from .profile import pareto_front
 

@@ -35,7 +35,7 @@ from .profile import _check_model
 
 __all__ = [
     "prunable_layers", "magnitude_prune", "layerwise_masks", "global_masks", "apply_masks",
-    "remove_masks", "masks_of", "sparsity", "layer_sparsity", "sensitivity_scan",
+    "remove_masks", "masks_of", "sparsity", "layer_sparsity", "sparsity_for_ratio", "sensitivity_scan",
     "agp_sparsity", "AGPPruner", "iterative_prune", "rewind", "random_reinit",
 ]
 
@@ -312,6 +312,30 @@ def sparsity(model: nn.Module) -> float:
         raise ValueError("model has no Conv2d or Linear weights to measure sparsity over")
     # count zeros in integers and divide once: exactly k / n for k pruned of n
     return (total - sum(int(torch.count_nonzero(w)) for w in weights)) / total
+
+
+def sparsity_for_ratio(model: nn.Module, ratio: float) -> float:
+    """The weight sparsity that leaves ``ratio`` times fewer nonzero parameters.
+
+    Only Conv2d/Linear weights are pruned, and every other parameter (biases, batch
+    norm) stays, so with ``W`` prunable weights and ``O`` other parameters:
+    ``(1 - s) * W + O = (W + O) / ratio``, i.e. ``s = 1 - ((W + O) / ratio - O) / W``.
+
+    Raises:
+        ValueError: ``ratio`` is not a number > 1, or is so large that even removing every
+            weight cannot reach it (``(W + O) / ratio < O``).
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1:
+        raise ValueError(f"ratio must be a number > 1, got {ratio!r}")
+    weights = sum(layer.weight.numel() for layer in prunable_layers(model).values())
+    if weights == 0:
+        raise ValueError("model has no Conv2d or Linear weights to prune")
+    other = sum(p.numel() for p in model.parameters()) - weights
+    target = 1 - (sum(p.numel() for p in model.parameters()) / ratio - other) / weights
+    if target >= 1:
+        raise ValueError(f"ratio {ratio} cannot be reached: the {other:,d} parameters that "
+                         "are not prunable weights alone exceed params / ratio")
+    return target
 
 
 # ---------------------------------------------------------------- choosing sparsities

@@ -22,6 +22,16 @@ def test_plot_tradeoff_labels_every_row_and_draws_the_front():
     matplotlib.pyplot.close(fig)
 
 
+def test_plot_tradeoff_draws_background_rows_grey_and_unlabelled():
+    others = [dict(name="z", macs=1e7, accuracy=0.80), dict(name="y", macs=3e6, accuracy=0.70)]
+    fig, ax = plotting.plot_tradeoff(ROWS, front=True, background=others)
+    assert sorted(t.get_text() for t in ax.texts) == ["a x0.25", "b x0.25", "c x0.25"]
+    grey = [c for c in ax.collections if c.get_label() == "other results"][0]
+    assert sorted(map(tuple, grey.get_offsets().tolist())) == [(3e6, 70.0), (1e7, 80.0)]
+    assert ax.get_ylim()[0] <= 70.0          # the axes include the background
+    matplotlib.pyplot.close(fig)
+
+
 @pytest.mark.parametrize("value, text", [(2e6, "2M"), (5e3, "5K"), (50, "50"), (1.5e9, "1.5G")])
 def test_count_labels(value, text):
     assert plotting._count_label(value) == text

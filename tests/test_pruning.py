@@ -406,3 +406,23 @@ def test_schedule_and_loop_arguments_are_checked():
         P.rewind(model, lc.create_model("baseline_cnn").state_dict(), {})
     with pytest.raises(TypeError, match="seed must be an int"):
         P.random_reinit(model, {}, seed=1.5)
+
+
+@pytest.mark.parametrize("ratio", [2, 12.0])
+def test_sparsity_for_ratio_leaves_ratio_times_fewer_nonzero_parameters(ratio):
+    model = lc.create_model("baseline_cnn")
+    with torch.no_grad():     # no zeros before pruning (a fresh model's biases start at 0)
+        for p in model.parameters():
+            p.uniform_(0.1, 1.0)
+    s = P.sparsity_for_ratio(model, ratio)
+    pruned = P.apply_masks(copy.deepcopy(model), P.global_masks(model, s))
+    P.remove_masks(pruned)
+    # one weight of rounding (the masks keep a whole number of weights)
+    assert lc.count_nonzero_params(pruned) == pytest.approx(lc.count_params(model) / ratio, abs=1)
+
+
+@pytest.mark.parametrize("ratio, match", [(1, "ratio must be a number > 1"), ("12", "ratio must be"),
+                                          (1e9, "cannot be reached")])
+def test_sparsity_for_ratio_rejects_bad_ratios(ratio, match):
+    with pytest.raises(ValueError, match=match):
+        P.sparsity_for_ratio(lc.create_model("baseline_cnn"), ratio)

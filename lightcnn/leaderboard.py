@@ -1,0 +1,137 @@
+"""One leaderboard of every technique, built only from the chapters' results files.
+
+Every chapter saves its final comparison with :func:`lightcnn.results.save_results`
+(``book/results/<chapter>.json``). This module checks those files against one contract
+(:data:`lightcnn.results.CONTRACT_KEYS`: name, chapter, technique, accuracy, params,
+nonzero params, MACs, bytes, latency at batch 1 and 256, CPU, budget) and flattens them
+into one table where each variant is also expressed against the baseline it names:
+
+    drop (points)   = 100 * (accuracy_baseline - accuracy)
+    size ratio      = bytes_baseline / bytes
+    MACs ratio      = MACs_baseline / MACs
+    speedup at b    = latency_baseline(b) / latency(b)      (both medians, same run)
+
+A speedup is only ever a ratio of two latencies that the same chapter measured side by
+side; the leaderboard never divides numbers taken in different runs.
+
+Taught in chapters/09_putting_it_together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from .results import CONTRACT_KEYS, TECHNIQUES
+
+__all__ = ["ContractError", "contract_problems", "check_contract", "leaderboard_rows",
+           "best_by_technique", "RATIO_KEYS"]
+
+# the derived columns leaderboard_rows adds, and the cost each one divides
+RATIO_KEYS = {"size_ratio": "size_bytes", "macs_ratio": "macs",
+              "speedup_b1": "latency_ms_b1", "speedup_b256": "latency_ms_b256"}
+
+
+class ContractError(ValueError):
+    """A results file breaks the contract; the message lists every problem found."""
+
+
+def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None = "full") -> list[str]:
+    """Everything wrong with one chapter's rows, as sentences (empty when they are fine).
+
+    A row must carry every key of ``CONTRACT_KEYS``; its ``chapter`` must be the file's
+    name, its ``technique`` one of the chapters' techniques or ``"reference"``, its
+    ``cpu`` a non-empty name, and (unless ``budget`` is None) its ``budget`` the one given.
+    """
+    if not isinstance(chapter, str) or not chapter:
+        raise ValueError(f"chapter must be a non-empty string, got {chapter!r}")
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
+    techniques = set(TECHNIQUES.values()) | {"reference"}
+    problems = []
+    if not rows:
+        problems.append(f"{chapter}: no rows")
+    for row in rows:
+        name = row.get("name", "?")
+        missing = [k for k in CONTRACT_KEYS if k not in row]
+        if missing:
+            problems.append(f"{chapter}: row {name!r} lacks {missing}")
+            continue
+        if row["chapter"] != chapter:
+            problems.append(f"{chapter}: row {name!r} says chapter {row['chapter']!r}")
+        if row["technique"] not in techniques:
+            problems.append(f"{chapter}: row {name!r} has technique {row['technique']!r}, "
+                            f"not one of {sorted(techniques)}")
+        if not isinstance(row["cpu"], str) or not row["cpu"].strip():
+            problems.append(f"{chapter}: row {name!r} has no CPU name")
+        if budget is not None and row["budget"] != budget:
+            problems.append(f"{chapter}: row {name!r} is from budget {row['budget']!r}, "
+                            f"expected {budget!r}")
+        if row["accuracy"] is None:
+            problems.append(f"{chapter}: row {name!r} has no accuracy")
+    return problems
+
+
+def check_contract(results: Mapping[str, Sequence[Mapping]], budget: str | None = "full") -> None:
+    """Raise :class:`ContractError` listing every problem of every chapter (see
+    :func:`contract_problems`); return None when all files keep the contract."""
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError("results must be a non-empty mapping of chapter -> rows "
+                         "(as from lc.load_all_results)")
+    problems = [p for chapter, rows in results.items()
+                for p in contract_problems(chapter, rows, budget)]
+    if problems:
+        raise ContractError(f"{len(problems)} contract problem(s):\n" + "\n".join(problems))
+
+
+def _ratio(numerator, denominator) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return numerator / denominator
+
+
+def leaderboard_rows(results: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+    """Every row of every chapter, in chapter order, with the ratios of the module
+    docstring against the row's own baseline (``None`` on a row without a baseline, or
+    where either value is missing). The contract is checked first (any budget)."""
+    check_contract(results, budget=None)
+    out = []
+    for chapter, rows in results.items():
+        by_name = {r["name"]: r for r in rows}
+        for row in rows:
+            entry = {k: row[k] for k in CONTRACT_KEYS}
+            base = by_name.get(row["baseline"]) if row["baseline"] is not None else None
+            entry["drop_points"] = (None if base is None or base["accuracy"] is None
+                                    else 100 * (base["accuracy"] - row["accuracy"]))
+            for key, cost in RATIO_KEYS.items():
+                entry[key] = None if base is None else _ratio(base[cost], row[cost])
+            out.append(entry)
+    return out
+
+
+def best_by_technique(rows: Sequence[Mapping], ratio: str = "size_ratio",
+                      max_drop: float = 1.0) -> dict[str, dict]:
+    """Per technique, the leaderboard row with the largest ``ratio`` among those at most
+    ``max_drop`` points below their baseline (ties go to the smaller drop). Techniques
+    with no such row (or no row above 1x) are left out.
+
+    Args:
+        rows: as from :func:`leaderboard_rows`.
+        ratio: one of ``RATIO_KEYS``.
+        max_drop: allowed accuracy drop in points (>= 0).
+    """
+    if ratio not in RATIO_KEYS:
+        raise ValueError(f"ratio must be one of {sorted(RATIO_KEYS)}, got {ratio!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) \
+            or math.isnan(max_drop) or max_drop < 0:
+        raise ValueError(f"max_drop must be a number of points >= 0, got {max_drop!r}")
+    best: dict[str, dict] = {}
+    for row in rows:
+        value, drop = row.get(ratio), row.get("drop_points")
+        if value is None or drop is None or drop > max_drop or value <= 1:
+            continue
+        current = best.get(row["technique"])
+        if current is None or (value, -drop) > (current[ratio], -current["drop_points"]):
+            best[row["technique"]] = dict(row)
+    return best
+
