@@ -104,6 +104,11 @@ class OnnxModel(nn.Module):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3          # errors only
+        # ORT's threads busy-wait for the next run by default; on a 2-core machine that
+        # spinning takes the cores from PyTorch models timed in the same loop (they ran
+        # 1.5x to 5x slower beside ORT sessions until this was off)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.path, self.threads = path, threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -47,7 +47,7 @@ def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None 
         raise ValueError(f"chapter must be a non-empty string, got {chapter!r}")
     if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
         raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
-    techniques = set(TECHNIQUES.values()) | {"reference"}
+    techniques = set(TECHNIQUES.values()) | {"reference", "runtime"}
     problems = []
     if not rows:
         problems.append(f"{chapter}: no rows")
@@ -90,17 +90,45 @@ def _ratio(numerator, denominator) -> float | None:
     return numerator / denominator
 
 
-def leaderboard_rows(results: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+def _same_model(row: Mapping, base: Mapping) -> bool:
+    # the baseline's own network run another way (compiled, another engine): the same
+    # accuracy and MACs, and bytes within 2% (a container's own records)
+    return (row["accuracy"] == base["accuracy"] and row["macs"] == base["macs"]
+            and row["size_bytes"] is not None and base["size_bytes"] is not None
+            and abs(row["size_bytes"] - base["size_bytes"]) <= 0.02 * base["size_bytes"])
+
+
+def leaderboard_rows(results: Mapping[str, Sequence[Mapping]],
+                     techniques: Mapping[str, Mapping[str, str]] | None = None) -> list[dict]:
     """Every row of every chapter, in chapter order, with the ratios of the module
     docstring against the row's own baseline (``None`` on a row without a baseline, or
-    where either value is missing). The contract is checked first (any budget)."""
+    where either value is missing). The contract is checked first (any budget).
+
+    A row that is its baseline's network run another way (same accuracy and MACs, bytes
+    within 2%: compiled, or in another engine) gets the technique ``"runtime"``: its
+    speed-up belongs to the engine, not to the chapter's technique.
+
+    Args:
+        techniques: ``{chapter: {row name: technique}}`` for rows a chapter compared with
+            its own technique but that belong to another (e.g. a pruned network in the
+            low-rank chapter's table); each name must exist.
+    """
     check_contract(results, budget=None)
+    techniques = techniques or {}
+    for chapter, names in techniques.items():
+        known = {r["name"] for r in results.get(chapter, ())}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(f"techniques names rows that {chapter!r} does not have: {unknown}")
     out = []
     for chapter, rows in results.items():
         by_name = {r["name"]: r for r in rows}
         for row in rows:
             entry = {k: row[k] for k in CONTRACT_KEYS}
             base = by_name.get(row["baseline"]) if row["baseline"] is not None else None
+            if base is not None and _same_model(row, base):
+                entry["technique"] = "runtime"
+            entry["technique"] = techniques.get(chapter, {}).get(row["name"], entry["technique"])
             entry["drop_points"] = (None if base is None or base["accuracy"] is None
                                     else 100 * (base["accuracy"] - row["accuracy"]))
             for key, cost in RATIO_KEYS.items():

@@ -92,3 +92,23 @@ def test_bad_inputs_are_rejected():
         lb.contract_problems("04_pruning", "rows")
     with pytest.raises(ValueError, match="chapter must be"):
         lb.contract_problems("", [])
+
+
+def test_the_baselines_own_network_in_another_runtime_is_labelled_runtime():
+    rows = [_row("base", technique="reference", accuracy=0.93, size=1000, macs=400, b256=40.0),
+            _row("base compiled", "base", accuracy=0.93, size=1000, macs=400, b256=20.0),
+            _row("base in ORT", "base", accuracy=0.93, size=1015, macs=400, b256=30.0),
+            _row("pruned", "base", accuracy=0.93, size=500, macs=200, b256=25.0)]
+    table = {r["name"]: r for r in lb.leaderboard_rows({"04_pruning": rows})}
+    assert table["base compiled"]["technique"] == "runtime" == table["base in ORT"]["technique"]
+    assert table["pruned"]["technique"] == "pruning"
+
+
+def test_techniques_can_be_reassigned_by_name():
+    rows = [_row("base", technique="reference"), _row("L1", "base", size=500, chapter="08_lowrank",
+                                                      technique="low-rank")]
+    rows[0]["chapter"] = "08_lowrank"
+    table = lb.leaderboard_rows({"08_lowrank": rows}, techniques={"08_lowrank": {"L1": "pruning"}})
+    assert table[1]["technique"] == "pruning"
+    with pytest.raises(ValueError, match="does not have"):
+        lb.leaderboard_rows({"08_lowrank": rows}, techniques={"08_lowrank": {"nope": "pruning"}})
