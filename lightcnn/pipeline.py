@@ -32,20 +32,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import binary as _binary
 from . import channel_pruning as cp
 from . import int8 as _int8
 from . import lowrank as _lowrank
 from . import pruning as _pruning
 from .distillation import distill as _distill
-from .profile import count_macs, profile_models
+from .profile import count_macs, model_size_bytes, profile_models
 from .train import evaluate, fit
 from .weight_sharing import share_weights as _share_weights
 from .weight_sharing import shared_layers
 from .weight_sharing import weight_sharing_bytes
 
 __all__ = ["Context", "StepRecord", "PipelineError", "run_pipeline", "pipeline_rows",
-           "prune_weights", "prune_channels", "share_weights", "distill", "decompose",
-           "quantize_int8"]
+           "prune_weights", "prune_channels", "slim", "share_weights", "distill", "decompose",
+           "quantize_int8", "binarize"]
 
 
 @dataclass
@@ -194,6 +195,31 @@ def prune_channels(macs_share: float = 0.5, epochs: int = 1,
     return step
 
 
+def slim(macs_share: float = 0.5, penalty: float = 1e-2, penalty_epochs: int = 1,
+         epochs: int = 1) -> Step:
+    """Network slimming (chapter 4): ``penalty_epochs`` of fine-tuning with
+    ``penalty * sum |gamma|`` on the batch-norm scales, then channels removed by one
+    global threshold on ``|gamma|`` until at most ``macs_share`` of the MACs remain, then
+    ``epochs`` of fine-tuning."""
+    _check_epochs(epochs)
+    _check_epochs(penalty_epochs)
+    if penalty_epochs < 1:
+        raise ValueError("slim needs penalty_epochs >= 1: the penalty chooses the channels")
+    loss_fn = cp.slimming_loss(penalty)      # validates penalty
+
+    def step(model: nn.Module, context: Context) -> nn.Module:
+        if not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) for m in model.modules()):
+            raise ValueError("slim ranks channels by their batch-norm scales, and the model "
+                             "has no batch norm (folded already?): use prune_channels")
+        model = copy.deepcopy(model)
+        _finetune(model, context, penalty_epochs, loss_fn=loss_fn)
+        smaller, _ = cp.prune_to_macs(model, cp.bn_scale_importance, share=macs_share,
+                                      scope="global")
+        _finetune(smaller, context, epochs)
+        return smaller
+    return step
+
+
 def share_weights(bits: int, epochs: int = 0, lr: float = 1e-4) -> Step:
     """k-means weight sharing of the nonzero weights (chapter 5; zeros stay zero), the
     centroids fine-tuned ``epochs`` epochs with AdamW at ``lr``. Reports the shared bytes."""
@@ -250,4 +276,29 @@ def quantize_int8() -> Step:
         q8 = _int8.quantize_int8(model, context.calibration)
         # compiles at its first call of each batch size (the timing's warm-up)
         return _int8.compile_cpu(q8), {"macs": macs, "size_bytes": _int8.saved_size_bytes(q8)}
+    return step
+
+
+def binarize(scheme: str, epochs: int, keep_first_last: bool = True) -> Step:
+    """Binary weights (and activations, by ``scheme``; chapter 6) from the model's own
+    weights, trained ``epochs`` epochs through the straight-through estimator. Reports the
+    deployed bytes: every binarized layer's packed signs, scales and biases instead of its
+    float32 weights."""
+    if scheme not in _binary.SCHEMES:
+        raise ValueError(f"scheme must be one of {sorted(_binary.SCHEMES)}, got {scheme!r}")
+    _check_epochs(epochs)
+
+    def step(model: nn.Module, context: Context):
+        if isinstance(model, torch.fx.GraphModule) or hasattr(model, "_orig_mod"):
+            raise ValueError("the model is a captured or compiled graph (int8?); binarize "
+                             "the float model")
+        if shared_layers(model):
+            raise ValueError("the model's weights are shared (k-means codebooks): binarize "
+                             "the float model")
+        binary = _binary.binarize(model, scheme, keep_first_last=keep_first_last)
+        _finetune(binary, context, epochs)
+        counts = _binary.binary_weight_bytes(binary)
+        size = model_size_bytes(binary) - counts["fp32_bytes"] - counts["bias_bytes"] \
+            + counts["binary_bytes"]
+        return binary, {"size_bytes": size}
     return step

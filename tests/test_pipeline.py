@@ -72,3 +72,28 @@ def test_bad_pipelines_and_steps_are_refused(context):
         pipeline.prune_weights(0.5, epochs=0)
     with pytest.raises(ValueError, match="sparsity"):
         pipeline.prune_weights(1.5, epochs=1)
+
+
+def test_slim_and_binarize_steps(context):
+    model = lc.create_model("baseline_cnn", widths=(8, 16, 16)).eval()
+    records = pipeline.run_pipeline(model, [("slim", pipeline.slim(macs_share=0.6, penalty_epochs=1, epochs=1)),
+                                            ("bwn", pipeline.binarize("bwn", epochs=1))], context)
+    assert lc.count_macs(records[1].model) <= 0.6 * lc.count_macs(model)
+    assert lc.binary.binary_layers(records[2].model)                    # binarized layers
+    counts = lc.binary.binary_weight_bytes(records[2].model)
+    # the deployed bytes replace each binarized layer's float weights by packed signs
+    assert records[2].size_bytes == (lc.model_size_bytes(records[2].model) - counts["fp32_bytes"]
+                                     - counts["bias_bytes"] + counts["binary_bytes"])
+    assert records[2].size_bytes < lc.model_size_bytes(records[1].model)
+
+
+def test_slim_and_binarize_refuse_what_they_cannot_handle(context):
+    with pytest.raises(pipeline.PipelineError, match=r"step 1 \('slim'\).*no batch norm"):
+        pipeline.run_pipeline(_lenet(), [("slim", pipeline.slim())], context)
+    shared = [("share", pipeline.share_weights(bits=2)), ("bin", pipeline.binarize("bwn", 0))]
+    with pytest.raises(pipeline.PipelineError, match=r"step 2 \('bin'\).*shared"):
+        pipeline.run_pipeline(_lenet(), shared, context)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        pipeline.binarize("ternary", 1)
+    with pytest.raises(ValueError, match="penalty_epochs >= 1"):
+        pipeline.slim(penalty_epochs=0)
