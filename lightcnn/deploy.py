@@ -156,13 +156,12 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: tor
     _check_example(calibration)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    _require("onnx")
+    onnx = _require("onnx")
     quantization = _require("onnxruntime.quantization")
     with tempfile.TemporaryDirectory() as tmp:
         # shape inference and graph clean-up first, as ORT recommends before quantizing
         prepared = Path(tmp) / "prepared.onnx"
         quantization.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        onnx = _require("onnx")
         input_name = onnx.load(str(prepared)).graph.input[0].name
         quantization.quantize_static(
             str(prepared), str(path), _Calibration(input_name, calibration, batch_size),

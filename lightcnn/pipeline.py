@@ -156,6 +156,13 @@ def _finetune(model: nn.Module, context: Context, epochs: int, **kwargs) -> None
             progress=False, **kwargs)
 
 
+def _check_float_model(model: nn.Module, verb: str) -> None:
+    # an int8 graph (captured by torch.export, then compiled) cannot be transformed again
+    if isinstance(model, torch.fx.GraphModule) or hasattr(model, "_orig_mod"):
+        raise ValueError(f"the model is already a captured or compiled graph; {verb} "
+                         "the float model")
+
+
 def _check_epochs(epochs: int) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -269,9 +276,7 @@ def quantize_int8() -> Step:
     def step(model: nn.Module, context: Context):
         if not context.calibration:
             raise ValueError("quantize_int8 needs calibration batches: Context(calibration=...)")
-        if isinstance(model, torch.fx.GraphModule) or hasattr(model, "_orig_mod"):
-            raise ValueError("the model is already a captured or compiled graph; quantize "
-                             "the float model")
+        _check_float_model(model, "quantize")
         macs = count_macs(model)
         q8 = _int8.quantize_int8(model, context.calibration)
         # compiles at its first call of each batch size (the timing's warm-up)
@@ -289,9 +294,7 @@ def binarize(scheme: str, epochs: int, keep_first_last: bool = True) -> Step:
     _check_epochs(epochs)
 
     def step(model: nn.Module, context: Context):
-        if isinstance(model, torch.fx.GraphModule) or hasattr(model, "_orig_mod"):
-            raise ValueError("the model is a captured or compiled graph (int8?); binarize "
-                             "the float model")
+        _check_float_model(model, "binarize")
         if shared_layers(model):
             raise ValueError("the model's weights are shared (k-means codebooks): binarize "
                              "the float model")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .profile import _check_model
+from .profile import _check_model, count_params
 
 __all__ = [
     "prunable_layers", "magnitude_prune", "layerwise_masks", "global_masks", "apply_masks",
@@ -325,13 +325,15 @@ def sparsity_for_ratio(model: nn.Module, ratio: float) -> float:
         ValueError: ``ratio`` is not a number > 1, or is so large that even removing every
             weight cannot reach it (``(W + O) / ratio < O``).
     """
+    _check_model(model)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1:
         raise ValueError(f"ratio must be a number > 1, got {ratio!r}")
     weights = sum(layer.weight.numel() for layer in prunable_layers(model).values())
     if weights == 0:
         raise ValueError("model has no Conv2d or Linear weights to prune")
-    other = sum(p.numel() for p in model.parameters()) - weights
-    target = 1 - (sum(p.numel() for p in model.parameters()) / ratio - other) / weights
+    total = count_params(model)
+    other = total - weights
+    target = 1 - (total / ratio - other) / weights
     if target >= 1:
         raise ValueError(f"ratio {ratio} cannot be reached: the {other:,d} parameters that "
                          "are not prunable weights alone exceed params / ratio")
