@@ -11,7 +11,9 @@ norm, and the input of every layer that reads the channel. Those layers form a
 *dependency group*: a depthwise convolution filters channel ``j`` with filter ``j`` (remove
 both), a residual addition ``x + f(x)`` forces the same channels out of ``x`` and ``f(x)``
 (and of every block chained by additions), a concatenation shifts indices, and a
-``flatten -> Linear`` reads ``H*W`` features per channel. This module traces the model
+``flatten -> Linear`` (or ``x.view(x.shape[0], -1)``) reads ``H*W`` features per channel.
+A split whose part is merged with another layer's output (``conv_b(y1) + y2``) ties that
+layer's channels to part of the split layer's. This module traces the model
 with ``torch.fx``, assigns every channel of every tensor a slot, and joins slots that must
 go together (union-find); channels that pass through a channel split or shuffle, the
 input and the output stay, since removing them would change a fixed permutation.
@@ -34,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.shufflenetv2 import channel_shuffle as _tv_channel_shuffle
 from torchvision.ops import stochastic_depth as _stochastic_depth
 
 from .blocks import channel_shuffle
-from .profile import _check_model, _check_shape, count_macs
+from .profile import _check_model, count_macs
 from .pruning import _is_masked
 
 __all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
@@ -106,6 +109,9 @@ _SAME_CHANNELS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "rel
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
                 torch.sub, torch.mul, torch.div, operator.iadd, operator.imul}
 _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+# attributes read from a tensor that describe it but carry no channels (x.shape[0] in
+# x.view(x.shape[0], -1)); any other attribute (x.T, x.mT) is refused
+_METADATA_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
 
 
 class _Tracer(fx.Tracer):
@@ -177,7 +183,8 @@ def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> _Analysis:
     def unsupported(what: str) -> ValueError:
         return ValueError(f"channel pruning does not support {what}; supported: Conv2d "
                           "(dense or depthwise), Linear, BatchNorm, activations, pooling, "
-                          "Flatten, add/mul, cat, chunk and channel_shuffle")
+                          "Flatten/view/reshape, add/mul, cat, split/chunk/slicing, "
+                          "channel_shuffle, and x.shape / x.size()")
 
     for node in graph.nodes:
         args = list(node.args)
@@ -265,7 +272,13 @@ def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
     first = env[tensors[0]] if tensors else None
     is_method = node.op == "call_method"
     if is_method and target in ("size", "dim", "numel", "shape"):
-        return None
+        return None                              # x.size(0), x.dim(): numbers, not channels
+    if not is_method and target is getattr:
+        # torch.fx records x.shape as getattr(x, "shape"); x.shape[0] then indexes a size
+        attr = args[1] if len(args) > 1 else None
+        if attr in _METADATA_ATTRIBUTES:
+            return None
+        raise unsupported(f"the operation 'getattr' (x.{attr}, {node.name})")
     if not tensors and not any(isinstance(env.get(x), tuple) for x in args
                                if isinstance(x, fx.Node)) and target is not torch.cat \
             and target is not operator.getitem:
@@ -360,15 +373,22 @@ def _raise(err: Exception):
 class ChannelGroup:
     """Channels that can only be removed together, one entry per "layer".
 
+    A channel belongs to the group of the first convolution (or linear), in call order,
+    among those that produce it. Usually that is every output channel of ``layer``; when a
+    layer's output is split and one part is merged with another layer's output, ``layer``
+    may own only some of its channels (``channels = [4, 5, 6, 7]``), the others sitting in
+    the group of a layer that runs earlier.
+
     Attributes:
         layer: the first convolution (or linear) in call order that produces these
             channels; plans name channels by this layer and its output index.
         producers: every conv/linear whose outputs are coupled with them (more than one
-            when residual additions chain several blocks).
-        size: channels in the layer.
-        prunable: whether channel ``j`` of ``layer`` may be removed (channels that reach
-            the output, a split or a shuffle may not).
-        modules: every module touching each channel, ``(name, index)`` per channel.
+            when residual additions chain several blocks), in call order.
+        size: channels in the group, ``len(channels)``.
+        prunable: whether ``channels[i]`` may be removed (channels that reach the output,
+            a split or a shuffle may not).
+        modules: every module touching ``channels[i]``, as ``(name, index)`` pairs.
+        channels: the output indices of ``layer`` in the group, ascending.
     """
 
     layer: str
@@ -376,11 +396,15 @@ class ChannelGroup:
     size: int
     prunable: list[bool]
     modules: list[list[tuple[str, int]]]
+    channels: list[int]
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)
                    ) -> list[ChannelGroup]:
-    """The model's channel dependency groups, one :class:`ChannelGroup` per layer."""
+    """The model's channel dependency groups, one :class:`ChannelGroup` per layer.
+
+    ``input_shape`` is one sample's shape: ``(C, H, W)`` for a CNN, ``(features,)`` for an
+    MLP."""
     _check_model_and_shape(model, input_shape)
     a = _analyse(model, input_shape)
     return _groups(a)
@@ -395,26 +419,38 @@ def _groups(a: _Analysis) -> list[ChannelGroup]:
     for s, (name, j) in sorted(a.producer.items()):
         producers.setdefault(a.find(s), []).append((name, j))
     fixed_roots = {a.find(s) for s in a.fixed}
-    # a layer = the set of producers of a channel; its channels are its output indices
-    layers: dict[tuple[str, ...], dict[int, int]] = {}
+    position = {name: i for i, name in enumerate(a.order)}
+    # each channel (a union-find root) is named by its first producer in call order and
+    # that producer's lowest output index in it. A producer's named indices need not start
+    # at 0 nor be contiguous: after y1, y2 = split(conv_a(x)) and conv_b(y1) + y2, conv_b
+    # names nothing of its own when it runs first, conv_a names only 4..7 when it runs last.
+    by_layer: dict[str, dict[int, int]] = {}
     for root, prods in producers.items():
-        names = tuple(sorted({n for n, _ in prods}, key=a.order.index))
-        first_j = min(j for n, j in prods if n == names[0])
-        layers.setdefault(names, {})[first_j] = root
+        layer = min((n for n, _ in prods), key=position.__getitem__)
+        first_j = min(j for n, j in prods if n == layer)
+        by_layer.setdefault(layer, {})[first_j] = root
     groups = []
-    for names, by_index in layers.items():
-        size = max(by_index) + 1
-        roots = [by_index[j] for j in range(size)]
-        groups.append(ChannelGroup(layer=names[0], producers=list(names), size=size,
+    for layer, by_index in by_layer.items():
+        channels = sorted(by_index)
+        roots = [by_index[j] for j in channels]
+        names = {n for r in roots for n, _ in producers[r]}
+        groups.append(ChannelGroup(layer=layer, producers=sorted(names, key=position.__getitem__),
+                                   size=len(channels),
                                    prunable=[r not in fixed_roots for r in roots],
-                                   modules=[members.get(r, []) for r in roots]))
-    groups.sort(key=lambda g: a.order.index(g.layer))
+                                   modules=[members.get(r, []) for r in roots],
+                                   channels=channels))
+    groups.sort(key=lambda g: position[g.layer])
     return groups
 
 
 def _check_model_and_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     _check_model(model)
-    _check_shape(input_shape)
+    # (C, H, W) for a CNN, (features,) for an MLP: one sample without its batch dimension
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) >= 1
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                    for s in input_shape)):
+        raise ValueError(f"input_shape must be (channels, height, width) or (features,) of "
+                         f"positive ints, got {input_shape!r}")
     reparametrized = [n for n, m in model.named_modules() if _is_masked(m)]
     if reparametrized:
         raise ValueError(f"layers {reparametrized} carry pruning masks; call "
@@ -429,14 +465,18 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
     ``scope="layer"`` removes ``round(ratio * n)`` of the ``n`` prunable channels of every
     layer (Li et al.); ``scope="global"`` ranks all prunable channels by their raw score and
     removes the lowest ``round(ratio * total)`` (Network Slimming's global threshold on
-    ``|gamma|``), keeping at least one channel per layer. A channel's score is the sum of
-    ``importance(module)[index]`` over the modules of its group.
+    ``|gamma|``), keeping at least one channel per layer. Either scope skips a channel
+    whose removal would leave some module with no output channel (possible when a group
+    holds only part of a module's channels, after a split) and takes the next one. A
+    channel's score is the sum of ``importance(module)[index]`` over the modules of its
+    group.
 
     Args:
         model: the network; left unchanged.
         ratio: fraction of channels to remove, in ``[0, 1)``.
         importance: a rule ``module -> scores per output channel | None``.
-        input_shape: ``(C, H, W)`` of one input, for tracing.
+        input_shape: one sample's shape, for tracing: ``(C, H, W)`` for a CNN,
+            ``(features,)`` for an MLP.
         scope: ``"layer"`` or ``"global"``.
         exclude: layers (as named by :func:`channel_groups`) to leave whole.
     """
@@ -444,7 +484,9 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    groups = channel_groups(model, input_shape)
+    _check_model_and_shape(model, input_shape)
+    a = _analyse(model, input_shape)
+    groups = _groups(a)
     known = {g.layer for g in groups}
     unknown = [e for e in exclude if e not in known]
     if unknown:
@@ -452,35 +494,51 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
     modules = dict(model.named_modules())
     scores_of = {name: importance(m) for name, m in modules.items()}
     candidates: dict[str, list[tuple[float, int]]] = {}
+    touches: dict[tuple[str, int], list[tuple[str, int]]] = {}
     for g in groups:
         if g.layer in exclude:
             continue
         scored = []
-        for j in range(g.size):
-            if not g.prunable[j]:
+        for j, prunable, mods in zip(g.channels, g.prunable, g.modules):
+            if not prunable:
                 continue
-            parts = [scores_of[n][i] for n, i in g.modules[j] if scores_of.get(n) is not None]
+            parts = [scores_of[n][i] for n, i in mods if scores_of.get(n) is not None]
             if parts:
                 scored.append((float(sum(parts)), j))
+                touches[(g.layer, j)] = mods
         if scored:
             candidates[g.layer] = scored
+    # output channels each module keeps: a group may hold only part of a module's
+    # channels (a split merged with another layer), so emptying a group's share of them
+    # is checked module by module, not only group by group
+    kept = {name: len(a.slots_out[name]) for name in a.order}
     plan: dict[str, list[int]] = {}
+
+    def take(layer: str, j: int) -> bool:
+        if any(kept[n] <= 1 for n, _ in touches[(layer, j)]):
+            return False                         # never empty a layer
+        for n, _ in touches[(layer, j)]:
+            kept[n] -= 1
+        plan.setdefault(layer, []).append(j)
+        return True
+
     if scope == "layer":
         for layer, scored in candidates.items():
             k = round(ratio * len(scored))
             if k >= len(scored) and k > 0:
                 raise ValueError(f"ratio {ratio} would remove every channel of {layer!r}")
-            if k:
-                plan[layer] = sorted(j for _, j in sorted(scored)[:k])
-        return plan
+            for _, j in sorted(scored):
+                if len(plan.get(layer, ())) == k:
+                    break
+                take(layer, j)
+        return {layer: sorted(js) for layer, js in plan.items()}
     everything = sorted((s, layer, j) for layer, scored in candidates.items() for s, j in scored)
     budget = round(ratio * len(everything))
     left = {layer: len(scored) for layer, scored in candidates.items()}
     for _, layer, j in everything:
         if budget == 0:
             break
-        if left[layer] > 1:                      # never empty a layer
-            plan.setdefault(layer, []).append(j)
+        if left[layer] > 1 and take(layer, j):   # never empty a group either
             left[layer] -= 1
             budget -= 1
     return {layer: sorted(js) for layer, js in plan.items()}
@@ -498,6 +556,9 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
     output) make the real ratio larger, so it is found by trying ``step, 2 step, ...``,
     removing the channels each plan names and counting.
 
+    ``input_shape`` is one sample's shape: ``(C, H, W)`` for a CNN, ``(features,)`` for an
+    MLP (whose linear layers cost ``in * out`` MACs each).
+
     Raises:
         ValueError: ``share`` or ``step`` outside ``(0, 1)``, or no ratio below 1 leaves
             ``share`` of the MACs.
@@ -505,7 +566,8 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
     for name, value in (("share", share), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-    target = share * count_macs(model, input_shape)
+    _check_model_and_shape(model, input_shape)
+    target = share * _count_macs(model, input_shape)
     k = 1
     while k * step < 1:
         ratio = round(k * step, 6)
@@ -513,7 +575,7 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
             plan = plan_channel_pruning(model, ratio, importance, input_shape, scope)
         except ValueError:           # this ratio empties a layer; so would every larger one
             break
-        if count_macs(remove_channels(model, plan, input_shape), input_shape) <= target:
+        if _count_macs(remove_channels(model, plan, input_shape), input_shape) <= target:
             return ratio
         k += 1
     raise ValueError(f"no pruning ratio below 1 leaves {share} of the MACs "
@@ -521,11 +583,35 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
 
 
 def prune_to_macs(model: nn.Module, importance: Importance = l1_importance, share: float = 0.5,
-                  scope: str = "layer") -> tuple[nn.Module, float]:
+                  scope: str = "layer", input_shape: tuple[int, ...] = (1, 28, 28)
+                  ) -> tuple[nn.Module, float]:
     """A copy of ``model`` with channels removed at :func:`ratio_for_macs`'s ratio: at most
-    ``share`` of its MACs left. Returns ``(smaller model, ratio)``."""
-    ratio = ratio_for_macs(model, importance, share=share, scope=scope)
-    return remove_channels(model, plan_channel_pruning(model, ratio, importance, scope=scope)), ratio
+    ``share`` of its MACs left. Returns ``(smaller model, ratio)``.
+
+    ``input_shape`` is one sample's shape: ``(C, H, W)`` for a CNN, ``(features,)`` for an
+    MLP."""
+    ratio = ratio_for_macs(model, importance, share=share, scope=scope, input_shape=input_shape)
+    plan = plan_channel_pruning(model, ratio, importance, input_shape, scope)
+    return remove_channels(model, plan, input_shape), ratio
+
+
+def _count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs at batch 1, as :func:`lightcnn.count_macs` counts them, for any input shape.
+
+    ``count_macs`` takes images ``(C, H, W)`` only; an MLP's ``(features,)`` is counted
+    here with the same ``torch.utils.flop_counter`` (``MACs = in * out`` per linear).
+    """
+    if len(input_shape) == 3:
+        return count_macs(model, tuple(input_shape))
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
 
 
 def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]
@@ -576,7 +662,8 @@ def remove_channels(model: nn.Module, plan: dict[str, Sequence[int]],
     Args:
         model: the network; left unchanged.
         plan: ``{layer: [output channel indices]}``, e.g. from :func:`plan_channel_pruning`.
-        input_shape: ``(C, H, W)`` of one input, for tracing.
+        input_shape: one sample's shape, for tracing: ``(C, H, W)`` for a CNN,
+            ``(features,)`` for an MLP.
 
     Raises:
         ValueError: an unknown or unprunable layer, a channel out of range or coupled to

@@ -1,3 +1,4 @@
+import copy
 import io
 
 import pytest
@@ -290,3 +291,293 @@ def test_prune_to_macs_removes_the_channels_of_ratio_for_macs():
     assert all(torch.equal(a, b) for a, b in zip(smaller.state_dict().values(),
                                                 by_hand.state_dict().values()))
     assert lc.count_macs(smaller) <= 0.5 * lc.count_macs(model)
+
+
+# ---------------------------------------------------------------------------------------
+# Split outputs merged with another layer's output (groups whose indices do not start at 0)
+# ---------------------------------------------------------------------------------------
+
+class _SplitMerge(nn.Module):
+    """``conv_a`` to 8 channels, split 4 + 4, ``conv_b(y1) + y2``; ``stem`` and ``conv_c``
+    around it are free to shrink, ``conv_a`` and ``conv_b`` are tied to the split."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv_a = nn.Conv2d(6, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv_c = nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        y = self.conv_a(torch.relu(self.stem(x)))
+        if self.how == "split":
+            y1, y2 = torch.split(y, 4, dim=1)
+        elif self.how == "split_method":
+            y1, y2 = y.split([4, 4], 1)
+        elif self.how == "chunk":
+            y1, y2 = y.chunk(2, dim=1)
+        else:
+            y1, y2 = y[:, :4], y[:, 4:]
+        z = torch.relu(self.conv_b(y1) + y2)
+        return self.head(torch.relu(self.conv_c(z)))
+
+
+SPLITS = ["split", "split_method", "chunk", "slice"]
+
+
+def _zero_by_hand(model, plan):
+    """Reference: a copy whose planned (uncoupled) conv filters and biases are zero."""
+    silenced = copy.deepcopy(model)
+    modules = dict(silenced.named_modules())
+    with torch.no_grad():
+        for layer, channels in plan.items():
+            modules[layer].weight[channels] = 0.0
+            modules[layer].bias[channels] = 0.0
+    return silenced
+
+
+@pytest.mark.parametrize("how", SPLITS)
+def test_a_split_merged_with_another_layer_is_grouped_and_pruned(how):
+    torch.manual_seed(0)
+    model = _SplitMerge(how).eval()
+    groups = {g.layer: g for g in cp.channel_groups(model)}
+    # conv_b's outputs join the second half of conv_a's: one group, named by conv_a
+    assert groups["conv_a"].producers == ["conv_a", "conv_b"]
+    assert groups["conv_a"].channels == list(range(8)) and not any(groups["conv_a"].prunable)
+    assert all(groups["stem"].prunable) and all(groups["conv_c"].prunable)
+    plan = cp.plan_channel_pruning(model, 0.5)
+    assert sorted(plan) == ["conv_c", "stem"] and all(len(v) == 3 for v in plan.values())
+    smaller = cp.remove_channels(model, plan)
+    assert (smaller.stem.out_channels, smaller.conv_a.in_channels) == (3, 3)
+    assert (smaller.conv_c.out_channels, smaller.head[2].in_features) == (3, 3)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        y = smaller(x)
+        assert y.shape == (2, 3)
+        assert torch.allclose(y, _zero_by_hand(model, plan)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("how", SPLITS)
+def test_ratio_for_macs_and_prune_to_macs_follow_a_split(how):
+    torch.manual_seed(0)
+    model = _SplitMerge(how).eval()
+    macs = lc.count_macs(model)
+    ratio = cp.ratio_for_macs(model, share=0.75)
+
+    def left(r):
+        return lc.count_macs(cp.remove_channels(model, cp.plan_channel_pruning(model, r)))
+
+    assert left(ratio) <= 0.75 * macs < left(round(ratio - 0.05, 6))
+    smaller, same = cp.prune_to_macs(model, share=0.75)
+    assert same == ratio and lc.count_macs(smaller) == left(ratio)
+    with torch.no_grad():
+        assert smaller(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+class _CatPlusConv(nn.Module):
+    """``conv_a(x) + cat([conv_b(x), conv_c(x)])``: conv_a's channels 0..3 go with conv_b's,
+    4..7 with conv_c's. ``order`` says which conv runs first."""
+
+    def __init__(self, order: str = "abc"):
+        super().__init__()
+        self.order = order
+        self.conv_a = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv_c = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        out = {k: getattr(self, f"conv_{k}")(x) for k in self.order}
+        return self.head(torch.relu(out["a"] + torch.cat([out["b"], out["c"]], 1)))
+
+
+def test_channels_coupled_to_parts_of_a_layer_form_one_group_per_first_layer():
+    torch.manual_seed(0)
+    logits = ("head.2", ["head.2"], [0, 1, 2])
+    groups = cp.channel_groups(_CatPlusConv("abc"))
+    assert [(g.layer, g.producers, g.channels) for g in groups] == \
+        [("conv_a", ["conv_a", "conv_b", "conv_c"], list(range(8))), logits]
+    # conv_b runs first: its group holds conv_a's 0..3 (named by conv_b's 0..3); conv_a's
+    # own group holds its channels 4..7, tied to conv_c's
+    groups = cp.channel_groups(_CatPlusConv("bac"))
+    assert [(g.layer, g.producers, g.channels) for g in groups] == \
+        [("conv_b", ["conv_b", "conv_a"], [0, 1, 2, 3]),
+         ("conv_a", ["conv_a", "conv_c"], [4, 5, 6, 7]), logits]
+    assert groups[1].modules[0] == [("conv_a", 4), ("conv_c", 0)]
+    assert all(all(g.prunable) and g.size == len(g.modules) == 4 for g in groups[:2])
+
+
+@pytest.mark.parametrize("order", ["abc", "bac"])
+def test_coupled_parts_are_removed_as_torch_pruning_removes_them(order):
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model = _CatPlusConv(order).eval()
+    plan = cp.plan_channel_pruning(model, 0.5)
+    removed_from_a = sorted(j for layer, js in plan.items() for j in js) if order == "abc" else \
+        sorted(plan["conv_b"] + plan["conv_a"])          # conv_b's j is conv_a's j
+    assert len(removed_from_a) == 4
+    ours = cp.remove_channels(model, plan)
+    # Torch-Pruning's dependency graph, asked to remove the same channels of conv_a
+    theirs = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(theirs, example_inputs=torch.randn(1, 1, 28, 28))
+    group = graph.get_pruning_group(theirs.conv_a, tp.prune_conv_out_channels, idxs=removed_from_a)
+    group.prune()
+    for name in ("conv_a", "conv_b", "conv_c"):
+        assert getattr(ours, name).weight.shape == getattr(theirs, name).weight.shape
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    assert cp.prune_to_macs(model, share=0.6)[0](x).shape == (2, 3)
+
+
+def test_global_scope_never_empties_a_layer_tied_to_part_of_a_group():
+    model = _CatPlusConv("abc").eval()
+    with torch.no_grad():
+        model.conv_a.weight[:4] = 0.0                    # channels 0..3 score low
+        model.conv_b.weight.mul_(1e-3)
+    plan = cp.plan_channel_pruning(model, 0.6, scope="global")
+    smaller = cp.remove_channels(model, plan)            # raises if conv_b were emptied
+    assert smaller.conv_b.out_channels >= 1
+
+
+# ---------------------------------------------------------------------------------------
+# .shape / .size() idioms, and operations that must still be refused
+# ---------------------------------------------------------------------------------------
+
+class _MitVgg(nn.Module):
+    """A small VGG as MIT's efficient-ML lab writes it: ``x.view(x.shape[0], -1)``."""
+
+    def __init__(self, flatten: str = "shape"):
+        super().__init__()
+        self.flatten = flatten
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(True),
+            nn.MaxPool2d(2))
+        self.classifier = nn.Linear(16 if flatten == "keep_channels" else 16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.backbone(x)
+        if self.flatten == "shape":
+            x = x.view(x.shape[0], -1)
+        elif self.flatten == "size":
+            x = x.view(x.size(0), -1)
+        elif self.flatten == "size_index":
+            x = x.reshape(x.size()[0], -1)
+        elif self.flatten == "shape_slice":
+            x = x.reshape(x.shape[:1] + (-1,))
+        else:                                            # (B, C, H*W), averaged to (B, C)
+            x = x.view(x.shape[0], x.shape[1], -1).mean(2)
+        return self.classifier(x)
+
+
+@pytest.mark.parametrize("flatten", ["shape", "size", "size_index", "shape_slice", "keep_channels"])
+def test_shape_and_size_idioms_are_followed(flatten):
+    torch.manual_seed(0)
+    model = _MitVgg(flatten).eval()
+    plan = cp.plan_channel_pruning(model, 0.25, input_shape=(3, 16, 16))
+    assert sorted(plan) == ["backbone.0", "backbone.4"]
+    smaller = cp.remove_channels(model, plan, input_shape=(3, 16, 16))
+    assert smaller.backbone[4].out_channels == 12
+    features = 12 if flatten == "keep_channels" else 12 * 4 * 4
+    assert smaller.classifier.in_features == features
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(smaller(x), cp.zero_channels(model, plan, (3, 16, 16))(x), atol=1e-5)
+
+
+class _Unfollowable(nn.Module):
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.op == "mT":
+            x = x.mT                                     # swaps H and W: fine, but unknown
+        elif self.op == "permute":
+            x = x.permute(0, 2, 3, 1)                    # moves channels last
+        elif self.op == "transpose":
+            x = torch.transpose(x, 1, 3)
+        elif self.op == "roll":
+            x = torch.roll(x, 1, dims=1)                 # shifts channels
+        return x
+
+
+@pytest.mark.parametrize("op,named", [("mT", "getattr.*mT"), ("permute", "permute"),
+                                      ("transpose", "transpose"), ("roll", "roll")])
+def test_operations_the_pruner_cannot_follow_are_refused_by_name(op, named):
+    with pytest.raises(ValueError, match=f"does not support the operation '{named}"):
+        cp.plan_channel_pruning(_Unfollowable(op), 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# Plain MLPs: (features,) inputs, and Linear after Flatten
+# ---------------------------------------------------------------------------------------
+
+def _mlp(batch_norm: bool = False, flatten: bool = False):
+    """20 -> 16 -> 12 -> 3 (or 1x28x28 flattened -> 16 -> 12 -> 10)."""
+    d_in, d_out = (784, 10) if flatten else (20, 3)
+    norm = (lambda n: nn.BatchNorm1d(n)) if batch_norm else (lambda n: nn.Identity())
+    layers = [nn.Flatten()] if flatten else []
+    layers += [nn.Linear(d_in, 16), norm(16), nn.ReLU(), nn.Linear(16, 12), norm(12), nn.ReLU(),
+               nn.Linear(12, d_out)]
+    return nn.Sequential(*layers).eval()
+
+
+def _mlp_params(d_in, widths, d_out, batch_norm):
+    """Parameters of Linear(d_in, h1) [BN] Linear(h1, h2) [BN] Linear(h2, d_out)."""
+    sizes = [d_in, *widths, d_out]
+    count = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    return count + (2 * sum(widths) if batch_norm else 0)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_a_plain_mlp_is_pruned(batch_norm):
+    torch.manual_seed(0)
+    model = _mlp(batch_norm)
+    first, second = ("0", "3")
+    plan = cp.plan_channel_pruning(model, 0.25, input_shape=(20,))
+    assert {k: len(v) for k, v in plan.items()} == {first: 4, second: 3}
+    smaller = cp.remove_channels(model, plan, input_shape=(20,))
+    assert [m.out_features for m in smaller if isinstance(m, nn.Linear)] == [12, 9, 3]
+    assert lc.count_params(smaller) == _mlp_params(20, [12, 9], 3, batch_norm)
+    x = torch.randn(5, 20)
+    with torch.no_grad():
+        assert smaller(x).shape == (5, 3)
+        assert torch.allclose(smaller(x), cp.zero_channels(model, plan, (20,))(x), atol=1e-5)
+    # MACs of a linear layer: in * out
+    ratio = cp.ratio_for_macs(model, share=0.5, input_shape=(20,))
+    pruned, same = cp.prune_to_macs(model, share=0.5, input_shape=(20,))
+    assert same == ratio
+    widths = [m.out_features for m in pruned if isinstance(m, nn.Linear)][:2]
+    assert widths == [16 - round(ratio * 16), 12 - round(ratio * 12)]
+    assert lc.count_params(pruned) == _mlp_params(20, widths, 3, batch_norm)
+    macs = 20 * widths[0] + widths[0] * widths[1] + widths[1] * 3
+    assert macs <= 0.5 * (20 * 16 + 16 * 12 + 12 * 3)
+    with torch.no_grad():
+        assert pruned(x).shape == (5, 3)
+
+
+def test_linear_after_flatten_is_pruned():
+    torch.manual_seed(0)
+    model = _mlp(flatten=True)
+    plan = cp.plan_channel_pruning(model, 0.5)
+    assert {k: len(v) for k, v in plan.items()} == {"1": 8, "4": 6}
+    smaller = cp.remove_channels(model, plan)
+    assert lc.count_params(smaller) == _mlp_params(784, [8, 6], 10, False)
+    smaller, ratio = cp.prune_to_macs(model, share=0.5)
+    h1 = 16 - round(ratio * 16)
+    assert smaller[1].out_features == h1 and lc.count_macs(smaller) <= 0.5 * lc.count_macs(model)
+    with torch.no_grad():
+        assert smaller(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (20.0,), "20", (20, -1)])
+def test_bad_input_shapes_are_rejected(shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        cp.plan_channel_pruning(_mlp(), 0.25, input_shape=shape)
