@@ -310,7 +310,8 @@ def cp_conv(conv: nn.Conv2d, rank: int, n_iter_max: int = 500, seed: int = 0
 def _golden_section(f: Callable[[float], float], low: float, high: float,
                     iterations: int = 100) -> float:
     """Minimizer of a unimodal ``f`` on ``[low, high]`` (golden-section search: numpy
-    and torch have no bounded scalar minimizer, and this keeps the module scipy-free)."""
+    and torch have no bounded scalar minimizer, and this keeps the module scipy-free).
+    With several minima it finds one of them, not necessarily the lowest."""
     ratio = (math.sqrt(5) - 1) / 2
     a, b = low, high
     c, d = b - ratio * (b - a), a + ratio * (b - a)
@@ -327,15 +328,44 @@ def _golden_section(f: Callable[[float], float], low: float, high: float,
     return (a + b) / 2
 
 
+def _global_minimum(f: Callable[[float], float], low: float, high: float, points: int = 256,
+                    breakpoints: Sequence[float] = ()) -> float:
+    """Minimizer of ``f`` on ``[low, high]`` when ``f`` may have several local minima.
+
+    ``f`` is evaluated on ``points`` geometrically spaced values (linearly spaced when
+    ``low <= 0``) and at the ``breakpoints`` inside the range (where ``f`` changes form);
+    golden-section search then refines between the two grid neighbours of the best value.
+    A minimum narrower than the grid spacing (about ``(high / low) ** (1 / points)``) can
+    still be missed.
+    """
+    if low > 0:
+        grid = np.geomspace(low, high, points)
+    else:
+        grid = np.linspace(low, high, points + 1)[1:]      # f is often undefined at 0
+    inside = [b for b in breakpoints if low < b < high]
+    grid = np.unique(np.concatenate([grid, np.asarray(inside, dtype=float)]))
+    values = np.array([f(float(v)) for v in grid])
+    i = int(np.argmin(values))
+    a, b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)])
+    refined = _golden_section(f, a, b) if a < b else float(grid[i])
+    return refined if f(refined) < values[i] else float(grid[i])
+
+
 def evbmf_rank(matrix: torch.Tensor) -> int:
     """The rank the empirical variational Bayesian matrix factorization keeps (Nakajima et
     al. 2013, the global analytic solution), with the noise variance estimated too.
 
     With ``L <= M`` the matrix's sides, ``alpha = L / M`` and singular values ``s_h``,
     EVBMF keeps the components with ``s_h > sqrt(M sigma^2 (1 + tau) (1 + alpha / tau))``,
-    ``tau = 2.5129 sqrt(alpha)``, where ``sigma^2`` minimizes the EVBMF free energy (found
-    here by golden-section search between the paper's bounds). Kim et al. apply it to the
-    mode-0 and mode-1 unfoldings of each kernel to pick Tucker-2's ranks.
+    ``tau = 2.5129 sqrt(alpha)``, where ``sigma^2`` minimizes the EVBMF free energy
+    between the paper's bounds. The free energy can have several local minima (two tiers
+    of singular values read as signal + noise or as more signal), so the minimum is found
+    globally: a grid over the bounds, including the values
+    ``sigma^2 = s_h^2 / (M x_bar)``, ``x_bar = (1 + tau) (1 + alpha / tau)``, where a
+    component crosses the threshold, then golden-section search around the best grid
+    point. (Nakajima's reference code and a plain golden-section search assume one
+    minimum and can stop at a local one: a smaller or larger rank.) Kim et al. apply it to
+    the mode-0 and mode-1 unfoldings of each kernel to pick Tucker-2's ranks.
     """
     if matrix.ndim != 2 or min(matrix.shape) < 2:
         raise ValueError(f"matrix must be 2-D with both sides >= 2, got shape "
@@ -366,7 +396,10 @@ def evbmf_rank(matrix: torch.Tensor) -> int:
                      + np.sum(np.log((t + 1) / big)) + alpha * np.sum(np.log(t / alpha + 1))
                      + residual / (m * sigma2))
 
-    sigma2 = _golden_section(free_energy, lower, upper) if lower < upper else upper
+    # where component h crosses the threshold: the free energy has a kink there
+    crossings = s ** 2 / (m * x_bar)
+    sigma2 = _global_minimum(free_energy, lower, upper, breakpoints=crossings) \
+        if lower < upper else upper
     threshold = math.sqrt(m * sigma2 * (1 + tau_bar) * (1 + alpha / tau_bar))
     return int((s > threshold).sum())
 

@@ -182,6 +182,95 @@ def test_evbmf_keeps_nothing_of_pure_noise():
     assert lowrank.evbmf_rank(torch.randn(80, 300, generator=g)) == 0
 
 
+def _evbmf_by_dense_scan(matrix: torch.Tensor, points: int = 20001) -> tuple[int, int]:
+    """Reference: the EVBMF free energy (Nakajima et al. 2013) written out again and scanned
+    on ``points`` evenly spaced noise variances between the paper's bounds. Returns the rank
+    at the scan's lowest value and how many local minima the scan saw (ends included)."""
+    y = matrix.double()
+    y = y.T if y.shape[0] > y.shape[1] else y
+    l, m = y.shape
+    alpha = l / m
+    tau_bar = 2.5129 * math.sqrt(alpha)
+    x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)
+    s = torch.linalg.svdvals(y).numpy()
+    residual = max(float((y ** 2).sum()) - float((s ** 2).sum()), 0.0)
+    h = math.ceil(l / (1 + alpha)) - 2
+    upper = float((y ** 2).sum()) / (l * m)
+    lower = max(s[h + 1] ** 2 / (m * x_bar), float(np.mean(s[h + 1:] ** 2)) / m)
+    sigma2 = np.linspace(lower, upper, points)
+    x = s[None, :] ** 2 / (m * sigma2[:, None])                  # (points, L)
+    kept = x > x_bar
+    xk = np.where(kept, x, x_bar + 1)                             # any valid value off the mask
+    t = 0.5 * (xk - (1 + alpha) + np.sqrt((xk - (1 + alpha)) ** 2 - 4 * alpha))
+    energy = np.where(kept, xk - t + np.log((t + 1) / xk) + alpha * np.log(t / alpha + 1),
+                      x - np.log(x)).sum(1) + residual / (m * sigma2)
+    interior = (energy[1:-1] < energy[:-2]) & (energy[1:-1] < energy[2:])
+    minima = int(interior.sum()) + int(energy[0] < energy[1]) + int(energy[-1] < energy[-2])
+    best = sigma2[int(np.argmin(energy))]
+    threshold = math.sqrt(m * best * (1 + tau_bar) * (1 + alpha / tau_bar))
+    return int((s > threshold).sum()), minima
+
+
+def _tiers(l: int, m: int, singular_values: list[float]) -> torch.Tensor:
+    """A matrix with the given singular values and random orthonormal singular vectors."""
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(l, l, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(m, l, generator=g, dtype=torch.float64))
+    return (u @ torch.diag(torch.tensor(singular_values, dtype=torch.float64)) @ v.T).float()
+
+
+def _random_mixture(seed: int, l: int, m: int) -> torch.Tensor:
+    """Random components of random strengths plus noise of a random level."""
+    g = torch.Generator().manual_seed(seed)
+    r = int(torch.randint(1, 8, (1,), generator=g))
+    scales = torch.rand(r, generator=g) * 3
+    signal = (torch.randn(l, r, generator=g) * scales) @ torch.randn(r, m, generator=g)
+    return signal + torch.randn(l, m, generator=g) * float(torch.rand(1, generator=g))
+
+
+# free energies with two or more local minima, where a golden-section search from the
+# paper's bounds stops at the wrong one
+SEVERAL_MINIMA = {
+    # three strong and three medium components: "3 + noise" is a local minimum, 6 the global
+    "two_tiers_10x40": lambda: _tiers(10, 40, [30.0] * 3 + [10.0] * 3 + [3.0, 2.33, 1.67, 1.0]),
+    "two_tiers_8x12": lambda: _tiers(8, 12, [20.0] + [10.0] * 2 + list(np.linspace(3, 1, 5))),
+    "random_8x12": lambda: _random_mixture(59, 8, 12),
+    "random_10x40": lambda: _random_mixture(171, 10, 40),
+    "random_8x12_edge": lambda: _random_mixture(244, 8, 12),     # global minimum at a bound
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEVERAL_MINIMA))
+def test_evbmf_finds_the_global_minimum_of_the_free_energy(case):
+    matrix = SEVERAL_MINIMA[case]()
+    rank, minima = _evbmf_by_dense_scan(matrix)
+    assert minima >= 2                                    # the case really has several
+    assert lowrank.evbmf_rank(matrix) == rank
+    assert lowrank.evbmf_rank(matrix.T) == rank
+
+
+def test_evbmf_of_two_tiers_keeps_both():
+    matrix = SEVERAL_MINIMA["two_tiers_10x40"]()
+    assert lowrank.evbmf_rank(matrix) == 6
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_evbmf_agrees_with_a_dense_scan_on_random_matrices(seed):
+    l, m = [(8, 12), (10, 40), (20, 30), (16, 64)][seed % 4]
+    matrix = _random_mixture(seed, l, m)
+    assert lowrank.evbmf_rank(matrix) == _evbmf_by_dense_scan(matrix)[0]
+
+
+def test_global_minimum_refines_the_best_grid_point():
+    # two wells, the left one deeper; golden-section on the whole range finds the right one
+    def f(x):
+        return min((x - 1.0) ** 2 - 0.5, (x - 8.0) ** 2)
+    assert abs(lowrank._golden_section(f, 0.1, 10.0) - 8.0) < 1e-6
+    assert abs(lowrank._global_minimum(f, 0.1, 10.0) - 1.0) < 1e-6
+    assert abs(lowrank._global_minimum(f, 0.0, 10.0, breakpoints=[4.5]) - 1.0) < 1e-6
+    assert lowrank._global_minimum(lambda x: -x, 0.1, 10.0) == 10.0     # at a bound
+
+
 def test_tucker2_ranks_vbmf_are_within_the_channels():
     conv = nn.Conv2d(32, 64, 3)
     r_out, r_in = lowrank.tucker2_ranks_vbmf(conv)
