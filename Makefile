@@ -14,7 +14,7 @@ NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb)) $(sort $(wildcard book/*.ipynb
 # nbval: run each notebook in this venv's kernel; a cell may train for a while.
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
 
-.PHONY: install data book test unit nbval strict-book execute lab clean
+.PHONY: install data book test unit nbval strict-book execute zoo lab clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,15 @@ execute: $(STAMP) data
 	  LIGHTCNN_BUDGET=full $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
 	done
+
+# Train the zoo's models that zoo/manifest.json does not ship at their recipe's version, and
+# write each into zoo/ when it is done (resumable model by model). NAMES="a b" limits it;
+# JOBS=N trains independent models in N processes; LIGHTCNN_DEVICE=auto uses a GPU.
+NAMES ?=
+JOBS ?= 1
+zoo: $(STAMP) data
+	$(BIN)/python -c "import sys, lightcnn.zoo; sys.exit(lightcnn.zoo.main(sys.argv[1:]))" \
+	  build -j $(JOBS) $(NAMES)
 
 # Open the chapters in JupyterLab (installs it into .venv on first use).
 lab: $(STAMP) data

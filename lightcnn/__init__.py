@@ -20,7 +20,7 @@ from .profile import (Latency, Table, compare, compare_latency, count_macs,
 from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
 from .train import History, confusion_matrix, evaluate, fit, predict
-from . import zoo
+from . import weights, zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
 from . import binary, binary_kernels

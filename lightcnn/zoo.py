@@ -1,18 +1,31 @@
-"""Trained models, cached on disk, so chapters share one baseline and one teacher.
+"""Trained models: shipped with the book (the zoo), or trained once and cached.
 
-``get_trained("baseline_cnn")`` trains the model deterministically on first use, at the
-current budget, and stores its weights under the user cache. Later calls (from any
-chapter) load it. The cache key hashes everything that changes the result: the model name
-and arguments, the training recipe, the budget, the seed, the source code of the model,
-the data and the training loop, and torch's version. A stale entry is never loaded (its
-key differs), and an unreadable or corrupted one (its SHA-256 does not match) is trained
-again, with a warning. Weights are never committed to the repository.
+**The zoo.** Every model a chapter's conclusions rest on is trained once, on a long
+recipe, by ``make zoo`` (``python -m lightcnn.zoo build [NAMES]``), and shipped in the
+repository's ``zoo/`` folder as safetensors weights with a manifest (see
+:mod:`lightcnn.weights`). :data:`ENTRIES` lists them, torchvision's weight enums' way: a
+name, the architecture and its arguments, the recipe and the recipe's *version*, the
+epochs and the seed. ``get_trained`` and ``get_pruned`` load a shipped model when the
+call asks for exactly what an entry describes, after checking its SHA-256, at every
+budget (``ci`` shrinks test subsets, not models). Editing code does not invalidate a
+shipped model; only a version bump does, and then the model must be rebuilt: a damaged or
+stale shipped file is refused with the command that rebuilds it, never trained over.
 
-Taught in chapters/01_cnn_basics.
+**The cache.** Anything else (a reader's own model, a ``ci``-budget run of a model the
+zoo does not ship yet, a chapter's small demonstration) is trained deterministically on
+first use and stored under the user cache. Its key hashes everything that changes the
+result: the model name and arguments, the training recipe, the budget, the seed, the
+source code of the model, the data and the training loop, and torch's version. A stale
+entry is never loaded (its key differs), and an unreadable or corrupted one (its SHA-256
+does not match) is trained again, with a warning.
+
+Taught in chapters/01_cnn_basics; the zoo's recipes in book/benchmarking.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
 import copy
 import dataclasses
 import hashlib
@@ -20,6 +33,10 @@ import importlib
 import inspect
 import io
 import json
+import os
+import sys
+import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +48,15 @@ from torch import nn
 from . import data as _data
 from . import models as _models
 from . import train as _train
-from .budget import Budget, get_budget
+from . import weights as _weights
+from .budget import BUDGETS, Budget, get_budget
 from .data import get_dataloaders, user_cache_dir
 from .train import History, fit
+from .weights import ZooError
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
-           "get_trained", "PRUNING_METHODS", "get_pruned"]
+           "get_trained", "PRUNING_METHODS", "get_pruned", "ZooEntry", "ENTRIES", "ZooError",
+           "load", "shipped", "build", "check", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
 # on); latency and calibration settings do not, so changing them keeps the cache valid.
@@ -57,8 +77,179 @@ RECIPES: dict[str, dict] = {
 }
 DEFAULT_RECIPE = RECIPES["baseline_cnn"]
 
+
+# ---------------------------------------------------------------------------------------
+# The shipped zoo: what each model is and how it is trained, versioned
+# ---------------------------------------------------------------------------------------
+
+def _jsonable(value):
+    """``value`` as JSON would give it back (tuples become lists), for comparing specs."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One shipped model, the way torchvision's weight enums describe theirs.
+
+    ``version`` is the recipe's version: change anything here (or in the recipe dict it
+    holds) and the version must go up, which tells ``make zoo`` to retrain it; the test
+    suite compares every entry with the manifest, so a change without a bump fails.
+
+    Attributes:
+        name: the file stem in ``zoo/`` and the name ``load`` takes.
+        model: the registered architecture (``lc.list_models()``) and ``kwargs`` its
+            arguments.
+        recipe: the training recipe (see :data:`RECIPES`); ``epochs`` and ``seed`` its
+            schedule and seed. Trained on all 60,000 training images, scored on all 10,000
+            test images.
+        init_from / teacher / distill: another entry to start from, another entry to
+            distill from and the ``Distiller`` settings (see :func:`get_trained`).
+        pruned_from / prune: an entry pruned by :func:`get_pruned` with these keyword
+            arguments (method, epochs, sparsity or macs_share, ...).
+        minutes_per_epoch: measured on the book's 2-core CPU; ``make zoo`` estimates the
+            time left from it.
+    """
+
+    name: str
+    model: str
+    recipe: dict
+    version: int
+    epochs: int
+    seed: int = 0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    channels_last: bool = False
+    init_from: str | None = None
+    teacher: str | None = None
+    distill: dict | None = None
+    pruned_from: str | None = None
+    prune: dict | None = None
+    minutes_per_epoch: float = 1.0
+
+    def spec(self) -> dict:
+        """Everything that decides the trained weights, as the manifest stores it."""
+        return _jsonable({"architecture": self.model, "arguments": self.kwargs,
+                          "recipe": self.recipe, "recipe_version": self.version,
+                          "epochs": self.epochs, "seed": self.seed,
+                          "channels_last": self.channels_last, "init_from": self.init_from,
+                          "teacher": self.teacher, "distill": self.distill,
+                          "pruned_from": self.pruned_from, "prune": self.prune})
+
+    def dependencies(self) -> list[str]:
+        return [d for d in (self.init_from, self.teacher, self.pruned_from) if d is not None]
+
+    def estimated_minutes(self) -> float:
+        extra = (self.prune or {}).get("penalty_epochs") or 0
+        return self.minutes_per_epoch * (self.epochs + extra)
+
+
+def _entries(*entries: ZooEntry) -> dict[str, ZooEntry]:
+    table = {}
+    for entry in entries:
+        if entry.name in table:
+            raise ValueError(f"zoo entry {entry.name!r} is defined twice")
+        for dependency in entry.dependencies():
+            if dependency not in table:
+                raise ValueError(f"zoo entry {entry.name!r} needs {dependency!r}, defined later")
+        table[entry.name] = entry
+    return table
+
+
+# The book's converged models. Minutes per epoch: AMD EPYC, 2 threads.
+ENTRIES: dict[str, ZooEntry] = _entries(
+    # chapter 01: the baseline every chapter compares with, and LeNet-5
+    ZooEntry("lenet5", "lenet5", RECIPES["lenet5"], version=1, epochs=20,
+             minutes_per_epoch=0.09),
+    ZooEntry("baseline_cnn", "baseline_cnn", RECIPES["baseline_cnn"], version=1, epochs=20,
+             minutes_per_epoch=1.0),
+)
+
+
+def shipped(name: str) -> bool:
+    """Whether the zoo folder's manifest holds model ``name`` (its bytes are checked on load)."""
+    return name in _weights.read_manifest()
+
+
+def _entry(name: str) -> ZooEntry:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str (one of lc.zoo.ENTRIES), got {type(name).__name__}")
+    if name not in ENTRIES:
+        raise ValueError(f"unknown zoo entry {name!r}; the zoo has: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def _check_current(entry: ZooEntry, meta: dict) -> None:
+    """Refuse a shipped model whose manifest does not describe the entry in the code."""
+    path = _weights.zoo_dir() / meta["file"]
+    if meta.get("recipe_version") != entry.version:
+        raise ZooError(f"zoo: {path} was trained by recipe version {meta.get('recipe_version')} "
+                       f"of {entry.name!r}, the code's is version {entry.version}; rebuild it "
+                       f"with {_weights.rebuild_command(entry.name)}")
+    stored = {k: meta.get(k) for k in entry.spec()}
+    if stored != entry.spec():
+        changed = sorted(k for k in stored if stored[k] != entry.spec()[k])
+        raise ZooError(f"zoo: the code's entry {entry.name!r} differs from what trained {path} "
+                       f"({', '.join(changed)}) but keeps recipe version {entry.version}: "
+                       f"bump ZooEntry.version and rebuild with "
+                       f"{_weights.rebuild_command(entry.name)}")
+
+
+def load(name: str) -> TrainedModel:
+    """Shipped model ``name`` (one of :data:`ENTRIES`), after checking its SHA-256.
+
+    Raises:
+        ZooError: not built yet, damaged, a pickle, or trained by another recipe version;
+            the message names the file and the command that rebuilds it.
+    """
+    entry = _entry(name)
+    state, meta = _weights.load_state_dict(name)
+    _check_current(entry, meta)
+    model = _models.create_model(entry.model, **entry.kwargs)
+    if entry.pruned_from is not None:   # removed channels: resize to the stored shapes
+        from . import channel_pruning as cp
+
+        model = cp.resize_to_state_dict(model, state)
+    model.load_state_dict(state)
+    model.eval()
+    return TrainedModel(model, meta["test_accuracy"],
+                        History.from_dict(_weights.read_history(name)),
+                        _weights.zoo_dir() / meta["file"], trained_now=False,
+                        info=meta.get("info") or {}, zoo_name=name)
+
+
+def _zoo_name(model: TrainedModel | None) -> str | None:
+    """The zoo entry ``model`` came from; a model from elsewhere matches no entry."""
+    if model is None:
+        return None
+    return model.zoo_name or f"<not from the zoo: {model.path.name}>"
+
+
+_BUILDING: set[str] = set()   # entries being built in this process: never loaded from zoo/
+
+
+def _zoo_budget(budget: Budget) -> bool:
+    """Whether a call at ``budget`` may be served by the zoo: every training image (the
+    zoo's models saw them all), or the ``ci`` budget, which shrinks only test subsets."""
+    return budget.train_size is None or budget == BUDGETS_CI
+
+
+def _match(spec: dict, epochs: int | None) -> ZooEntry | None:
+    """The entry a call describes (``epochs=None``: the entry's own schedule)."""
+    spec = _jsonable(spec)
+    for entry in ENTRIES.values():
+        mine = entry.spec()
+        if all(mine[k] == v for k, v in spec.items()) and epochs in (None, entry.epochs):
+            return entry
+    return None
+
+
+def _from_zoo(entry: ZooEntry | None) -> TrainedModel | None:
+    if entry is None or entry.name in _BUILDING or not shipped(entry.name):
+        return None
+    return load(entry.name)
+
 # a teacher's logits on one training set, computed once per process (see get_trained)
 _TEACHER_LOGITS: dict[tuple, torch.Tensor] = {}
+BUDGETS_CI = BUDGETS["ci"]
 
 
 @dataclass
@@ -72,6 +263,8 @@ class TrainedModel:
     trained_now: bool
     # what a derived model (get_pruned) records about how it was made: ratio, sparsity...
     info: dict = dataclasses.field(default_factory=dict)
+    # the zoo entry it was loaded from (None: trained in this process or the user cache)
+    zoo_name: str | None = None
 
 
 def _after_step(path: str | None) -> Callable[[nn.Module], None] | None:
@@ -167,7 +360,12 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 channels_last: bool = False, init_from: TrainedModel | None = None,
                 teacher: TrainedModel | None = None, distill: dict | None = None,
                 device: str | None = None, **model_kwargs) -> TrainedModel:
-    """Return model ``name`` trained at ``budget``: from the cache, or trained now and cached.
+    """Return model ``name`` trained at ``budget``: shipped in the zoo, from the cache, or
+    trained now and cached.
+
+    When the call describes a zoo entry exactly (architecture, arguments, recipe, seed,
+    ``init_from`` / ``teacher`` from the zoo, ``epochs`` omitted or the entry's) and the
+    budget trains on every image or is ``ci``, the shipped model is returned, checked.
 
     Args:
         name: a registered model (see ``lc.list_models()``).
@@ -237,6 +435,16 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                             inspect.getsource(_distillation).encode()).hexdigest()}
     elif distill is not None:
         raise ValueError("distill needs a teacher (teacher=get_trained(...))")
+    if _zoo_budget(budget):
+        # a shipped model when the call asks for exactly what a zoo entry describes
+        spec = {"architecture": name, "arguments": model_kwargs, "recipe": recipe,
+                "seed": seed, "channels_last": channels_last,
+                "init_from": _zoo_name(init_from), "teacher": _zoo_name(teacher),
+                "distill": None if distiller is None else distiller.settings,
+                "pruned_from": None}
+        shipped_model = _from_zoo(_match(spec, epochs))
+        if shipped_model is not None:
+            return shipped_model
     key = cache_key(name, budget, seed, recipe, channels_last,
                     None if init_from is None else init_from.path.name, distill_spec,
                     device_kind, **model_kwargs)
@@ -366,11 +574,17 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     settings = {"method": method, wanted: value, "epochs": epochs, "lr": lr, "seed": seed}
     if method == "slimming":
         settings.update(penalty=penalty, penalty_epochs=penalty_epochs)
+    if _zoo_budget(budget) and base.zoo_name is not None:
+        entry = next((e for e in ENTRIES.values() if e.pruned_from == base.zoo_name
+                      and _jsonable(e.prune) == _jsonable(settings)), None)
+        shipped_model = _from_zoo(entry)
+        if shipped_model is not None:
+            return shipped_model
     spec = {"pruned_from": base.path.name, "settings": settings,
             "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
             "code": _pruning_code_hash(), "torch": torch.__version__.split("+")[0]}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    stem = base.path.name.split("-")[0]
+    stem = base.path.stem.split("-")[0]
     path = user_cache_dir() / "zoo" / f"{stem}+{method}-{budget.name}-{key}.pt"
 
     def restore(state: dict) -> nn.Module:
@@ -417,3 +631,244 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
                   "history": history.as_dict(), "info": info, "key": key})
     return TrainedModel(model.eval(), accuracy, history, path, trained_now=True, info=info)
+
+
+# ---------------------------------------------------------------------------------------
+# make zoo: build the shipped models, resumable model by model
+# ---------------------------------------------------------------------------------------
+
+def _trained_on(device: torch.device) -> str:
+    from .runtime import cpu_name
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda)"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
+    return f"{cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} threads (cpu)"
+
+
+def _json_info(info: dict) -> dict:
+    """``info`` with tensors as lists, for the manifest."""
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in info.items()}
+
+
+def subset_correct(model: nn.Module) -> int:
+    """Images right among the ``ci`` budget's fixed 1,000-image test subset: the number a
+    test re-checks for every shipped model (evaluation is deterministic)."""
+    _, test_loader = get_dataloaders(128, BUDGETS_CI, augment=False, seed=0)
+    logits, labels = _train.predict(model, test_loader)
+    return int((logits.argmax(1) == labels).sum())
+
+
+def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
+                 progress: bool = True, threads: int | None = None
+                 ) -> tuple[str, dict, dict, dict]:
+    """Train ``entry`` at budget ``full`` (its dependencies from the zoo) and return
+    ``(name, state_dict, manifest fields, history)``; the user cache keeps the result, so
+    an interrupted build resumes after the last finished model. Takes the entry and the
+    budget themselves, not names, so that a worker process trains what its parent asked."""
+    if threads is not None:   # a worker process of build(jobs > 1): the book's settings
+        from .runtime import setup
+
+        setup(seed=0, threads=threads, plots=False)
+    name = entry.name
+    train_device = _train.resolve_device(device)
+    _BUILDING.add(name)
+    start = time.perf_counter()
+    try:
+        if entry.pruned_from is not None:
+            result = get_pruned(load(entry.pruned_from), budget=full, progress=progress,
+                                **entry.prune)
+            seconds = sum(result.history.seconds) + sum(
+                result.info.get("penalty_history", {}).get("seconds", []))
+        else:
+            result = get_trained(
+                entry.model, budget=full, seed=entry.seed, progress=progress,
+                recipe=entry.recipe, epochs=entry.epochs, channels_last=entry.channels_last,
+                init_from=None if entry.init_from is None else load(entry.init_from),
+                teacher=None if entry.teacher is None else load(entry.teacher),
+                distill=entry.distill, device=device, **entry.kwargs)
+            seconds = sum(result.history.seconds)
+    finally:
+        _BUILDING.discard(name)
+    meta = dict(entry.spec(), name=name, kind="pruned" if entry.pruned_from else "trained",
+                test_accuracy=result.accuracy, subset_correct=subset_correct(result.model),
+                subset_size=1000, trained_on=_trained_on(train_device),
+                torch=torch.__version__.split("+")[0],
+                train_minutes=round(seconds / 60, 2),
+                # 0 when the user cache already held the model (an earlier, interrupted build)
+                build_minutes=round((time.perf_counter() - start) / 60, 2),
+                info=_json_info(result.info))
+    return name, result.model.state_dict(), meta, result.history.as_dict()
+
+
+def _plan(names: list[str] | None, rebuild: bool) -> list[str]:
+    """The entries to train, dependencies first: the named ones (default all) that are
+    not shipped at their current version, and the unshipped entries they build on."""
+    manifest = _weights.read_manifest()
+    wanted = list(ENTRIES) if not names else [_entry(n).name for n in names]
+    todo: list[str] = []
+
+    def visit(name: str, named: bool) -> None:
+        for dependency in ENTRIES[name].dependencies():
+            visit(dependency, False)
+        current = manifest.get(name, {}).get("recipe_version") == ENTRIES[name].version
+        if name not in todo and (not current or (rebuild and named)):
+            todo.append(name)
+
+    for name in wanted:
+        visit(name, True)
+    return todo
+
+
+def build(names: list[str] | None = None, jobs: int = 1, device: str | None = None,
+          progress: bool = True) -> list[str]:
+    """Train the zoo's models that are not shipped at their current recipe version and
+    write each into ``zoo/`` as soon as it is done (an interrupted build resumes with the
+    next model). Returns the names written.
+
+    Args:
+        names: entries to build (default: every entry); their unshipped dependencies are
+            built first.
+        jobs: models trained at once in separate processes, each with ``cores // jobs``
+            threads; a model waits for the models it starts from.
+        device: where to train (``"auto"``: a GPU when there is one); ``None`` reads
+            ``LIGHTCNN_DEVICE``. The manifest records where each model was trained.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    _train.resolve_device(device)   # refuse a bad device before hours of work
+    todo = _plan(names, rebuild=False)
+    if not todo:
+        print("zoo: every requested model is shipped at its recipe's version")
+        return []
+    manifest = _weights.read_manifest()
+    total = sum(ENTRIES[n].estimated_minutes() for n in todo)
+    print(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), about {total:.0f} min "
+          f"on the book's 2-core CPU")
+    written: list[str] = []
+    spent, estimated_done = 0.0, 0.0
+
+    def store(result: tuple[str, dict, dict, dict]) -> None:
+        nonlocal spent, estimated_done
+        name, state, meta, history = result
+        _weights.write_entry(name, state, meta, history, replace=name in manifest)
+        written.append(name)
+        spent += meta["build_minutes"]
+        estimated_done += ENTRIES[name].estimated_minutes()
+        # time left: the estimate of what is left, scaled by how fast this machine went
+        pace = spent / estimated_done if spent > 0 else 1.0
+        left = (total - estimated_done) * pace
+        print(f"zoo: [{len(written)}/{len(todo)}] {name}: {100 * meta['test_accuracy']:.2f}% "
+              f"in {meta['build_minutes']:.1f} min; about {left:.0f} min left", flush=True)
+
+    if jobs == 1:
+        for name in todo:
+            store(_train_entry(ENTRIES[name], BUDGETS["full"], device, progress))
+        return written
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending, running = list(todo), {}
+    context = __import__("multiprocessing").get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        while pending or running:
+            ready = [n for n in pending if all(d in written or d not in todo
+                                               for d in ENTRIES[n].dependencies())]
+            for name in ready[:jobs - len(running)]:
+                pending.remove(name)
+                running[pool.submit(_train_entry, ENTRIES[name], BUDGETS["full"], device,
+                                    False, threads)] = name
+            done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+            for future in done:
+                del running[future]
+                store(future.result())
+    return written
+
+
+def check(name: str, device: str | None = None, progress: bool = True) -> dict:
+    """Retrain shipped model ``name`` from scratch (in an empty temporary cache) and say
+    whether it reproduces the manifest: the same SHA-256 (bitwise), or the test accuracy
+    within 0.2 points.
+
+    Bitwise equality is reported, not required, even on the CPU kind and torch version
+    that trained the model: oneDNN's CPU kernels are not bitwise reproducible from one
+    training run to the next (two 1-epoch LeNet-5 trainings in one process, with
+    deterministic algorithms on, differed in the last bits of their weights; their test
+    predictions were the same).
+
+    Returns:
+        ``{"name", "sha256_equal", "accuracy", "manifest_accuracy", "same_machine",
+        "reproduced"}``.
+    """
+    from safetensors.torch import save as _save_safetensors
+
+    entry = _entry(name)
+    meta = _weights.read_manifest().get(name)
+    if meta is None:
+        raise ZooError(f"zoo: {name!r} is not shipped; build it with "
+                       f"{_weights.rebuild_command(name)}")
+    previous = os.environ.get("LIGHTCNN_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["LIGHTCNN_CACHE"] = cache
+        try:
+            _, state, new_meta, _ = _train_entry(entry, BUDGETS["full"], device, progress)
+        finally:
+            if previous is None:
+                os.environ.pop("LIGHTCNN_CACHE", None)
+            else:
+                os.environ["LIGHTCNN_CACHE"] = previous
+    blob = _save_safetensors({k: v.contiguous() for k, v in state.items()},
+                             metadata={"name": name, "recipe_version": str(entry.version)})
+    same_machine = (new_meta["trained_on"] == meta["trained_on"]
+                    and new_meta["torch"] == meta["torch"])
+    sha_equal = hashlib.sha256(blob).hexdigest() == meta["sha256"]
+    close = abs(new_meta["test_accuracy"] - meta["test_accuracy"]) <= 0.002
+    return {"name": name, "sha256_equal": sha_equal, "accuracy": new_meta["test_accuracy"],
+            "manifest_accuracy": meta["test_accuracy"], "same_machine": same_machine,
+            "reproduced": sha_equal or close}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lightcnn.zoo build [NAMES] [-j N] [--device D]``, ``... check NAME``,
+    ``... list``."""
+    parser = argparse.ArgumentParser(prog="python -m lightcnn.zoo",
+                                     description="Build, check and list the shipped zoo.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="train the models not shipped yet")
+    build_parser.add_argument("names", nargs="*", help="entries (default: all)")
+    build_parser.add_argument("-j", "--jobs", type=int, default=1,
+                              help="models trained at once, in separate processes")
+    build_parser.add_argument("--device", default=None, help="cpu, cuda, mps or auto")
+    build_parser.add_argument("--check", metavar="NAME", default=None,
+                              help="retrain one shipped model and compare with the manifest")
+    check_parser = commands.add_parser("check", help="retrain NAME, compare with the manifest")
+    check_parser.add_argument("name")
+    check_parser.add_argument("--device", default=None)
+    commands.add_parser("list", help="every entry, shipped or not")
+    args = parser.parse_args(argv)
+    from .runtime import setup
+
+    try:
+        if args.command == "list":
+            manifest = _weights.read_manifest()
+            for name, entry in ENTRIES.items():
+                meta = manifest.get(name)
+                state = ("not built" if meta is None else
+                         f"{100 * meta['test_accuracy']:.2f}%, {meta['bytes']:,} B, "
+                         f"v{meta['recipe_version']}")
+                print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
+            return 0
+        setup(seed=0, plots=False)   # seeds, deterministic algorithms, threads
+        name = args.name if args.command == "check" else args.check
+        if name is not None:
+            report = check(name, args.device)
+            print(json.dumps(report, indent=1))
+            return 0 if report["reproduced"] else 1
+        build(args.names or None, jobs=args.jobs, device=args.device)
+        return 0
+    except (ZooError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

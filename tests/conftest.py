@@ -23,6 +23,20 @@ def _deterministic():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _empty_zoo(tmp_path_factory, monkeypatch):
+    # Tests train their own tiny models: the shipped zoo (zoo/) would answer get_trained
+    # with the book's converged ones. Tests of the shipped zoo ask for `shipped_zoo`.
+    monkeypatch.setenv("LIGHTCNN_ZOO", str(tmp_path_factory.mktemp("empty-zoo")))
+
+
+@pytest.fixture
+def shipped_zoo(monkeypatch) -> Path:
+    """The repository's zoo/ folder, the one the chapters load."""
+    monkeypatch.delenv("LIGHTCNN_ZOO", raising=False)
+    return lc.weights.zoo_dir()
+
+
 @pytest.fixture
 def tiny_budget() -> Budget:
     return Budget("ci", train_size=200, test_size=100, epochs=1, finetune_epochs=1,

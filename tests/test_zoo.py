@@ -249,3 +249,167 @@ def test_get_pruned_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, 
 def test_get_pruned_needs_a_trained_model(tiny_base, tiny_budget):
     with pytest.raises(TypeError, match="base must be a TrainedModel"):
         lc.zoo.get_pruned(tiny_base.model, "l1", epochs=1, macs_share=0.5, budget=tiny_budget)
+
+
+# --- the shipped zoo ------------------------------------------------------------------------
+
+import dataclasses
+import os
+
+from lightcnn import weights
+from lightcnn.weights import ZooError
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch, isolated_cache, tiny_budget):
+    """A zoo folder of its own, entries of 1-epoch LeNet-5s, and a 'full' budget that trains
+    them on 200 images, so build runs in seconds."""
+    folder = tmp_path / "zoo"
+    monkeypatch.setenv("LIGHTCNN_ZOO", str(folder))
+    entries = {
+        "lenet5": zoo.ZooEntry("lenet5", "lenet5", zoo.RECIPES["lenet5"], version=1, epochs=1),
+        "lenet5_seed1": zoo.ZooEntry("lenet5_seed1", "lenet5", zoo.RECIPES["lenet5"],
+                                     version=1, epochs=1, seed=1),
+        "lenet5_more": zoo.ZooEntry("lenet5_more", "lenet5", zoo.RECIPES["lenet5"], version=1,
+                                    epochs=1, seed=2, init_from="lenet5"),
+    }
+    monkeypatch.setattr(zoo, "ENTRIES", entries)
+    monkeypatch.setitem(lc.budget.BUDGETS, "full", dataclasses.replace(tiny_budget, name="full"))
+    return folder
+
+
+def test_build_ships_models_and_get_trained_loads_them_at_both_budgets(tiny_zoo, monkeypatch):
+    written = zoo.build(["lenet5_more"], progress=False)
+    assert written == ["lenet5", "lenet5_more"]       # its dependency first
+    manifest = weights.read_manifest(tiny_zoo)
+    for name in written:
+        meta = manifest[name]
+        assert meta["recipe_version"] == 1 and meta["epochs"] == 1 and meta["torch"]
+        assert meta["sha256"] == weights.sha256_file(tiny_zoo / meta["file"])
+        assert (tiny_zoo / meta["history"]).is_file() and "(cpu)" in meta["trained_on"]
+        assert 0 <= meta["subset_correct"] <= 1000
+    assert manifest["lenet5_more"]["init_from"] == "lenet5"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped model must not be trained")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    every_image = dataclasses.replace(lc.budget.BUDGETS["ci"], name="full", train_size=None)
+    for budget in (lc.get_budget("ci"), every_image):
+        got = zoo.get_trained("lenet5", budget=budget, progress=False)
+        assert got.zoo_name == "lenet5" and not got.trained_now
+        assert got.accuracy == manifest["lenet5"]["test_accuracy"]
+        assert got.path == tiny_zoo / "lenet5.safetensors"
+    # a model started from a shipped one is matched through the entry it came from
+    more = zoo.get_trained("lenet5", budget=lc.get_budget("ci"), seed=2, init_from=got,
+                           progress=False)
+    assert more.zoo_name == "lenet5_more"
+    assert zoo.subset_correct(more.model) == manifest["lenet5_more"]["subset_correct"]
+    # resumable: only what is not shipped is trained
+    monkeypatch.setattr(zoo, "fit", lc.train.fit)
+    assert zoo.build(progress=False) == ["lenet5_seed1"]
+    assert zoo.build(progress=False) == []
+
+
+def test_a_call_that_differs_from_every_entry_trains_as_before(tiny_zoo, tiny_budget):
+    zoo.build(["lenet5"], progress=False)
+    other_recipe = dict(zoo.RECIPES["lenet5"], lr=0.01)
+    for kwargs in ({"seed": 5}, {"recipe": other_recipe}, {"epochs": 2}):
+        got = zoo.get_trained("lenet5", budget=lc.get_budget("ci"), progress=False, **kwargs)
+        assert got.zoo_name is None and got.trained_now
+    # a budget on a training subset other than ci's never gets the zoo's models
+    assert zoo.get_trained("lenet5", budget=tiny_budget, progress=False).zoo_name is None
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_shipped_model_is_refused_never_retrained(tiny_zoo, damage):
+    zoo.build(["lenet5"], progress=False)
+    path = tiny_zoo / "lenet5.safetensors"
+    if damage == "delete":
+        path.unlink()
+    else:
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        path.write_bytes(bytes(blob if damage == "flip" else blob[:50]))
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(ZooError, match="lenet5.safetensors") as err:
+        zoo.get_trained("lenet5", budget=lc.get_budget("ci"), progress=False)
+    assert "python -m lightcnn.zoo build lenet5" in str(err.value)
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_a_version_bump_rebuilds_and_a_silent_change_is_refused(tiny_zoo, monkeypatch):
+    zoo.build(["lenet5"], progress=False)
+    first_sha = weights.read_manifest(tiny_zoo)["lenet5"]["sha256"]
+    changed = dataclasses.replace(zoo.ENTRIES["lenet5"], recipe=dict(zoo.RECIPES["lenet5"], lr=0.02))
+    monkeypatch.setitem(zoo.ENTRIES, "lenet5", changed)
+    with pytest.raises(ZooError, match="bump ZooEntry.version"):
+        zoo.load("lenet5")
+    assert zoo.build(["lenet5"], progress=False) == []     # same version: not rebuilt
+    monkeypatch.setitem(zoo.ENTRIES, "lenet5", dataclasses.replace(changed, version=2))
+    with pytest.raises(ZooError, match="recipe version 1"):
+        zoo.load("lenet5")
+    assert zoo.build(["lenet5"], progress=False) == ["lenet5"]
+    meta = weights.read_manifest(tiny_zoo)["lenet5"]
+    assert meta["recipe_version"] == 2 and meta["sha256"] != first_sha
+    assert zoo.load("lenet5").zoo_name == "lenet5"
+
+
+def test_parallel_build_equals_serial_build(tiny_zoo, tmp_path, monkeypatch):
+    serial = zoo.build(["lenet5", "lenet5_seed1"], progress=False)
+    first = weights.read_manifest(tiny_zoo)
+    monkeypatch.setenv("LIGHTCNN_ZOO", str(tmp_path / "zoo2"))
+    monkeypatch.setenv("LIGHTCNN_CACHE", str(tmp_path / "cache2"))
+    parallel = zoo.build(["lenet5", "lenet5_seed1"], jobs=2, progress=False)
+    assert sorted(parallel) == sorted(serial)
+    manifest = weights.read_manifest(tmp_path / "zoo2")
+    for name in parallel:   # the same models (bitwise equality is not promised: see check)
+        assert manifest[name]["seed"] == first[name]["seed"]
+        assert abs(manifest[name]["test_accuracy"] - first[name]["test_accuracy"]) <= 0.02
+        threads = max(1, (os.cpu_count() or 1) // 2)        # the cores shared by 2 jobs
+        assert f"{threads} threads" in manifest[name]["trained_on"]
+
+
+def test_check_reproduces_on_the_same_machine(tiny_zoo):
+    zoo.build(["lenet5"], progress=False)
+    report = zoo.check("lenet5", progress=False)
+    assert report["same_machine"] and report["reproduced"]
+    assert abs(report["accuracy"] - report["manifest_accuracy"]) <= 0.002
+
+
+def test_zoo_bad_arguments(tiny_zoo):
+    with pytest.raises(ValueError, match="unknown zoo entry 'nope'"):
+        zoo.load("nope")
+    with pytest.raises(TypeError, match="name must be a str"):
+        zoo.load(3)
+    with pytest.raises(ValueError, match="jobs"):
+        zoo.build(jobs=0)
+    with pytest.raises(ValueError, match="unknown zoo entry"):
+        zoo.build(["nope"])
+    with pytest.raises(ZooError, match="not shipped"):
+        zoo.check("lenet5")
+    assert zoo.main(["build", "nope"]) == 2
+
+
+def test_cli_lists_entries(tiny_zoo, capsys):
+    assert zoo.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "lenet5" in out and "not built" in out
+
+
+def test_every_shipped_model_loads_checked_and_scores_its_manifest(shipped_zoo):
+    """The zoo the chapters load: files and manifest agree, every SHA-256 matches, every
+    entry in the code describes what trained its file, and each model gets exactly the
+    manifest's count right on the fixed 1,000-image test subset."""
+    weights.check_store(shipped_zoo)
+    manifest = weights.read_manifest(shipped_zoo)
+    assert set(manifest) <= set(zoo.ENTRIES), "shipped files the code has no entry for"
+    for name, meta in manifest.items():
+        model = zoo.load(name)      # checks the SHA-256 and the entry against the manifest
+        assert zoo.subset_correct(model.model) == meta["subset_correct"], name
+        assert model.history.test_accuracy[-1] == meta["test_accuracy"], name
+
+
+def test_shipped_zoo_size_is_bounded(shipped_zoo):
+    total = sum(p.stat().st_size for p in shipped_zoo.glob("*") if p.is_file())
+    assert total <= 40 * 2**20, f"the zoo is {total / 2**20:.1f} MiB, over the 40 MiB budget"

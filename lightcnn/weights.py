@@ -1,0 +1,208 @@
+"""The shipped weights store: safetensors files, a manifest, SHA-256 checks.
+
+torchvision and timm ship weights the same way: trained once on a long recipe, versioned,
+hashed, downloaded or read as they are. The book's zoo is a folder ``zoo/`` in the
+repository: one ``<name>.safetensors`` file per model (safetensors holds raw tensors and a
+JSON header, so loading one runs no code, unlike a pickle), one ``<name>.history.json``
+(the per-epoch training curve) and ``manifest.json``, which says for every model what it
+is (architecture and arguments), how it was trained (recipe, recipe version, seed,
+epochs, where and with which torch, how long) and what it scores (test accuracy, and the
+number right on a fixed 1,000-image test subset that a test re-checks exactly), with the
+file's SHA-256 and size.
+
+Nothing here trains: :mod:`lightcnn.zoo` decides what to build; this module reads and
+writes the files and refuses anything damaged, naming the file and the command that
+rebuilds it. A file is only written through :func:`write_entry`, which never replaces a
+model unless told that its recipe version changed.
+
+Taught in book/benchmarking.md (the zoo) and chapters/01_cnn_basics.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["ZooError", "MANIFEST", "zoo_dir", "read_manifest", "check_store", "load_state_dict",
+           "read_history", "write_entry", "sha256_file", "rebuild_command"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1   # the manifest's own layout; bump when its fields change meaning
+
+
+class ZooError(RuntimeError):
+    """A shipped model is missing, damaged, stale or not a safetensors file."""
+
+
+def zoo_dir() -> Path:
+    """The folder of shipped weights: ``$LIGHTCNN_ZOO``, else ``zoo/`` beside the package.
+
+    A copy of the package without the folder (``pip install`` of the wheel, one module
+    copied into another project) has no shipped models: every model is trained instead.
+    """
+    if os.environ.get("LIGHTCNN_ZOO"):
+        return Path(os.environ["LIGHTCNN_ZOO"]).expanduser()
+    return Path(__file__).resolve().parent.parent / "zoo"
+
+
+def rebuild_command(name: str) -> str:
+    """The command that trains ``name`` again and writes it into the zoo."""
+    return f"python -m lightcnn.zoo build {name}  (or: make zoo NAMES={name})"
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, dict]:
+    """The manifest's models (``{name: entry}``); empty when the folder has no manifest.
+
+    Raises:
+        ZooError: the manifest is not valid JSON or not in this module's format.
+    """
+    folder = zoo_dir() if folder is None else Path(folder)
+    path = folder / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ZooError(f"{path} is not readable JSON ({err}); restore it with "
+                       f"`git checkout -- {path}`") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or not isinstance(manifest.get("models"), dict):
+        raise ZooError(f"{path} is not a lightcnn zoo manifest of format {FORMAT}")
+    return manifest["models"]
+
+
+def check_store(folder: Path | None = None) -> None:
+    """Refuse a zoo whose files and manifest disagree: an entry without its file, or a
+    weights file without an entry (each named, with the command that rebuilds it).
+
+    Only presence is checked here; :func:`load_state_dict` checks each file's bytes.
+    """
+    folder = zoo_dir() if folder is None else Path(folder)
+    models = read_manifest(folder)
+    for name, entry in models.items():
+        if not (folder / entry["file"]).is_file():
+            raise ZooError(f"zoo: the manifest lists {name!r} but {folder / entry['file']} "
+                           f"is missing; rebuild it with {rebuild_command(name)}")
+    listed = {entry["file"] for entry in models.values()}
+    for path in sorted(folder.glob("*.safetensors")):
+        if path.name not in listed:
+            raise ZooError(f"zoo: {path} has no entry in {folder / MANIFEST}: a file the "
+                           f"manifest does not vouch for is never loaded. Delete it, or "
+                           f"rebuild it with {rebuild_command(path.stem)}")
+
+
+def _refuse_pickle(blob: bytes, path: Path, name: str) -> None:
+    # torch.save writes a zip archive ("PK"); a bare pickle starts with protocol byte 0x80
+    if blob[:2] == b"PK" or blob[:1] == b"\x80":
+        raise ZooError(f"zoo: {path} is a pickle (torch.save) file, not safetensors; the zoo "
+                       f"loads only safetensors, whose loading runs no code. Rebuild it "
+                       f"with {rebuild_command(name)}")
+
+
+def load_state_dict(name: str, folder: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict of shipped model ``name`` and its manifest entry, after checking the
+    file's size and SHA-256 against the manifest.
+
+    Raises:
+        ZooError: no such entry, the file is missing, truncated, changed, a pickle, or not
+            a readable safetensors file (the message names the file and the rebuild
+            command). A damaged file is never loaded and never replaced here.
+    """
+    from safetensors.torch import load as _load_safetensors
+
+    folder = zoo_dir() if folder is None else Path(folder)
+    models = read_manifest(folder)
+    if name not in models:
+        raise ZooError(f"zoo: no shipped model {name!r} in {folder / MANIFEST}; build it "
+                       f"with {rebuild_command(name)}")
+    entry = models[name]
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise ZooError(f"zoo: the manifest lists {name!r} but {path} is missing; rebuild "
+                       f"it with {rebuild_command(name)}")
+    blob = path.read_bytes()   # checked and parsed from the same bytes
+    if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        _refuse_pickle(blob, path, name)
+        what = "truncated" if len(blob) < entry["bytes"] else "changed"
+        raise ZooError(f"zoo: {path} is {what} ({len(blob):,} bytes, manifest says "
+                       f"{entry['bytes']:,}; its SHA-256 does not match the manifest). "
+                       f"Restore it with `git checkout -- {path}` or rebuild it with "
+                       f"{rebuild_command(name)}")
+    _refuse_pickle(blob, path, name)
+    try:
+        state = _load_safetensors(blob)
+    except Exception as err:  # the header or a tensor record is malformed
+        raise ZooError(f"zoo: {path} is not a readable safetensors file ({err}); rebuild "
+                       f"it with {rebuild_command(name)}") from err
+    return state, entry
+
+
+def read_history(name: str, folder: Path | None = None) -> dict[str, list[float]]:
+    """The per-epoch training history shipped beside model ``name`` (empty if none)."""
+    folder = zoo_dir() if folder is None else Path(folder)
+    entry = read_manifest(folder).get(name)
+    if entry is None or not entry.get("history"):
+        return {}
+    path = folder / entry["history"]
+    if not path.is_file():
+        raise ZooError(f"zoo: {path} (the history of {name!r}) is missing; restore it with "
+                       f"`git checkout -- {path}` or rebuild with {rebuild_command(name)}")
+    return json.loads(path.read_text())
+
+
+def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
+                history: dict[str, list[float]], folder: Path | None = None,
+                replace: bool = False) -> dict:
+    """Write model ``name`` into the zoo: its safetensors file, its history and its
+    manifest entry (``meta`` plus file, bytes, SHA-256 and the time), each through a
+    temporary file so that an interrupted build leaves the old state.
+
+    Args:
+        replace: allow replacing an existing entry; :mod:`lightcnn.zoo` passes it only
+            when the entry's recipe version changed (every replaced file stays in git's
+            history).
+
+    Raises:
+        ZooError: ``name`` is already shipped and ``replace`` is false.
+    """
+    from safetensors.torch import save as _save_safetensors
+
+    folder = zoo_dir() if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    models = read_manifest(folder)
+    if name in models and not replace:
+        raise ZooError(f"zoo: {name!r} is already shipped ({folder / models[name]['file']}); "
+                       "a shipped model is replaced only when its recipe version changes")
+    # safetensors stores each tensor once, contiguous; shared storage is not allowed
+    tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
+    blob = _save_safetensors(tensors, metadata={"name": name,
+                                                "recipe_version": str(meta.get("recipe_version"))})
+    entry = dict(meta, file=f"{name}.safetensors", bytes=len(blob),
+                 sha256=hashlib.sha256(blob).hexdigest(), history=f"{name}.history.json",
+                 written=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    _atomic_write(folder / entry["file"], blob)
+    _atomic_write(folder / entry["history"], (json.dumps(history, indent=1) + "\n").encode())
+    models = dict(models, **{name: entry})
+    manifest = {"format": FORMAT, "models": dict(sorted(models.items()))}
+    _atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    return entry
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(content)
+    tmp.replace(path)
