@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,8 +32,9 @@ def test_shared_weights_take_at_most_2_to_the_bits_values(bits):
         assert books[name].codebook.numel() == 2**bits
         assert int(books[name].indices.max()) < 2**bits
         assert torch.equal(w, books[name].codebook[books[name].indices])
-        # the same as the arithmetic applied layer by layer
-        assert torch.equal(w, Q.kmeans_quantize(_conv_weights(model)[name], bits))
+        # the same as the clustering applied layer by layer
+        codebook, indices = W.cluster_weights(_conv_weights(model)[name], bits)
+        assert torch.equal(w, codebook[indices])
     # the input model is untouched
     assert not W.shared_layers(model)
 
@@ -181,3 +184,127 @@ def test_keep_zeros_rejects_an_empty_layer_and_a_non_bool():
         W.share_weights(model, 2, keep_zeros=True)
     with pytest.raises(TypeError, match="keep_zeros must be a bool"):
         W.share_weights(model, 2, keep_zeros=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The k-means start: every codeword used, error no worse than Han's linear start
+# ---------------------------------------------------------------------------------------
+
+def _gaussian_conv(bits_seed=0):
+    """A conv layer with Gaussian weights (64 x 32 x 3 x 3, std 0.05)."""
+    torch.manual_seed(bits_seed)
+    conv = nn.Conv2d(32, 64, 3)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, 0.05)
+    return conv
+
+
+# (tensor, bits): 25 values at 4 bits, where the linear start used 11 to 13 of 16
+# codewords, and a Gaussian conv at 8 bits (207 of 256)
+CASES = {f"25_values_seed{s}": (lambda s=s: torch.randn(25, generator=torch.Generator().manual_seed(s)), 4)
+         for s in range(5)}
+CASES["gaussian_conv_8_bits"] = (lambda: _gaussian_conv().weight.detach(), 8)
+
+
+def _used(indices, bits):
+    return torch.bincount(indices.reshape(-1), minlength=2**bits).gt(0).sum().item()
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "density", "linear"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_codeword_is_used_when_there_are_enough_distinct_values(case, init):
+    make, bits = CASES[case]
+    w = make()
+    assert w.unique().numel() >= 2**bits
+    codebook, indices = W.cluster_weights(w, bits, init=init)
+    assert _used(indices, bits) == 2**bits
+    assert codebook.unique().numel() == 2**bits
+    # each weight sits on its nearest codeword, and the codebook is sorted
+    nearest = (w.reshape(-1, 1) - codebook[None, :]).abs().argmin(1)
+    assert torch.equal(codebook[nearest], codebook[indices].reshape(-1))
+    assert torch.equal(codebook, codebook.sort().values)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_share_weights_uses_every_codeword_and_errs_less_than_the_linear_start(case):
+    make, bits = CASES[case]
+    w = make()
+    model = nn.Sequential(nn.Linear(w.numel(), 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(w.reshape(1, -1))
+    shared = W.share_weights(model, bits)
+    book = W.shared_layers(shared)["0"]
+    assert _used(book.indices, bits) == 2**bits
+    error = (shared[0].weight - model[0].weight).pow(2).mean().item()
+    # the old start: evenly spaced centroids, empty clusters left empty
+    linear = (Q.kmeans_quantize(w, bits, init="linear") - w).pow(2).mean().item()
+    assert _used(Q.kmeans_codebook(w, bits, init="linear")[1], bits) < 2**bits
+    assert error <= linear
+
+
+def test_the_linear_start_without_empty_clusters_is_han_et_al_s():
+    # where evenly spaced centroids leave no cluster empty, nothing is reseeded: the
+    # result is the plain k-means from the linear start
+    w = torch.linspace(-1, 1, 101) ** 3
+    codebook, indices = W.cluster_weights(w, 2, init="linear")
+    reference, ref_indices = Q.kmeans_codebook(w, 2, init="linear")
+    assert _used(ref_indices, 2) == 4
+    assert torch.equal(codebook, reference) and torch.equal(indices, ref_indices)
+
+
+def test_kmeans_plus_plus_is_deterministic_under_a_seed():
+    w = _gaussian_conv().weight.detach()
+    a = W.cluster_weights(w, 5, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a, W.cluster_weights(w, 5, seed=1)))
+    assert not torch.equal(a[0], W.cluster_weights(w, 5, seed=2)[0])
+    model = nn.Sequential(_gaussian_conv())
+    one, two = W.share_weights(model, 3, seed=4), W.share_weights(model, 3, seed=4)
+    assert torch.equal(one[0].weight, two[0].weight)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(1, 5), extra=st.integers(0, 40), seed=st.integers(0, 10**6),
+       init=st.sampled_from(["kmeans++", "density", "linear"]))
+def test_enough_distinct_values_always_use_every_codeword(bits, extra, seed, init):
+    g = torch.Generator().manual_seed(seed)
+    # heavy-tailed values, some repeated: clusters empty easily from a fixed start
+    w = torch.randn(2**bits + extra, generator=g, dtype=torch.float64) ** 3
+    w = torch.cat([w, w[: extra // 2]])
+    codebook, indices = W.cluster_weights(w, bits, init=init, seed=seed)
+    assert _used(indices, bits) == 2**bits
+    assert torch.equal(indices, Q._nearest_1d(w, codebook))
+
+
+def test_fewer_distinct_values_than_codewords_are_kept_exactly():
+    w = torch.tensor([0.5, -1.0, 0.5, 2.0, 2.0, -1.0])
+    for init in ("kmeans++", "density", "linear"):
+        codebook, indices = W.cluster_weights(w, 3, init=init)
+        assert torch.equal(codebook[indices], w)
+        assert codebook.numel() == 8
+
+
+def test_keep_zeros_uses_every_codeword_for_the_survivors():
+    model = _pruned_lenet()
+    shared = W.share_weights(model, 4, keep_zeros=True)
+    for name, p in W.shared_layers(shared).items():
+        survivors = p.indices[p.mask.bool()]
+        assert _used(survivors, 4) == 16
+        assert (shared.get_submodule(name).weight[p.mask == 0] == 0).all()
+
+
+def test_cluster_weights_rejects_bad_arguments():
+    w = torch.randn(10)
+    with pytest.raises(ValueError, match="init must be one of"):
+        W.cluster_weights(w, 2, init="random")
+    with pytest.raises(ValueError, match="init must be one of"):
+        W.share_weights(_lenet(), 2, init="forgy")
+    with pytest.raises(ValueError, match="seed must be an int"):
+        W.cluster_weights(w, 2, seed=1.5)
+    with pytest.raises(ValueError, match="bits"):
+        W.cluster_weights(w, 0)
+    with pytest.raises(ValueError, match="iters"):
+        W.cluster_weights(w, 2, iters=-1)
+    with pytest.raises(ValueError, match="weight must be finite"):
+        W.cluster_weights(w * float("inf"), 2)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        W.cluster_weights([1.0, 2.0], 1)
