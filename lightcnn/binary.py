@@ -4,7 +4,9 @@ Courbariaux, Bengio, David, "BinaryConnect: Training Deep Neural Networks with b
 weights during propagations", arXiv 1511.00363. Hubara, Courbariaux, Soudry, El-Yaniv,
 Bengio, "Binarized Neural Networks", arXiv 1602.02830. Rastegari, Ordonez, Redmon,
 Farhadi, "XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks",
-arXiv 1603.05279.
+arXiv 1603.05279. Liu, Wu, Luo, Yang, Liu, Cheng, "Bi-Real Net: Enhancing the Performance
+of 1-bit CNNs With Improved Representational Capability and Advanced Training Algorithm",
+arXiv 1808.00278 (the ApproxSign estimator).
 
 A binary layer keeps a real-valued *latent* weight ``W`` for the optimizer and computes with
 ``sign(W)``. ``sign`` has zero gradient almost everywhere, so training passes the gradient
@@ -15,7 +17,14 @@ straight through, cancelled where the input is large (the clipped STE, the deriv
     backward: dL/dx = dL/db * 1{|x| <= 1}
 
 and clips the latent weights to [-1, 1] after every step (:func:`clip_latent_weights`), so
-that a weight never drifts where its gradient is always cancelled. The schemes:
+that a weight never drifts where its gradient is always cancelled. Bi-Real Net's
+*ApproxSign* (:func:`approx_sign`) keeps the forward ``sign`` but passes back the
+derivative of a piecewise polynomial closer to it, a triangle instead of a box::
+
+    backward: dL/dx = dL/db * (2 + 2x  for -1 <= x < 0;  2 - 2x  for 0 <= x < 1;  0 else)
+
+Every scheme names the estimator of its activations' sign (``estimator``), and
+:func:`binarize` and the layers take ``estimator=`` to choose another. The schemes:
 
 =====================  =====================  ===============  ======================
 scheme                 weights                activations      scales
@@ -27,7 +36,12 @@ scheme                 weights                activations      scales
 ``bnn``                sign(W)                sign(x)          none
 ``xnor``               alpha * sign(W)        sign(x)          alpha, and K = box-filtered
                                                                mean_c |x| per position
+``bireal``             alpha * sign(W)        sign(x), with    alpha
+                                              ApproxSign
 =====================  =====================  ===============  ======================
+
+(``bireal`` is Bi-Real Net's layer, magnitude-aware binary weights and ApproxSign; its
+real-valued shortcut around every binary conv is the network's, not the layer's.)
 
 With weights *and* activations binary (``bnn``, ``xnor``), a dot product of length n is
 ``n - 2 * popcount(a XOR b)`` on bit-packed words: ``lightcnn.binary_kernels`` runs it.
@@ -50,7 +64,8 @@ from torch import Tensor, nn
 from .models import BaselineCNN, register_model
 from .pruning import _is_masked
 
-__all__ = ["Scheme", "SCHEMES", "sign_ste", "stochastic_sign_ste", "BinaryConv2d",
+__all__ = ["Scheme", "SCHEMES", "ESTIMATORS", "sign_ste", "approx_sign",
+           "stochastic_sign_ste", "BinaryConv2d",
            "BinaryLinear", "activation_scale_map", "binarize", "binary_layers", "clip_latent_weights",
            "packed_weight_bytes", "binary_weight_bytes", "count_binary_macs",
            "xnor_speedup", "binary_cnn"]
@@ -65,6 +80,7 @@ class Scheme:
     weight_scale: bool         # alpha = mean |W| per output channel (BWN, XNOR-Net)
     binary_activations: bool   # sign(x) on the layer's input (BNN, XNOR-Net)
     activation_scale: bool     # XNOR-Net's K map (or beta = mean |x| for a linear layer)
+    estimator: str = "ste"     # the gradient of the activations' sign: a key of ESTIMATORS
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
@@ -73,6 +89,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("bwn", False, True, False, False),
     Scheme("bnn", False, False, True, False),
     Scheme("xnor", False, True, True, True),
+    Scheme("bireal", False, True, True, False, estimator="approxsign"),
 )}
 
 
@@ -109,6 +126,48 @@ def sign_ste(x: Tensor) -> Tensor:
     return _SignSTE.apply(x)
 
 
+class _ApproxSign(_SignSTE):
+    # the same forward sign; Bi-Real Net's backward
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        # d/dx of ApproxSign: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 outside: 2 - 2|x|,
+        # clamped at 0 (it is 0 at x = -1 and x = 1, where both pieces meet)
+        return grad * (2 - 2 * x.abs()).clamp(min=0).to(grad.dtype)
+
+
+def approx_sign(x: Tensor) -> Tensor:
+    """``sign(x)`` in {-1, +1} (``sign(0) = +1``) with Bi-Real Net's ApproxSign gradient.
+
+    The gradient is the derivative of the piecewise polynomial ``F(x) = -1`` for
+    ``x < -1``, ``2x + x^2`` on ``[-1, 0)``, ``2x - x^2`` on ``[0, 1)``, ``+1`` from 1 on
+    (Liu et al. 2018, eq. 7)::
+
+        dF/dx = 2 + 2x  for -1 <= x < 0
+                2 - 2x  for  0 <= x < 1
+                0       otherwise
+
+    ``F`` matches ``sign`` more closely than ``Htanh`` does, so its gradient (a triangle
+    of area 2, the size of sign's jump, peaked at 0) is a closer estimate than the clipped
+    STE's box ``1{|x| <= 1}``.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got "
+                        f"{type(x).__name__ if not isinstance(x, Tensor) else x.dtype}")
+    return _ApproxSign.apply(x)
+
+
+# the estimators a scheme or a layer can use for the sign of its activations
+ESTIMATORS = {"ste": sign_ste, "approxsign": approx_sign}
+
+
+def _estimator(name: str | None, scheme: Scheme) -> str:
+    name = scheme.estimator if name is None else name
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
+    return name
+
+
 def stochastic_sign_ste(x: Tensor) -> Tensor:
     """+1 with probability ``clip((x + 1) / 2, 0, 1)``, else -1; clipped STE gradient."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -117,10 +176,18 @@ def stochastic_sign_ste(x: Tensor) -> Tensor:
 
 
 class _BinaryMixin:
-    """What a binary conv and a binary linear layer share: the weight's sign and alpha."""
+    """What a binary conv and a binary linear layer share: the weight's sign and alpha, and
+    the sign of the input with the chosen estimator."""
 
     scheme: Scheme
+    estimator: str
     weight: nn.Parameter
+
+    def input_sign(self, x: Tensor) -> Tensor:
+        """``sign(x)`` with the layer's estimator's gradient (clipped STE or ApproxSign).
+        The weights always use the clipped STE: Bi-Real Net's ApproxSign is for
+        activations (its weights get a magnitude-aware gradient, here ``alpha``'s)."""
+        return ESTIMATORS[self.estimator](x)
 
     def weight_sign(self) -> Tensor:
         """``sign(W)`` (sampled in training for the stochastic scheme), STE gradient."""
@@ -150,12 +217,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     ``y = (x_b * sign(W)) * alpha * K + bias``, with ``x_b = sign(x)`` padded with +1 for
     schemes with binary activations (``x`` itself, zero-padded, otherwise); ``alpha = 1`` and
     ``K = 1`` where the scheme has no scale. The product with the ``+-1`` tensors comes first,
-    so its sums are exact integers, as in the packed kernel.
+    so its sums are exact integers, as in the packed kernel. ``estimator`` (``"ste"`` or
+    ``"approxsign"``; default: the scheme's) is the gradient of ``sign(x)``.
     """
 
-    def __init__(self, *args, scheme: str = "bnn", **kwargs):
+    def __init__(self, *args, scheme: str = "bnn", estimator: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scheme = _scheme(scheme)
+        self.estimator = _estimator(estimator, self.scheme)
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros', got {self.padding_mode!r}")
         if isinstance(self.padding, str):
@@ -171,7 +240,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         if self.scheme.binary_activations:
             ph, pw = self.padding
             # pad with +1: a bit holds only +1 or -1, and the packed kernel pads the same way
-            xb = F.pad(sign_ste(x), (pw, pw, ph, ph), value=1.0)
+            xb = F.pad(self.input_sign(x), (pw, pw, ph, ph), value=1.0)
             y = F.conv2d(xb, w, None, self.stride, 0, self.dilation, self.groups)
         else:
             y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
@@ -184,20 +253,21 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         return y
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", scheme={self.scheme.name}"
+        return super().extra_repr() + _scheme_repr(self)
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """A ``Linear`` with binary weights (and inputs): ``y = (x_b sign(W)^T) * alpha * beta + b``,
-    ``beta = mean |x|`` per sample for ``xnor``."""
+    ``beta = mean |x|`` per sample for ``xnor``; ``estimator`` as for :class:`BinaryConv2d`."""
 
-    def __init__(self, *args, scheme: str = "bnn", **kwargs):
+    def __init__(self, *args, scheme: str = "bnn", estimator: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scheme = _scheme(scheme)
+        self.estimator = _estimator(estimator, self.scheme)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight_sign()
-        xb = sign_ste(x) if self.scheme.binary_activations else x
+        xb = self.input_sign(x) if self.scheme.binary_activations else x
         y = F.linear(xb, w)
         if self.scheme.weight_scale:
             y = y * self.weight_alpha()
@@ -208,7 +278,12 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         return y
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", scheme={self.scheme.name}"
+        return super().extra_repr() + _scheme_repr(self)
+
+
+def _scheme_repr(layer: _BinaryMixin) -> str:
+    estimator = f", estimator={layer.estimator}" if layer.scheme.binary_activations else ""
+    return f", scheme={layer.scheme.name}{estimator}"
 
 
 def _scheme(name: str) -> Scheme:
@@ -226,7 +301,8 @@ _PASSIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.Ident
 
 
 def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
-             pointwise: bool = True, skip: Iterable[str] = ()) -> nn.Module:
+             pointwise: bool = True, skip: Iterable[str] = (), estimator: str | None = None
+             ) -> nn.Module:
     """A copy of ``model`` whose ``Conv2d`` and ``Linear`` layers compute with binary weights.
 
     The latent weights start from the model's own (a trained model is converted, a fresh
@@ -243,16 +319,20 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
             one and its +-1 dot products are the coarsest; networks built of 1x1 layers
             (MobileNets) lose the most accuracy when binarized.
         skip: names of layers to keep in full precision.
+        estimator: the gradient of the activations' sign, ``"ste"`` (clipped) or
+            ``"approxsign"`` (Bi-Real Net); ``None`` takes the scheme's.
 
     For schemes with binary activations, every ``ReLU``/``ReLU6`` becomes ``Hardtanh``: the
     sign of a ReLU output is +1 everywhere, and Htanh is the activation whose gradient the
     STE uses.
 
     Raises:
-        ValueError: unknown scheme; a grouped (e.g. depthwise) conv, a conv with other than
-            zero padding, or a module with weights of an unsupported type (named).
+        ValueError: unknown scheme or estimator; a grouped (e.g. depthwise) conv, a conv
+            with other than zero padding, or a module with weights of an unsupported type
+            (named).
     """
     scheme_ = _scheme(scheme)
+    estimator = _estimator(estimator, scheme_)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     skip = set(skip)
@@ -294,10 +374,10 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
                                  f"'zeros', got {module.padding!r}, {module.padding_mode!r}")
             new = BinaryConv2d(module.in_channels, module.out_channels, module.kernel_size,
                                module.stride, module.padding, module.dilation, module.groups,
-                               module.bias is not None, scheme=scheme)
+                               module.bias is not None, scheme=scheme, estimator=estimator)
         else:
             new = BinaryLinear(module.in_features, module.out_features,
-                               module.bias is not None, scheme=scheme)
+                               module.bias is not None, scheme=scheme, estimator=estimator)
         new.load_state_dict(module.state_dict())
         model.set_submodule(name, new)
     if scheme_.binary_activations:
@@ -387,7 +467,8 @@ def xnor_speedup(channels: int, weight_size: int, word_bits: int = 64) -> float:
 
 @register_model
 def binary_cnn(num_classes: int = 10, scheme: str = "bnn", keep_first_last: bool = True,
-               **kwargs) -> nn.Module:
+               estimator: str | None = None, **kwargs) -> nn.Module:
     """The book's baseline CNN binarized with ``scheme`` (see :func:`binarize`), so the zoo
     can train and cache it: ``lc.zoo.get_trained("binary_cnn", scheme="xnor")``."""
-    return binarize(BaselineCNN(num_classes=num_classes, **kwargs), scheme, keep_first_last)
+    return binarize(BaselineCNN(num_classes=num_classes, **kwargs), scheme, keep_first_last,
+                    estimator=estimator)

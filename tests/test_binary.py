@@ -30,6 +30,86 @@ def test_ste_gradient_is_the_gradient_of_hardtanh():
     assert (a.grad[x.abs() > 1] == 0).all() and (a.grad[x.abs() < 1] != 0).any()
 
 
+def _approx_sign_derivative(x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real Net's ApproxSign derivative (Liu et al. 2018, eq. 7): 2 + 2x on [-1, 0),
+    2 - 2x on [0, 1), 0 elsewhere."""
+    return torch.where((x >= -1) & (x < 0), 2 + 2 * x,
+                       torch.where((x >= 0) & (x < 1), 2 - 2 * x, torch.zeros_like(x)))
+
+
+def _approx_sign_polynomial(x: torch.Tensor) -> torch.Tensor:
+    """The piecewise polynomial ApproxSign whose derivative the estimator uses: -1 below -1,
+    2x + x^2 on [-1, 0), 2x - x^2 on [0, 1), +1 from 1 on."""
+    return torch.where(x < -1, -torch.ones_like(x),
+                       torch.where(x < 0, 2 * x + x * x,
+                                   torch.where(x < 1, 2 * x - x * x, torch.ones_like(x))))
+
+
+def test_approx_sign_is_sign_forward_and_the_polynomial_s_derivative_backward():
+    x = torch.arange(-200, 201, dtype=torch.float64) / 100    # includes -1, 0 and 1 exactly
+    assert {-1.0, 0.0, 1.0} <= set(x.tolist())
+    upstream = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = x.clone().requires_grad_()
+    y = B.approx_sign(a)
+    assert torch.equal(y, _signs(x).double())
+    (y * upstream).sum().backward()
+    assert torch.allclose(a.grad, upstream * _approx_sign_derivative(x), atol=1e-12)
+    # the same as autograd through the polynomial itself
+    p = x.clone().requires_grad_()
+    (_approx_sign_polynomial(p) * upstream).sum().backward()
+    assert torch.allclose(a.grad, p.grad, atol=1e-12)
+    # a triangle of area 2 (the jump of sign), peaked at 0, where the clipped STE is flat
+    ones = torch.ones_like(x)
+    assert torch.autograd.grad(B.approx_sign(a), a, ones)[0].sum().item() * 0.01 == \
+        pytest.approx(2.0, abs=1e-9)
+    assert B.ESTIMATORS["approxsign"] is B.approx_sign and B.ESTIMATORS["ste"] is B.sign_ste
+    with pytest.raises(TypeError):
+        B.approx_sign(torch.tensor([1, -1]))
+
+
+@pytest.mark.parametrize("estimator", ["ste", "approxsign"])
+def test_binary_layers_pass_the_chosen_estimator_s_gradient_to_their_input(estimator):
+    torch.manual_seed(0)
+    layer = B.BinaryLinear(12, 5, bias=False, scheme="bnn", estimator=estimator)
+    x = (torch.randn(3, 12) * 1.2).requires_grad_()
+    upstream = torch.randn(3, 5)
+    (layer(x) * upstream).sum().backward()
+    derivative = _approx_sign_derivative(x.detach()) if estimator == "approxsign" \
+        else (x.detach().abs() <= 1).float()
+    expected = (upstream @ _signs(layer.weight.detach())) * derivative
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+    conv = B.BinaryConv2d(4, 6, 3, padding=1, scheme="bnn", estimator=estimator)
+    z = (torch.randn(2, 4, 7, 7) * 1.2).requires_grad_()
+    upstream = torch.randn(2, 6, 7, 7)
+    (conv(z) * upstream).sum().backward()
+    # reference: the gradient reaching sign(x) (a leaf here), times the estimator's slope
+    signs = _signs(z.detach()).requires_grad_()
+    y = F.conv2d(F.pad(signs, (1, 1, 1, 1), value=1.0), _signs(conv.weight.detach()))
+    (y * upstream).sum().backward()
+    derivative = _approx_sign_derivative(z.detach()) if estimator == "approxsign" \
+        else (z.detach().abs() <= 1).float()
+    assert torch.allclose(z.grad, signs.grad * derivative, atol=1e-5)
+
+
+def test_bireal_scheme_uses_approx_sign_and_binarize_can_choose_either_estimator():
+    assert B.SCHEMES["bireal"].estimator == "approxsign"
+    assert B.SCHEMES["bireal"].binary_activations and B.SCHEMES["bireal"].weight_scale
+    assert all(s.estimator == "ste" for n, s in B.SCHEMES.items() if n != "bireal")
+    model = lc.create_model("baseline_cnn")
+    for scheme, estimator, expected in [("bireal", None, "approxsign"), ("bnn", None, "ste"),
+                                        ("bnn", "approxsign", "approxsign"),
+                                        ("bireal", "ste", "ste")]:
+        layers = B.binary_layers(B.binarize(model, scheme, estimator=estimator))
+        assert layers and all(m.estimator == expected for m in layers.values())
+    assert "estimator=approxsign" in repr(B.BinaryConv2d(2, 2, 3, scheme="bireal"))
+    net = lc.create_model("binary_cnn", scheme="bnn", estimator="approxsign")
+    assert all(m.estimator == "approxsign" for m in B.binary_layers(net).values())
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        B.binarize(model, "bnn", estimator="swish")
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        B.BinaryConv2d(2, 2, 3, scheme="bnn", estimator="tanh")
+
+
 def test_stochastic_sign_has_the_hard_sigmoid_probability():
     torch.manual_seed(0)
     x = torch.tensor([-1.5, -0.5, 0.0, 0.6, 1.2]).repeat(20000, 1)
@@ -71,7 +151,7 @@ def test_binary_conv_matches_its_formula(scheme):
         assert torch.allclose(conv(x), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("scheme", ["bwn", "bnn", "xnor"])
+@pytest.mark.parametrize("scheme", ["bwn", "bnn", "xnor", "bireal"])
 def test_binary_linear_matches_its_formula(scheme):
     layer = B.BinaryLinear(20, 6, scheme=scheme).eval()
     x = torch.randn(4, 20)
