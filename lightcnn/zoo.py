@@ -498,7 +498,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
 # Pruned models: a longer fine-tuning schedule, paid once per machine (chapter 04)
 # ---------------------------------------------------------------------------------------
 
-PRUNING_METHODS = ("agp", "l1", "slimming")
+PRUNING_METHODS = ("agp", "l1", "slimming", "finetune")
 
 
 def _pruning_code_hash() -> str:
@@ -526,6 +526,8 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
         ``"l1"``: the same fraction of every layer's channels removed by filter L1 norm
             (Li et al.), the smallest ratio in steps of 0.05 that leaves at most
             ``macs_share`` of the MACs (``channel_pruning.ratio_for_macs``), then fine-tuned.
+        ``"finetune"``: nothing removed, the same fine-tuning: the control that separates
+            a technique's effect from its extra training.
         ``"slimming"``: network slimming (Liu et al.): ``penalty_epochs`` of fine-tuning
             with ``penalty * sum |gamma|`` on the batch-norm scales, then channels cut
             by one global threshold on ``|gamma|`` at the smallest ratio leaving
@@ -551,14 +553,20 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     for arg, value in (("epochs", epochs), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (arg == "epochs"):
             raise ValueError(f"{arg} must be an int >= {int(arg == 'epochs')}, got {value!r}")
-    wanted, unwanted = (("sparsity", "macs_share") if method == "agp"
-                        else ("macs_share", "sparsity"))
-    value = sparsity if method == "agp" else macs_share
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 < value < 1:
-        raise ValueError(f"method {method!r} needs {wanted} in (0, 1), got {value!r}")
-    if (macs_share if method == "agp" else sparsity) is not None:
-        raise ValueError(f"method {method!r} does not take {unwanted}")
+    if method == "finetune":   # the control: the same fine-tuning, nothing removed
+        for arg, given in (("sparsity", sparsity), ("macs_share", macs_share)):
+            if given is not None:
+                raise ValueError(f"method 'finetune' does not take {arg}")
+        wanted, value = None, None
+    else:
+        wanted, unwanted = (("sparsity", "macs_share") if method == "agp"
+                            else ("macs_share", "sparsity"))
+        value = sparsity if method == "agp" else macs_share
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value < 1:
+            raise ValueError(f"method {method!r} needs {wanted} in (0, 1), got {value!r}")
+        if (macs_share if method == "agp" else sparsity) is not None:
+            raise ValueError(f"method {method!r} does not take {unwanted}")
     if method == "slimming":
         if isinstance(penalty_epochs, bool) or not isinstance(penalty_epochs, int) \
                 or penalty_epochs < 1:
@@ -571,7 +579,9 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
 
     budget = budget or get_budget()
-    settings = {"method": method, wanted: value, "epochs": epochs, "lr": lr, "seed": seed}
+    settings = {"method": method, "epochs": epochs, "lr": lr, "seed": seed}
+    if wanted is not None:
+        settings[wanted] = value
     if method == "slimming":
         settings.update(penalty=penalty, penalty_epochs=penalty_epochs)
     if _zoo_budget(budget) and base.zoo_name is not None:
@@ -606,7 +616,9 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
 
     model = copy.deepcopy(base.model)
     info: dict = {"method": method}
-    if method == "agp":
+    if method == "finetune":
+        history = finetune(model, epochs)
+    elif method == "agp":
         steps = epochs * len(train_loader)
         pruner = pruning.AGPPruner(value, total_steps=int(0.75 * steps),
                                    frequency=max(1, steps // 100))

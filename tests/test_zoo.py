@@ -228,6 +228,18 @@ def test_get_pruned_retrains_a_corrupted_entry(tiny_base, tiny_budget):
     assert second.trained_now and _same_state(second.model, first.model)
 
 
+def test_finetune_control_trains_the_same_schedule_and_removes_nothing(tiny_base, tiny_budget):
+    control = lc.zoo.get_pruned(tiny_base, "finetune", epochs=1, budget=tiny_budget,
+                                progress=False)
+    base_state, state = tiny_base.model.state_dict(), control.model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in base_state.items()}
+    assert not _same_state(control.model, tiny_base.model)       # it did train
+    assert control.info == {"method": "finetune"} and len(control.history.test_accuracy) == 1
+    agp = lc.zoo.get_pruned(tiny_base, "agp", epochs=1, sparsity=0.5, budget=tiny_budget,
+                            progress=False)
+    assert control.history.lr == agp.history.lr                   # the same schedule
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(method="agp"), ValueError, r"'agp' needs sparsity in \(0, 1\)"),
     (dict(method="agp", sparsity=1.0), ValueError, "needs sparsity"),
@@ -237,6 +249,9 @@ def test_get_pruned_retrains_a_corrupted_entry(tiny_base, tiny_budget):
     (dict(method="slimming", macs_share=0.5), ValueError, "penalty_epochs"),
     (dict(method="slimming", macs_share=0.5, penalty_epochs=1, penalty=0), ValueError, "penalty must be"),
     (dict(method="taylor", macs_share=0.5), ValueError, "method must be one of"),
+    (dict(method="finetune", sparsity=0.5), ValueError, "'finetune' does not take sparsity"),
+    (dict(method="finetune", macs_share=0.5), ValueError, "does not take macs_share"),
+    (dict(method="finetune", penalty_epochs=1), ValueError, "does not take penalty_epochs"),
     (dict(method="l1", macs_share=0.5, epochs=0), ValueError, "epochs must be an int >= 1"),
     (dict(method="l1", macs_share=0.5, lr=-1), ValueError, "lr must be"),
 ])
