@@ -428,3 +428,20 @@ def test_every_shipped_model_loads_checked_and_scores_its_manifest(shipped_zoo):
 def test_shipped_zoo_size_is_bounded(shipped_zoo):
     total = sum(p.stat().st_size for p in shipped_zoo.glob("*") if p.is_file())
     assert total <= 40 * 2**20, f"the zoo is {total / 2**20:.1f} MiB, over the 40 MiB budget"
+
+
+def test_entries_are_consistent():
+    model = lc.create_model("baseline_cnn")
+    assert zoo.SPARSITY_12X == lc.pruning.sparsity_for_ratio(model, 12)   # what chapter 04 asks
+    for entry in zoo.ENTRIES.values():
+        assert entry.model in lc.list_models()
+        assert all(d in zoo.ENTRIES for d in entry.dependencies())
+        assert (entry.prune is None) == (entry.pruned_from is None)
+        if entry.prune is not None:
+            assert entry.prune["method"] in zoo.PRUNING_METHODS
+            assert entry.prune["epochs"] == entry.epochs
+    one = zoo.ZooEntry("a", "lenet5", zoo.RECIPES["lenet5"], version=1, epochs=1)
+    with pytest.raises(ValueError, match="defined twice"):
+        zoo._entries(one, one)
+    with pytest.raises(ValueError, match="needs 'b', defined later"):
+        zoo._entries(dataclasses.replace(one, init_from="b"))
