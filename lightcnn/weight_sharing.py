@@ -60,8 +60,15 @@ def _check_seed(seed: int) -> int:
 def _kmeans_plus_plus(w: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """``k`` starting centroids drawn from ``w`` by D^2 sampling (Arthur & Vassilvitskii 2007):
     the first uniformly, each next one with probability ``D(x)^2 / sum D^2``, ``D(x)`` the
-    distance from ``x`` to its nearest centroid so far."""
+    distance from ``x`` to its nearest centroid so far.
+
+    Each draw costs a pass over the weights, ``k`` passes in all; above ``256 k`` weights
+    they are drawn from a seeded sample of ``256 k`` (faiss trains its k-means on at most
+    256 points per centroid the same way), and Lloyd's steps then use every weight.
+    """
     g = torch.Generator().manual_seed(seed)
+    if w.numel() > 256 * k:
+        w = w[torch.randperm(w.numel(), generator=g)[:256 * k]]
     chosen = [w[torch.randint(w.numel(), (1,), generator=g)].item()]
     d2 = (w - chosen[0]) ** 2
     for _ in range(k - 1):
@@ -79,20 +86,25 @@ def _kmeans_plus_plus(w: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def _reseed_empty(w: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each empty cluster's centroid onto the weight farthest from its own centroid,
-    one at a time, and reassign. That weight's squared error drops to 0, so the total
-    error falls; stops when every weight sits on a centroid (fewer distinct values than
-    centroids: the rest stay empty)."""
+    """Move the centroids of empty clusters onto the distinct weights farthest from their
+    own centroids (as scikit-learn relocates them), and reassign. Those weights' squared
+    errors drop to 0, so the total error falls; with fewer distinct values than centroids
+    the surplus stays empty."""
     k = codebook.numel()
-    for _ in range(k):
+    for _ in range(k):                    # a reassignment may empty another: rarely loops
         empty = torch.nonzero(torch.bincount(indices, minlength=k) == 0).flatten()
         if empty.numel() == 0:
             break
-        error = (w - codebook[indices]) ** 2
-        if error.max() == 0:
-            break
+        # the largest error of each distinct value, so two centroids never land on one value
+        values, inverse = torch.unique(w, return_inverse=True)
+        error = torch.zeros_like(values).scatter_reduce_(
+            0, inverse, (w - codebook[indices]) ** 2, "amax")
+        worst = torch.topk(error, min(empty.numel(), values.numel()))
+        targets = values[worst.indices[worst.values > 0]]
+        if targets.numel() == 0:
+            break                         # every weight sits on a centroid already
         codebook = codebook.clone()
-        codebook[empty[0]] = w[int(error.argmax())]
+        codebook[empty[:targets.numel()]] = targets
         indices = _nearest_1d(w, codebook)
     return codebook, indices
 
@@ -103,19 +115,21 @@ def cluster_weights(weight: torch.Tensor, bits: int, iters: int = 20, init: str 
     minimising ``sum_i (w_i - c_{I_i})^2``, every centroid used where it can be.
 
     Each step assigns every weight to its nearest centroid and moves each centroid to the
-    mean of its weights, until no assignment changes or after ``iters`` steps. A cluster
-    left empty (by the start or by a step) gets its centroid moved onto the weight with the
-    largest error, so when ``weight`` has at least ``k`` distinct values all ``k``
-    codewords are used; a fixed start alone leaves many unused (evenly spaced centroids:
-    11 of 16 on 25 Gaussian values, 207 of 256 on a Gaussian conv layer at 8 bits).
+    mean of its weights, until no assignment changes or after ``iters`` steps. Clusters
+    left empty (by the start or by a step) get their centroids moved onto the distinct
+    weights with the largest errors, so when ``weight`` has at least ``k`` distinct values
+    all ``k`` codewords are used; a fixed start alone leaves many unused (evenly spaced
+    centroids: 11 of 16 on 25 Gaussian values, 207 of 256 on a Gaussian conv layer at 8
+    bits).
 
     Starts (``init``):
         ``"kmeans++"``: centroids drawn from the weights by D^2 sampling, seeded by
             ``seed``. A weight far from every centroid chosen so far is the likeliest next
             pick, so the rare large weights still get centroids of their own.
         ``"density"``: centroids at evenly spaced quantiles of the weights: most of them
-            where the weights are dense, few on the large ones (on a Gaussian layer at 8
-            bits and 20 steps its error is 3x the linear start's, 8x k-means++'s).
+            where the weights are dense, few on the large ones (on a Gaussian conv layer
+            at 8 bits and 20 steps its error is 3x that of the linear start without
+            reseeding, 8x k-means++'s).
         ``"linear"``: evenly spaced over ``[min, max]`` (Han et al.'s choice; without
             empty clusters the result equals :func:`lightcnn.quantization.kmeans_codebook`).
 

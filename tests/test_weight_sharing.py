@@ -190,9 +190,9 @@ def test_keep_zeros_rejects_an_empty_layer_and_a_non_bool():
 # The k-means start: every codeword used, error no worse than Han's linear start
 # ---------------------------------------------------------------------------------------
 
-def _gaussian_conv(bits_seed=0):
+def _gaussian_conv(seed=0):
     """A conv layer with Gaussian weights (64 x 32 x 3 x 3, std 0.05)."""
-    torch.manual_seed(bits_seed)
+    torch.manual_seed(seed)
     conv = nn.Conv2d(32, 64, 3)
     with torch.no_grad():
         conv.weight.normal_(0.0, 0.05)
@@ -201,7 +201,8 @@ def _gaussian_conv(bits_seed=0):
 
 # (tensor, bits): 25 values at 4 bits, where the linear start used 11 to 13 of 16
 # codewords, and a Gaussian conv at 8 bits (207 of 256)
-CASES = {f"25_values_seed{s}": (lambda s=s: torch.randn(25, generator=torch.Generator().manual_seed(s)), 4)
+CASES = {f"25_values_seed{s}":
+         (lambda s=s: torch.randn(25, generator=torch.Generator().manual_seed(s)), 4)
          for s in range(5)}
 CASES["gaussian_conv_8_bits"] = (lambda: _gaussian_conv().weight.detach(), 8)
 
