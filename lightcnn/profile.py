@@ -12,6 +12,10 @@ can be cross-checked against thop (which also counts batch norm and pooling).
 Latency is measured, never estimated: warm-up passes, then ``repeats`` timed forward
 passes in inference mode with a fixed thread count; the median and the interquartile
 range (IQR) are reported, at batch 1 (a single request) and batch 256 (throughput).
+Models compared with each other are timed round-robin in one loop, and a speed-up is the
+ratio of their medians. A latency or a speed-up whose IQR is more than
+:data:`STABLE_RELATIVE_IQR` (20%) of its median is flagged unstable: tables mark it with
+``?`` and the book does not quote it as a result (book/benchmarking.md).
 
 Taught in chapters/01_cnn_basics.
 """
@@ -20,13 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gzip
+import html
 import io
+import itertools
 import math
 import os
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,13 +44,29 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
-    "count_macs_thop", "model_size_bytes", "Latency", "measure_latency", "time_interleaved",
+    "count_macs_thop", "model_size_bytes", "STABLE_RELATIVE_IQR", "MIN_SAMPLE_MS", "MAX_NUMBER",
+    "Latency", "Ratio", "speedup", "speedups", "measure_latency", "time_interleaved",
     "compare_latency", "profile_model", "profile_models",
-    "Table", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
+    "Table", "UNSTABLE", "UNSTABLE_NOTE", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
 ]
 
 # One Fashion-MNIST image: (channels, height, width).
 INPUT_SHAPE = (1, 28, 28)
+
+# A latency or a speed-up whose IQR is above this share of its median is not a result.
+STABLE_RELATIVE_IQR = 0.20
+# With number=None, a timed sample runs enough passes to last at least this long: one
+# pass of a small model at batch 1 is well under a millisecond, where the scheduler's and
+# the clock's granularity are a large part of each sample.
+MIN_SAMPLE_MS = 1.0
+# until_stable doubles the passes per sample of an unstable call up to this many.
+MAX_NUMBER = 64
+
+# The clock every timing here reads (tests replace it with a fake one).
+_clock = time.perf_counter
+# Each time_interleaved call numbers its rounds' samples with a new run id, so that
+# speedup() pairs two calls' samples round by round only when they were timed together.
+_run_ids = itertools.count(1)
 
 
 def _check_model(model: nn.Module) -> None:
@@ -195,9 +219,23 @@ def _quiet_native_stderr():
         os.close(saved)
 
 
+def _relative(spread: float, center: float) -> float:
+    """``spread / center``; infinite when the center is 0 and the spread is not."""
+    if center > 0:
+        return spread / center
+    return 0.0 if spread == 0 else math.inf
+
+
 @dataclass(frozen=True)
 class Latency:
-    """Latency of one forward pass, in milliseconds, over ``repeats`` timed runs."""
+    """Latency of one forward pass, in milliseconds, over ``repeats`` timed samples.
+
+    A sample is ``number`` passes run back to back, timed together and divided by
+    ``number``. ``run`` identifies the :func:`time_interleaved` call that took the samples
+    (latencies with the same ``run`` were timed round-robin, sample ``i`` of each in round
+    ``i``); ``outcome`` is ``"once"`` when the samples were taken once, ``"stable"`` or
+    ``"cap"`` when they were retaken until stable (see :func:`time_interleaved`).
+    """
 
     median_ms: float
     q1_ms: float
@@ -206,20 +244,120 @@ class Latency:
     threads: int
     repeats: int
     times_ms: tuple[float, ...] = ()
+    number: int = 1
+    run: int | None = None
+    outcome: str = "once"
 
     @property
     def iqr_ms(self) -> float:
-        """Interquartile range: the spread of the middle half of the runs."""
+        """Interquartile range: the spread of the middle half of the samples."""
         return self.q3_ms - self.q1_ms
 
+    @property
+    def relative_iqr(self) -> float:
+        """``IQR / median``: the spread as a share of the latency."""
+        return _relative(self.iqr_ms, self.median_ms)
+
+    @property
+    def stable(self) -> bool:
+        """The IQR is at most :data:`STABLE_RELATIVE_IQR` of the median."""
+        return self.relative_iqr <= STABLE_RELATIVE_IQR
+
     def __str__(self) -> str:
-        return (f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f} ms) at batch "
-                f"{self.batch_size}, {self.threads} threads, {self.repeats} runs")
+        passes = f", {self.number} passes per sample" if self.number > 1 else ""
+        flag = ("" if self.stable else
+                f"; UNSTABLE: IQR {100 * self.relative_iqr:.0f}% of the median, not a result")
+        return (f"{self.median_ms:.3f} ms{'' if self.stable else '?'} (IQR {self.iqr_ms:.3f} ms) "
+                f"at batch {self.batch_size}, {self.threads} threads, {self.repeats} runs"
+                f"{passes}{flag}")
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """How many times faster a model ran than its baseline, and how sure that is.
+
+    ``value = baseline median / model median``: the number the book quotes. The spread
+    comes from the ratios of single samples, ``baseline_i / model_i``: round by round
+    when the two were timed in one round-robin loop (``paired``), else over every pair of
+    samples. Their quartiles are ``q1`` and ``q3``, their median ``median``.
+    """
+
+    value: float
+    q1: float
+    q3: float
+    median: float
+    paired: bool
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range of the sample ratios."""
+        return self.q3 - self.q1
+
+    @property
+    def relative_iqr(self) -> float:
+        """``IQR / median`` of the sample ratios."""
+        return _relative(self.iqr, self.median)
+
+    @property
+    def stable(self) -> bool:
+        """The IQR is at most :data:`STABLE_RELATIVE_IQR` of the median: a result."""
+        return self.relative_iqr <= STABLE_RELATIVE_IQR
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f}x" + ("" if self.stable else "?")
+
+
+def _check_latency(latency: object, arg: str) -> None:
+    if not isinstance(latency, Latency):
+        raise TypeError(f"{arg} must be a Latency, got {type(latency).__name__}")
+    if not latency.times_ms or min(latency.times_ms) <= 0:
+        raise ValueError(f"{arg} must carry its sample times, all > 0 ms, got "
+                         f"{len(latency.times_ms)} samples, minimum "
+                         f"{min(latency.times_ms, default=None)}")
+
+
+def speedup(baseline: Latency, model: Latency) -> Ratio:
+    """``baseline`` median / ``model`` median (>1: the model is faster), with the spread of
+    the ratio (see :class:`Ratio`).
+
+    Two latencies from one :func:`time_interleaved` call (same ``run``, same number of
+    samples) are paired round by round: the ratio of the two calls in round ``i`` shares
+    that round's conditions, so a drift of the machine's speed cancels out of it. Others
+    are combined in every pair of samples, which keeps all of both spreads.
+
+    Raises:
+        TypeError: an argument is not a :class:`Latency`.
+        ValueError: a latency has no sample times, or a sample of 0 ms.
+    """
+    _check_latency(baseline, "baseline")
+    _check_latency(model, "model")
+    paired = (baseline.run is not None and baseline.run == model.run
+              and len(baseline.times_ms) == len(model.times_ms))
+    if paired:
+        ratios = [b / m for b, m in zip(baseline.times_ms, model.times_ms)]
+    else:
+        ratios = [b / m for b in baseline.times_ms for m in model.times_ms]
+    q1, median, q3 = _quartiles(ratios)
+    return Ratio(baseline.median_ms / model.median_ms, q1, q3, median, paired)
+
+
+def speedups(latency: Mapping[str, Latency], baseline: str) -> dict[str, Ratio]:
+    """:func:`speedup` of every entry of ``latency`` (as from :func:`compare_latency`) over
+    the one named ``baseline`` (its own ratio is 1)."""
+    if not isinstance(latency, Mapping) or not latency:
+        raise ValueError("latency must be a non-empty dict of name -> Latency")
+    if baseline not in latency:
+        raise ValueError(f"baseline {baseline!r} is not among {list(latency)}")
+    return {name: speedup(latency[baseline], lat) for name, lat in latency.items()}
 
 
 def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[int, ...] = INPUT_SHAPE,
                     threads: int = 2, warmup: int = 10, repeats: int = 50,
-                    example: torch.Tensor | None = None) -> Latency:
+                    example: torch.Tensor | None = None, number: int | None = 1,
+                    until_stable: bool = False, max_number: int = MAX_NUMBER) -> Latency:
     """Median wall time of ``model(x)`` for a ``(batch_size, *input_shape)`` input.
 
     The model runs in eval and inference mode, with deterministic algorithms off (as
@@ -228,25 +366,54 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
 
     Args:
         example: an input to use instead of random data (its batch size wins).
+        number, until_stable, max_number: passes per timed sample, and whether to retake
+            the samples until they are stable (see :func:`time_interleaved`).
     """
     _check_run(model, input_shape, batch_size, threads, warmup, repeats)
     x = example if example is not None else torch.randn(batch_size, *input_shape)
     with _inference(model, threads):
         return time_interleaved({"model": lambda: model(x)}, threads, warmup, repeats,
-                                len(x))["model"]
+                                len(x), number, until_stable, max_number)["model"]
 
 
-def _latency(times: list[float], batch_size: int, threads: int) -> Latency:
-    if len(times) >= 2:
-        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) >= 2:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     else:
-        q1 = q3 = times[0]
-    return Latency(statistics.median(times), q1, q3, batch_size, threads, len(times),
-                   tuple(times))
+        q1 = q3 = values[0]
+    return q1, statistics.median(values), q3
+
+
+def _latency(times: list[float], batch_size: int, threads: int, number: int = 1,
+             run: int | None = None) -> Latency:
+    q1, median, q3 = _quartiles(times)
+    return Latency(median, q1, q3, batch_size, threads, len(times), tuple(times), number, run)
+
+
+def _check_repeat_args(number: int | None, until_stable: bool, max_number: int) -> None:
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int)
+                               or number < 1):
+        raise ValueError(f"number must be None or an int >= 1, got {number!r}")
+    if not isinstance(until_stable, bool):
+        raise ValueError(f"until_stable must be True or False, got {until_stable!r}")
+    if isinstance(max_number, bool) or not isinstance(max_number, int) or max_number < 1:
+        raise ValueError(f"max_number must be an int >= 1, got {max_number!r}")
+
+
+def _passes_for(seconds: list[float], max_number: int) -> int:
+    """The smallest power of two (up to ``max_number``) of passes that last
+    :data:`MIN_SAMPLE_MS`, for a call whose warm-up passes took ``seconds`` each."""
+    per_pass_ms = 1000.0 * statistics.median(seconds)
+    number = 1
+    while number * per_pass_ms < MIN_SAMPLE_MS and number < max_number:
+        number *= 2
+    return min(number, max_number)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, warmup: int = 10,
-                     repeats: int = 50, batch_size: int = 1) -> dict[str, Latency]:
+                     repeats: int = 50, batch_size: int = 1, number: int | None = 1,
+                     until_stable: bool = False,
+                     max_number: int = MAX_NUMBER) -> dict[str, Latency]:
     """Time several calls side by side: each round runs every call once, round-robin.
 
     A ratio of two medians measured one after the other also measures what changed in
@@ -254,9 +421,22 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
     such drift over all calls alike. The order is rotated every round so no call always
     runs right after the same other one.
 
+    A sample is ``number`` calls back to back, timed together; its time divided by
+    ``number`` is what the :class:`Latency` records. A longer sample averages out jitter
+    shorter than itself; taking more samples does not, since the IQR of many samples
+    estimates the spread of one sample, it does not shrink it. So ``until_stable``
+    retakes the samples with twice the ``number`` of every unstable call (IQR above
+    :data:`STABLE_RELATIVE_IQR` of its median; all calls are retaken, so they stay
+    paired round by round) until every call is stable or an unstable one has reached
+    ``max_number``. Each latency's ``outcome`` then says ``"stable"`` or ``"cap"``.
+
     Args:
         fns: name -> a call without arguments (e.g. ``lambda: model(x)``).
         batch_size: recorded in each :class:`Latency` (the calls choose their inputs).
+        number: calls per timed sample; ``None`` picks, per call, the smallest power of
+            two whose calls last :data:`MIN_SAMPLE_MS` (from the warm-up's times).
+        until_stable: retake the samples until stable, as above.
+        max_number: the most calls per sample that ``None`` or ``until_stable`` choose.
     """
     if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
         raise ValueError("fns must be a non-empty dict of name -> callable")
@@ -264,35 +444,65 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
                             ("repeats", repeats, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    _check_repeat_args(number, until_stable, max_number)
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for _ in range(warmup):
+        warm: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(warmup if warmup or number is not None else 1):
             for n in names:
+                start = _clock()
                 fns[n]()
-        for r in range(repeats):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter()
-                fns[n]()
-                times[n].append((time.perf_counter() - start) * 1000.0)
+                warm[n].append(_clock() - start)
+        numbers = ({n: _passes_for(warm[n], max_number) for n in names} if number is None
+                   else dict.fromkeys(names, number))
+        while True:
+            result = _rounds(fns, names, numbers, repeats, batch_size, threads)
+            unstable = [n for n in names if not result[n].stable]
+            if not until_stable or not unstable or all(numbers[n] >= max_number for n in unstable):
+                break
+            for n in unstable:
+                numbers[n] = min(2 * numbers[n], max_number)
     finally:
         torch.set_num_threads(previous)
-    return {n: _latency(times[n], batch_size, threads) for n in names}
+    if until_stable:
+        result = {n: dataclasses.replace(lat, outcome="stable" if lat.stable else "cap")
+                  for n, lat in result.items()}
+    return result
+
+
+def _rounds(fns: dict[str, Callable[[], object]], names: list[str], numbers: dict[str, int],
+            repeats: int, batch_size: int, threads: int) -> dict[str, Latency]:
+    """``repeats`` round-robin rounds, the order rotated every round."""
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fn, k = fns[n], numbers[n]
+            start = _clock()
+            for _ in range(k):
+                fn()
+            times[n].append((_clock() - start) * 1000.0 / k)
+    run = next(_run_ids)
+    return {n: _latency(times[n], batch_size, threads, numbers[n], run) for n in names}
 
 
 def compare_latency(models: dict[str, nn.Module], batch_size: int = 1,
                     input_shape: tuple[int, ...] = INPUT_SHAPE, threads: int = 2,
                     warmup: int = 10, repeats: int = 50,
-                    example: torch.Tensor | None = None) -> dict[str, Latency]:
+                    example: torch.Tensor | None = None, number: int | None = 1,
+                    until_stable: bool = False,
+                    max_number: int = MAX_NUMBER) -> dict[str, Latency]:
     """Latency of several models measured round-robin on one input (see
     :func:`time_interleaved`), each as deployed (eval, inference mode, deterministic mode
-    off): every "x times faster" in the book is a ratio of medians taken this way.
+    off): every "x times faster" in the book is a ratio of medians taken this way, and
+    :func:`speedups` gives those ratios with their stability.
 
     Args:
         models: name -> model (a compiled or packed model too).
         example: an input to use instead of random data (its batch size wins).
+        number, until_stable, max_number: passes per timed sample, and whether to retake
+            the samples until they are stable (see :func:`time_interleaved`).
     """
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict of name -> nn.Module")
@@ -303,7 +513,8 @@ def compare_latency(models: dict[str, nn.Module], batch_size: int = 1,
         for model in models.values():
             stack.enter_context(_inference(model, threads))
         fns = {name: (lambda m=model: m(x)) for name, model in models.items()}
-        return time_interleaved(fns, threads, warmup, repeats, len(x))
+        return time_interleaved(fns, threads, warmup, repeats, len(x), number, until_stable,
+                                max_number)
 
 
 def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
@@ -311,11 +522,15 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
                   input_shape: tuple[int, ...] = INPUT_SHAPE, batch_sizes: tuple[int, ...] = (1, 256),
                   threads: int = 2, warmup: int = 10, repeats: int = 50,
                   macs: int | None = None, size_bytes: int | None = None,
-                  size_gzip_bytes: int | None = None) -> dict:
+                  size_gzip_bytes: int | None = None, number: int | None = 1,
+                  until_stable: bool = False) -> dict:
     """One row of a comparison table: accuracy, counts, bytes and latency of ``model``.
 
     To compare several models, use :func:`profile_models`: it times them side by side,
     so their latency ratios do not also measure what changed between two measurements.
+    At each batch size ``b`` the row holds ``latency_ms_b{b}`` (the median),
+    ``latency_iqr_ms_b{b}``, ``latency_passes_b{b}`` (passes per timed sample) and
+    ``speedup_relative_iqr_b{b}`` (``None`` here: no baseline was timed with it).
 
     Args:
         name: the row's name; ``baseline`` names the row it is compared with.
@@ -326,16 +541,26 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
         size_bytes: pass the bytes when the model is stored in another format than
             ``torch.save``'s dense one (e.g. a sparse file); ``size_gzip_bytes`` likewise
             (``None`` with ``size_bytes`` given: not reported).
+        number, until_stable: passes per timed sample, and whether to retake the samples
+            until they are stable (see :func:`time_interleaved`).
     """
     row = _counts_row(model, name, accuracy, baseline, input_shape, macs, size_bytes,
                       size_gzip_bytes)
     for b in batch_sizes:
-        lat = measure_latency(model, b, input_shape, threads, warmup, repeats)
-        row[f"latency_ms_b{b}"] = lat.median_ms
-        row[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
+        lat = measure_latency(model, b, input_shape, threads, warmup, repeats,
+                              number=number, until_stable=until_stable)
+        _latency_fields(row, b, lat, None)
     row["threads"] = threads
     row["budget"] = budget
     return row
+
+
+def _latency_fields(row: dict, b: int, lat: Latency, ratio: Ratio | None) -> None:
+    """A row's latency fields at batch ``b`` (the same keys in every row)."""
+    row[f"latency_ms_b{b}"] = lat.median_ms
+    row[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
+    row[f"latency_passes_b{b}"] = lat.number
+    row[f"speedup_relative_iqr_b{b}"] = None if ratio is None else ratio.relative_iqr
 
 
 def _counts_row(model: nn.Module, name: str, accuracy: float | None, baseline: str | None,
@@ -362,12 +587,16 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
                    batch_sizes: tuple[int, ...] = (1, 256), threads: int = 2, warmup: int = 10,
                    repeats: int = 50, macs: dict[str, int] | None = None,
                    size_bytes: dict[str, int] | None = None,
-                   size_gzip_bytes: dict[str, int] | None = None) -> list[dict]:
+                   size_gzip_bytes: dict[str, int] | None = None, number: int | None = 1,
+                   until_stable: bool = False) -> list[dict]:
     """Rows of :func:`profile_model` for several models, their latency timed side by side.
 
     At each batch size the models run round-robin in one loop (:func:`compare_latency`),
     so a ratio of two rows' medians, ``baseline_ms / model_ms``, compares runs taken
-    under the same conditions.
+    under the same conditions. When the baseline is one of ``models``, each other row's
+    ``speedup_relative_iqr_b{b}`` is the relative IQR of that ratio, round by round
+    (:func:`speedup`); :func:`compare` marks it when it is above
+    :data:`STABLE_RELATIVE_IQR`.
 
     Args:
         models: row name -> model, in the order of the rows.
@@ -376,6 +605,8 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
             row gets ``baseline=None``) or a row measured elsewhere.
         macs, size_bytes, size_gzip_bytes: row name -> the value to report instead of the
             counted one (see :func:`profile_model`).
+        number, until_stable: passes per timed sample, and whether to retake the samples
+            until they are stable (see :func:`time_interleaved`).
 
     Raises:
         ValueError: ``models`` is empty or not a dict, or a per-row dict names a row that
@@ -397,10 +628,12 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
                               per_row["size_gzip_bytes"].get(name))
             for name, model in models.items()}
     for b in batch_sizes:
-        latency = compare_latency(models, b, input_shape, threads, warmup, repeats)
+        latency = compare_latency(models, b, input_shape, threads, warmup, repeats,
+                                  number=number, until_stable=until_stable)
         for name, row in rows.items():
-            row[f"latency_ms_b{b}"] = latency[name].median_ms
-            row[f"latency_iqr_ms_b{b}"] = latency[name].iqr_ms
+            ratio = (speedup(latency[baseline], latency[name])
+                     if baseline in latency and name != baseline else None)
+            _latency_fields(row, b, latency[name], ratio)
     for row in rows.values():
         row["threads"] = threads
         row["budget"] = budget
@@ -417,17 +650,34 @@ def _fmt_count(n: float, spec: str = ".2f", plain: str = ".0f") -> str:
     return f"{n:{plain}}"
 
 
-class Table:
-    """A list of row dicts shown as a fixed-precision table (HTML in notebooks, text else)."""
+# A row's set of column keys whose values are unstable; Table marks those cells with '?'.
+UNSTABLE = "unstable"
+# The footnote under a table with unstable cells.
+UNSTABLE_NOTE = (f"? unstable: IQR above {100 * STABLE_RELATIVE_IQR:.0f}% of the median "
+                 "(of a speed-up: of its sample ratios); not a result, time it again")
 
-    def __init__(self, rows: list[dict], columns: list[tuple[str, str, callable]]):
+
+class Table:
+    """A list of row dicts shown as a fixed-precision table (HTML in notebooks, text else).
+
+    A cell whose key is in its row's ``UNSTABLE`` set ends in ``?``; ``notes`` are lines
+    printed under the table (:data:`UNSTABLE_NOTE` is added when a cell is marked).
+    """
+
+    def __init__(self, rows: list[dict], columns: list[tuple[str, str, callable]],
+                 notes: tuple[str, ...] = ()):
         self.rows = rows
         self.columns = columns  # (key, header, formatter)
+        marked = any(key in row.get(UNSTABLE, ()) and row.get(key) is not None
+                     for row in rows for key, _, _ in columns)
+        self.notes = tuple(notes) + ((UNSTABLE_NOTE,) if marked else ())
 
     def cells(self) -> list[list[str]]:
         out = []
         for row in self.rows:
-            out.append([fmt(row.get(key)) if row.get(key) is not None else "-"
+            flagged = row.get(UNSTABLE, ())
+            out.append([fmt(row.get(key)) + ("?" if key in flagged else "")
+                        if row.get(key) is not None else "-"
                         for key, _, fmt in self.columns])
         return out
 
@@ -439,7 +689,7 @@ class Table:
         line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
                                        for i, (c, w) in enumerate(zip(cells, widths)))
         return "\n".join([line(headers), line(["-" * w for w in widths])]
-                         + [line(r) for r in body])
+                         + [line(r) for r in body] + list(self.notes))
 
     __repr__ = __str__
 
@@ -447,7 +697,35 @@ class Table:
         head = "".join(f"<th>{h}</th>" for _, h, _ in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
                        for r in self.cells())
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+def _unstable_latencies(row: dict, ref: dict | None) -> set[str]:
+    """The latency and speed-up columns of ``row`` (against ``ref``) that are unstable.
+
+    A latency: its IQR over its median. A speed-up: the relative IQR of its sample ratios
+    when the row carries it (``speedup_relative_iqr_b{b}``, from :func:`profile_models`);
+    else the two latencies' relative IQRs added in quadrature, the spread of a ratio of
+    two independent measurements.
+    """
+    def relative(r: dict, b: int) -> float | None:
+        median, iqr = r.get(f"latency_ms_b{b}"), r.get(f"latency_iqr_ms_b{b}")
+        return None if not median or iqr is None else _relative(iqr, median)
+
+    out = set()
+    for b in (1, 256):
+        own = relative(row, b)
+        if own is not None and own > STABLE_RELATIVE_IQR:
+            out.add(f"latency_ms_b{b}")
+        if ref is None:
+            continue
+        ratio = row.get(f"speedup_relative_iqr_b{b}")
+        if ratio is None and own is not None and relative(ref, b) is not None:
+            ratio = math.hypot(own, relative(ref, b))
+        if ratio is not None and ratio > STABLE_RELATIVE_IQR:
+            out.add(f"x_latency_ms_b{b}")
+    return out
 
 
 def compare(rows: list[dict]) -> Table:
@@ -455,6 +733,8 @@ def compare(rows: list[dict]) -> Table:
 
     Ratios: accuracy change in percentage points; params, nonzero params, MACs and bytes as
     "x times smaller" (baseline / row); latency as speed-up (baseline / row, >1 is faster).
+    An unstable latency or speed-up (IQR above :data:`STABLE_RELATIVE_IQR` of its median;
+    for a speed-up, see ``_unstable_latencies``) ends in ``?``, with a footnote.
 
     Raises:
         ValueError: a row names a baseline that is not among the rows.
@@ -474,6 +754,7 @@ def compare(rows: list[dict]) -> Table:
             for key in ("nonzero_params", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b256"):
                 if row.get(key) and ref.get(key):
                     row[f"x_{key}"] = ref[key] / row[key]
+        row[UNSTABLE] = _unstable_latencies(row, by_name[base] if base is not None else None)
         enriched.append(row)
     pct = lambda v: f"{100 * v:.2f}%"
     ratio = lambda v: f"{v:.2f}x"

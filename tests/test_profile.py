@@ -275,3 +275,169 @@ def test_profile_models_with_an_outside_baseline_and_bad_arguments():
         lc.profile_models({"a": model}, macs=[1], batch_sizes=())
     with pytest.raises(ValueError, match="repeats must be an int >= 1"):
         lc.profile_models({"a": model}, repeats=0)
+
+
+# --- stability: fake clocks ------------------------------------------------------------
+
+class FakeClock:
+    """A clock that moves only when a fake call says how long it took."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+def _cycling(clock: FakeClock, durations_ms: list[float]):
+    """A call whose k-th run takes durations_ms[k % len] on the fake clock."""
+    state = {"k": 0}
+
+    def fn():
+        clock.call(durations_ms[state["k"] % len(durations_ms)])
+        state["k"] += 1
+    return fn
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(lc.profile, "_clock", fake)
+    return fake
+
+
+def test_steady_calls_are_stable_and_their_ratio_is_exact(clock):
+    lat = lc.time_interleaved({"slow": _cycling(clock, [4.0]), "fast": _cycling(clock, [2.0])},
+                              threads=1, warmup=1, repeats=9)
+    assert lat["slow"].median_ms == pytest.approx(4.0) and lat["slow"].iqr_ms == pytest.approx(0)
+    assert lat["slow"].stable and lat["slow"].relative_iqr == pytest.approx(0)
+    assert lat["slow"].outcome == "once" and lat["slow"].number == 1
+    ratio = lc.profile.speedup(lat["slow"], lat["fast"])
+    assert ratio.value == pytest.approx(2.0) and ratio.paired and ratio.stable
+    assert str(ratio) == "2.00x" and float(ratio) == pytest.approx(2.0)
+    assert "UNSTABLE" not in str(lat["slow"]) and "?" not in str(lat["slow"])
+
+
+def test_a_spread_above_a_fifth_of_the_median_is_flagged(clock):
+    # samples alternate 1 ms and 2 ms: quartiles 1 and 2 around a 1.5 ms median
+    lat = lc.time_interleaved({"jittery": _cycling(clock, [1.0, 2.0])}, threads=1, warmup=0,
+                              repeats=20)["jittery"]
+    assert lat.median_ms == pytest.approx(1.5)
+    assert lat.relative_iqr == pytest.approx(1.0 / 1.5) and not lat.stable
+    assert "UNSTABLE: IQR 67% of the median" in str(lat) and "ms?" in str(lat)
+    # exactly at the threshold is still stable; just above is not
+    edge = lc.Latency(1.25, 1.0, 1.25, 1, 1, 3, (1.0, 1.25, 1.25))      # IQR 0.25 = 20% of 1.25
+    assert edge.relative_iqr == lc.profile.STABLE_RELATIVE_IQR and edge.stable
+    assert not lc.Latency(1.25, 1.0, 1.2501, 1, 1, 3).stable
+
+
+def test_an_unstable_ratio_is_flagged_even_when_one_side_is_steady(clock):
+    lat = lc.time_interleaved({"base": _cycling(clock, [3.0]), "model": _cycling(clock, [1.0, 2.0])},
+                              threads=1, warmup=0, repeats=20)
+    ratio = lc.profile.speedups(lat, "base")
+    assert ratio["base"].value == 1 and ratio["base"].stable
+    # per-round ratios 3 and 1.5: median 2.25, IQR 1.5 -> 67%
+    assert ratio["model"].paired and not ratio["model"].stable
+    assert ratio["model"].relative_iqr == pytest.approx(1.5 / 2.25)
+    assert str(ratio["model"]).endswith("?")
+
+
+def test_a_ratio_pairs_samples_only_when_timed_together(clock):
+    a = lc.time_interleaved({"a": _cycling(clock, [2.0, 4.0])}, threads=1, warmup=0, repeats=4)["a"]
+    b = lc.time_interleaved({"b": _cycling(clock, [1.0, 2.0])}, threads=1, warmup=0, repeats=4)["b"]
+    assert a.run != b.run
+    ratio = lc.profile.speedup(a, b)
+    assert not ratio.paired            # every pair: 2/1, 2/2, 4/1, 4/2 (each 4 times)
+    assert ratio.median == pytest.approx(2.0) and ratio.value == pytest.approx(3.0 / 1.5)
+    assert (ratio.q1, ratio.q3) == (pytest.approx(1.75), pytest.approx(2.5))
+
+
+def test_until_stable_lengthens_the_sample_of_a_jittery_call(clock):
+    # one pass alternates 1 ms and 2 ms: two passes per sample always take 3 ms
+    lat = lc.time_interleaved({"jittery": _cycling(clock, [1.0, 2.0]), "steady": _cycling(clock, [5.0])},
+                              threads=1, warmup=2, repeats=10, until_stable=True)
+    assert lat["jittery"].number == 2 and lat["jittery"].median_ms == pytest.approx(1.5)
+    assert lat["jittery"].stable and lat["jittery"].outcome == "stable"
+    assert lat["steady"].number == 1 and lat["steady"].outcome == "stable"
+    assert lat["jittery"].run == lat["steady"].run     # retaken together: still paired
+    assert "2 passes per sample" in str(lat["jittery"])
+
+
+def test_until_stable_stops_at_the_cap_and_says_so(clock):
+    # four passes of 1 ms, then four of 3 ms: samples of 1, 2 or 4 passes are 1 or 3 ms
+    slow_phase = [1.0] * 4 + [3.0] * 4
+    lat = lc.time_interleaved({"bursty": _cycling(clock, slow_phase)}, threads=1, warmup=0,
+                              repeats=16, until_stable=True, max_number=4)["bursty"]
+    assert lat.number == 4 and lat.outcome == "cap" and not lat.stable
+    with_room = lc.time_interleaved({"bursty": _cycling(clock, slow_phase)}, threads=1,
+                                    warmup=0, repeats=16, until_stable=True, max_number=8)["bursty"]
+    assert with_room.number == 8 and with_room.outcome == "stable" and with_room.median_ms == pytest.approx(2.0)
+
+
+def test_number_none_times_enough_passes_to_fill_a_millisecond(clock):
+    lat = lc.time_interleaved({"tiny": _cycling(clock, [0.3]), "big": _cycling(clock, [5.0])},
+                              threads=1, warmup=2, repeats=3, number=None)
+    assert lat["tiny"].number == 4 and lat["tiny"].median_ms == pytest.approx(0.3)
+    assert lat["big"].number == 1
+    calls = []
+    lc.time_interleaved({"c": lambda: (calls.append(1), clock.call(0.5))}, threads=1, warmup=0,
+                        repeats=2, number=None)
+    assert len(calls) == 1 + 2 * 2         # one calibration call, then 2 samples of 2 passes
+
+
+def test_stability_arguments_are_checked():
+    fns = {"x": lambda: None}
+    with pytest.raises(ValueError, match="number must be None or an int >= 1, got 0"):
+        lc.time_interleaved(fns, number=0)
+    with pytest.raises(ValueError, match="until_stable must be True or False"):
+        lc.time_interleaved(fns, until_stable="yes")
+    with pytest.raises(ValueError, match="max_number must be an int >= 1"):
+        lc.time_interleaved(fns, max_number=0)
+    with pytest.raises(TypeError, match="baseline must be a Latency"):
+        lc.profile.speedup(2.0, lc.Latency(1, 1, 1, 1, 1, 1, (1.0,)))
+    with pytest.raises(ValueError, match="model must carry its sample times"):
+        lc.profile.speedup(lc.Latency(1, 1, 1, 1, 1, 1, (1.0,)), lc.Latency(1, 1, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="baseline 'z' is not among"):
+        lc.profile.speedups({"a": lc.Latency(1, 1, 1, 1, 1, 1, (1.0,))}, "z")
+
+
+def _row(name, baseline, ms1, iqr1, ms256=10.0, iqr256=0.1, **extra):
+    return dict(name=name, baseline=baseline, accuracy=0.9, params=1, nonzero_params=1, macs=1,
+                size_bytes=1, latency_ms_b1=ms1, latency_iqr_ms_b1=iqr1, latency_ms_b256=ms256,
+                latency_iqr_ms_b256=iqr256, **extra)
+
+
+def test_compare_marks_unstable_latencies_and_speedups_with_a_footnote():
+    rows = [_row("base", None, 1.0, 0.05),
+            _row("noisy", "base", 0.5, 0.2),                      # 40% of its median
+            _row("paired", "base", 0.5, 0.01, speedup_relative_iqr_b1=0.3),
+            _row("steady", "base", 0.5, 0.01, speedup_relative_iqr_b1=0.05)]
+    table = lc.compare(rows)
+    text = str(table).splitlines()
+    line = {r[0]: r for r in (t.split() for t in text[2:6])}
+    assert "0.500?" in line["noisy"] and "2.00x?" in line["noisy"]      # both from its own IQR
+    assert "0.500" in line["paired"] and "2.00x?" in line["paired"]     # the paired ratio's spread
+    assert not any(c.endswith("?") for c in line["steady"] + line["base"])
+    assert text[-1] == lc.profile.UNSTABLE_NOTE and "?" in text[-1]
+    assert lc.profile.UNSTABLE_NOTE.replace("%", "") in table._repr_html_().replace("%", "")
+    clean = str(lc.compare([rows[0], rows[3]]))
+    assert "?" not in clean and lc.profile.UNSTABLE_NOTE not in clean
+
+
+def test_profile_models_stores_each_speedups_spread(clock):
+    class Fake(torch.nn.Module):
+        def __init__(self, ms):
+            super().__init__()
+            self.net, self.step = torch.nn.Linear(1, 1), _cycling(clock, ms)
+
+        def forward(self, x):
+            self.step()
+            return x
+    rows = lc.profile_models({"base": Fake([2.0]), "jittery": Fake([1.0, 0.5])}, baseline="base",
+                             batch_sizes=(1,), threads=1, warmup=0, repeats=8)
+    assert rows[0]["speedup_relative_iqr_b1"] is None and rows[0]["latency_passes_b1"] == 1
+    assert rows[1]["speedup_relative_iqr_b1"] == pytest.approx((4 - 2) / 3)
+    assert "x?" in str(lc.compare(rows))
