@@ -28,6 +28,7 @@ from . import distillation
 from .distillation import distill
 from . import lowrank
 from . import compression, pipeline
+from . import report
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"
