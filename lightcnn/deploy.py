@@ -1,8 +1,9 @@
-"""Deployment check: export to ONNX, run with ONNX Runtime on the CPU.
+"""Deployment check: export to ONNX, run with ONNX Runtime or OpenVINO on the CPU.
 
 A compressed model is only useful if it still runs, and runs as fast, outside the
 framework that made it. ONNX is the common exchange format; ONNX Runtime (ORT) is the
-CPU engine most deployments use. The flow:
+CPU engine most deployments use, OpenVINO the one most x86 deployments would pick. The
+flow:
 
     torch.onnx.export(model, (x,), path, dynamo=True)        # torch.export -> ONNX graph
     session = onnxruntime.InferenceSession(path)              # ORT fuses Conv+BN+ReLU itself
@@ -19,8 +20,15 @@ activations, min-max calibration on the images given), the path ORT documents an
 maintains; chapter 05's torchao int8 model is lowered by ``torch.compile`` instead and is
 not an exportable graph.
 
-onnx, onnxscript and onnxruntime are imported when a function here is called, so the rest
-of lightcnn works without them.
+OpenVINO reads the same ONNX files (:class:`OpenVinoModel`): the float32 export, and the
+QDQ int8 file, whose QuantizeLinear/DequantizeLinear pairs its CPU plugin turns into int8
+convolutions, so both runtimes run one quantized network and differ only as runtimes.
+:func:`list_executed_layers` shows which kernels ran at which precision. Its CPU plugin
+computes in bfloat16 by default on CPUs with AVX512-BF16 or AMX; the ``"f32"`` hint keeps
+float32.
+
+onnx, onnxscript, onnxruntime and openvino are imported when a function here is called, so
+the rest of lightcnn works without them.
 
 Taught in chapters/09_putting_it_together.
 """
@@ -33,15 +41,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "OnnxModel", "quantize_onnx_int8", "max_abs_difference"]
+__all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
+           "quantize_onnx_int8", "max_abs_difference"]
 
 
-def _require(module: str):
+def _require(module: str, user: str = "lightcnn.deploy",
+             install: str = "onnx onnxscript onnxruntime"):
     try:
         return __import__(module, fromlist=["_"])
-    except ImportError as error:     # pragma: no cover - depends on the environment
-        raise ImportError(f"lightcnn.deploy needs {module!r}: pip install onnx onnxscript "
-                          "onnxruntime") from error
+    except ImportError as error:
+        raise ImportError(f"{user} needs {module!r}: pip install {install}") from error
 
 
 def _check_example(example: torch.Tensor) -> None:
@@ -123,6 +132,121 @@ class OnnxModel(nn.Module):
         # numpy views share memory with the tensors: no copy either way
         (logits,) = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
         return torch.from_numpy(logits)
+
+
+# The precisions OpenVinoModel accepts: float32, or None for the plugin's default
+# (on x86: bfloat16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere)
+_PRECISIONS = ("f32", None)
+
+
+class OpenVinoModel(nn.Module):
+    """An ONNX file compiled by OpenVINO for the CPU, callable like a PyTorch model
+    (``logits = m(x)``), so :func:`lightcnn.compare_latency` can time it side by side
+    with PyTorch models and :class:`OnnxModel` (the same file, float32 or QDQ int8).
+
+    The compiled model's settings, one per reason:
+
+    - ``PERFORMANCE_HINT=LATENCY`` and ``NUM_STREAMS=1``: every call gets all ``threads``
+      (the ``THROUGHPUT`` hint splits the cores into streams for many requests in flight,
+      so one call at a time, as the book times them, would get a fraction of the cores).
+    - ``INFERENCE_NUM_THREADS=threads``: the same thread count as PyTorch and ORT.
+    - ``ENABLE_CPU_PINNING=False``: pinned threads (Linux's default) cannot move off a core
+      that another thread holds; beside a training run, batch-1 latency was 29 ms pinned
+      and 1.0 ms unpinned. PyTorch's and ORT's threads are not pinned either.
+
+    Between calls, OpenVINO's worker thread (oneTBB) busy-waits for about a millisecond
+    before it sleeps (1.0 to 1.5 ms of CPU time burned after each call, 2 threads, batch
+    256); no property turns that off (ORT's ``allow_spinning`` does, see
+    :class:`OnnxModel`). In an interleaved loop the model timed right after this one can
+    lose up to about 1 ms of one core: at batch 1, compare its latency with and without
+    this model beside it.
+
+    Args:
+        path: the ``.onnx`` file (its batch dimension dynamic, as :func:`export_onnx`
+            writes it, or fixed, then only that batch size runs).
+        threads: OpenVINO's inference threads (the book uses 2, as for PyTorch).
+        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` computes in float32; ``None``
+            leaves the plugin's default, bfloat16 on CPUs with AVX512-BF16 or AMX.
+            :attr:`precision` says which one ran; int8 layers of a QDQ file run in int8
+            either way.
+
+    Attributes:
+        precision: the precision the compiled model computes in (``"f32"``, ``"bf16"``),
+            read back from the compiled model.
+        capabilities: what OpenVINO reports the CPU can do (``OPTIMIZATION_CAPABILITIES``,
+            e.g. ``("BF16", "FP32", "INT8", ...)``).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 2, precision: str | None = "f32"):
+        super().__init__()
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+        if threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be 'f32' or None (the plugin's default), "
+                             f"got {precision!r}")
+        path = Path(path)
+        if path.suffix != ".onnx":
+            raise ValueError(f"path must be an .onnx file, got {str(path)!r}")
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        ov = _require("openvino", "lightcnn.deploy.OpenVinoModel", "openvino")
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.path, self.threads = path, threads
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.capabilities = tuple(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        batch = self.compiled.input(0).get_partial_shape()[0]
+        self._batch = batch.get_length() if batch.is_static else None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the ONNX file on disk."""
+        return self.path.stat().st_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_example(x)
+        if self._batch is not None and len(x) != self._batch:
+            raise ValueError(f"{self.path.name} was exported for batch size {self._batch}, "
+                             f"got {len(x)}; export with dynamic_batch=True")
+        # share_inputs: OpenVINO reads the tensor's memory in place; the outputs are
+        # copied out of the request's buffers, which the next call overwrites
+        outputs = self.request.infer({0: x.detach().float().contiguous().numpy()},
+                                     share_inputs=True)
+        return torch.from_numpy(outputs[0])
+
+
+def list_executed_layers(model: OpenVinoModel) -> list[dict[str, str]]:
+    """The layers OpenVINO's CPU plugin ran for ``model``, in execution order, read from
+    the compiled model's runtime graph (constants, inputs and outputs left out).
+
+    Each row: ``name``; ``type`` (``"Convolution"``, ``"Pooling"``, ``"Reorder"``: a
+    layout change, ...); ``precision``, the precision it computed in (``"f32"``,
+    ``"bf16"``, ``"u8"`` for int8 kernels on uint8 activations); ``primitive``, the kernel
+    (``"brgconv_avx512_I8"``); ``fused``, the ONNX nodes it runs (a convolution, its ReLU
+    and the next QuantizeLinear can be one layer).
+    """
+    if not isinstance(model, OpenVinoModel):
+        raise TypeError(f"model must be an OpenVinoModel, got {type(model).__name__}")
+    rows = []
+    for op in model.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].value
+        if kind in ("Const", "Input", "Output"):
+            continue
+        rows.append({"name": op.get_friendly_name(), "type": kind,
+                     "precision": info["runtimePrecision"].value,
+                     "primitive": info["primitiveType"].value,
+                     "fused": info["originalLayersNames"].value})
+    return rows
 
 
 class _Calibration:

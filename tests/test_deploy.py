@@ -1,4 +1,7 @@
-"""lightcnn.deploy: ONNX export (dynamo) and ONNX Runtime, checked against PyTorch."""
+"""lightcnn.deploy: ONNX export (dynamo), ONNX Runtime and OpenVINO, checked against PyTorch."""
+
+import importlib.util
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,9 @@ from lightcnn import deploy
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
+# OpenVINO is optional: its tests skip without it, except the one that simulates its absence
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="openvino is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +106,102 @@ def test_bad_inputs_are_rejected(baseline, exported, tmp_path):
         deploy.quantize_onnx_int8(exported, tmp_path / "q.onnx", torch.randn(4, 1, 28, 28), batch_size=0)
     with pytest.raises(ValueError, match="example must be a float tensor"):
         deploy.OnnxModel(exported)(torch.zeros(1, 1, 28, 28, dtype=torch.long))
+
+
+@needs_openvino
+def test_openvino_matches_pytorch_at_the_books_batch_sizes(baseline, exported, images):
+    runtime = deploy.OpenVinoModel(exported, threads=2, precision="f32")
+    assert runtime.precision == "f32" and "FP32" in runtime.capabilities
+    torch.manual_seed(2)
+    inputs = (images[:1], images, torch.randn(256, 1, 28, 28))   # one dynamic batch dim
+    # all calls first: each output must survive the next call (OpenVINO reuses its buffers)
+    outputs = [runtime(x) for x in inputs]
+    for x, got in zip(inputs, outputs):
+        with torch.no_grad():
+            expected = baseline(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert runtime.size_bytes == exported.stat().st_size
+
+
+@needs_openvino
+def test_openvino_reports_the_precision_that_ran(baseline, exported, images):
+    default = deploy.OpenVinoModel(exported, precision=None)
+    # the plugin's default: bfloat16 where the CPU has it, float32 elsewhere
+    assert default.precision in ("f32", "bf16")
+    convolutions = [row for row in deploy.list_executed_layers(default) if row["type"] == "Convolution"]
+    assert convolutions and {row["precision"] for row in convolutions} == {default.precision}
+    with torch.no_grad():
+        expected = baseline(images)
+    # bfloat16 keeps 8 bits of mantissa: within a few percent of the logits' range
+    assert (default(images) - expected).abs().max() < 0.05 * (expected.max() - expected.min())
+
+
+@needs_openvino
+def test_executed_layers_show_float_and_int8_convolutions(exported, images, tmp_path):
+    layers = deploy.list_executed_layers(deploy.OpenVinoModel(exported))
+    assert {"name", "type", "precision", "primitive", "fused"} == set(layers[0])
+    convolutions = [row for row in layers if row["type"] == "Convolution"]
+    assert len(convolutions) == 5 and all(row["precision"] == "f32" for row in convolutions)
+    assert not {row["type"] for row in layers} & {"Const", "Input", "Output"}
+
+    int8 = deploy.OpenVinoModel(deploy.quantize_onnx_int8(exported, tmp_path / "int8.onnx", images))
+    convolutions = [row for row in deploy.list_executed_layers(int8) if row["type"] == "Convolution"]
+    # the QDQ pairs became int8 kernels on uint8 activations, not float convolutions
+    assert len(convolutions) == 5 and all(row["precision"] in ("u8", "i8") for row in convolutions)
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["f32", None])
+def test_openvino_int8_agrees_with_onnx_runtime_int8(shipped_zoo, data_dir, tmp_path, precision):
+    # a trained model: a random one predicts one class for every image, so agreeing
+    # with it would say nothing
+    model = lc.zoo.load("baseline_cnn").model
+    train, test = lc.get_dataloaders(256, lc.get_budget("ci"), augment=False)
+    calibration, _ = next(iter(train))
+    x, _ = next(iter(test))                        # the ci budget's 1,000 test images
+    path = deploy.export_onnx(model, tmp_path / "fp32.onnx", x[:2])
+    path = deploy.quantize_onnx_int8(path, tmp_path / "int8.onnx", calibration)
+    ort = deploy.OnnxModel(path)(x).argmax(1)
+    assert len(ort.unique()) == 10
+    assert (deploy.OpenVinoModel(path, precision=precision)(x).argmax(1) == ort).float().mean() >= 0.99
+
+
+@needs_openvino
+def test_openvino_times_side_by_side_with_pytorch_and_onnx_runtime(baseline, exported):
+    models = {"torch": baseline, "ort": deploy.OnnxModel(exported),
+              "openvino": deploy.OpenVinoModel(exported)}
+    latency = lc.compare_latency(models, batch_size=4, warmup=1, repeats=3)
+    assert set(latency) == set(models) and all(v.median_ms > 0 for v in latency.values())
+
+
+@needs_openvino
+def test_openvino_bad_inputs_are_rejected(baseline, exported, tmp_path):
+    with pytest.raises(TypeError, match="path must be a str or Path"):
+        deploy.OpenVinoModel(3)
+    with pytest.raises(ValueError, match="path must be an .onnx file"):
+        deploy.OpenVinoModel(tmp_path / "model.xml")
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        deploy.OpenVinoModel(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError, match="threads must be an int"):
+        deploy.OpenVinoModel(exported, threads=2.0)
+    with pytest.raises(ValueError, match="threads must be an int >= 1, got 0"):
+        deploy.OpenVinoModel(exported, threads=0)
+    for precision in ("bf16", "fp32", torch.float32):
+        with pytest.raises(ValueError, match="precision must be 'f32' or None"):
+            deploy.OpenVinoModel(exported, precision=precision)
+    with pytest.raises(TypeError, match="model must be an OpenVinoModel, got OnnxModel"):
+        deploy.list_executed_layers(deploy.OnnxModel(exported))
+    runtime = deploy.OpenVinoModel(exported)
+    with pytest.raises(ValueError, match="example must be a float tensor"):
+        runtime(torch.zeros(1, 1, 28, 28, dtype=torch.long))
+    fixed = deploy.export_onnx(baseline, tmp_path / "fixed.onnx", torch.randn(2, 1, 28, 28),
+                               dynamic_batch=False)
+    with pytest.raises(ValueError, match="exported for batch size 2, got 3"):
+        deploy.OpenVinoModel(fixed)(torch.randn(3, 1, 28, 28))
+
+
+def test_openvino_missing_says_how_to_install_it(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)      # `import openvino` now fails
+    with pytest.raises(ImportError, match=r"OpenVinoModel needs 'openvino': pip install openvino"):
+        deploy.OpenVinoModel(exported)
