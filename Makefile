@@ -59,6 +59,9 @@ execute: $(STAMP) data
 # Train the zoo's models that zoo/manifest.json does not ship at their recipe's version, and
 # write each into zoo/ when it is done (resumable model by model). NAMES="a b" limits it;
 # JOBS=N trains independent models in N processes; LIGHTCNN_DEVICE=auto uses a GPU.
+# One model on several GPUs (torchrun, DDP) works for lc.fit but not yet for the zoo's
+# builder, which joins no process group and writes from every process: see README.md,
+# "Your own training loop, on one machine or several".
 NAMES ?=
 JOBS ?= 1
 zoo: $(STAMP) data

@@ -67,6 +67,7 @@ from .pruning import _is_masked
 __all__ = ["Scheme", "SCHEMES", "ESTIMATORS", "sign_ste", "approx_sign",
            "stochastic_sign_ste", "BinaryConv2d",
            "BinaryLinear", "activation_scale_map", "binarize", "binary_layers", "clip_latent_weights",
+           "register_clipping",
            "packed_weight_bytes", "binary_weight_bytes", "count_binary_macs",
            "xnor_speedup", "binary_cnn"]
 
@@ -400,6 +401,28 @@ def clip_latent_weights(model: nn.Module) -> None:
     ``after_step``): beyond it the STE gradient is zero and a weight could never return."""
     for module in binary_layers(model).values():
         module.weight.clamp_(-1.0, 1.0)
+
+
+def register_clipping(optimizer: torch.optim.Optimizer, model: nn.Module
+                      ) -> torch.utils.hooks.RemovableHandle:
+    """Clip ``model``'s latent weights after every ``optimizer.step()``, in any loop.
+
+    Registers :func:`clip_latent_weights` as the optimizer's step post-hook
+    (``optimizer.register_step_post_hook``), so a loop of one's own needs no extra line
+    and cannot forget it; ``model`` may be DDP-wrapped (every process clips the same
+    weights). Call ``.remove()`` on the returned handle to stop.
+
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+        ValueError: ``model`` has no binary layer (nothing to clip).
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if not isinstance(model, nn.Module) or not binary_layers(model):
+        raise ValueError("model has no BinaryConv2d or BinaryLinear layer: nothing to clip "
+                         "(binarize it first)")
+    return optimizer.register_step_post_hook(lambda opt, args, kwargs: clip_latent_weights(model))
 
 
 def packed_weight_bytes(out_features: int, fan_in: int) -> int:

@@ -789,7 +789,13 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
 # ---------------------------------------------------------------------------------------
 
 def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
-    """``sum_j |gamma_j|`` over every batch norm: the sparsity term of Network Slimming."""
+    """``sum_j |gamma_j|`` over every batch norm: the sparsity term of Network Slimming.
+
+    A loss term for any loop, ``loss = F.cross_entropy(model(x), y) + strength *
+    bn_l1_penalty(model)``, also on a DDP-wrapped model: ``modules()`` reaches the wrapped
+    module's batch norms, and since every process holds the same scales, each adds the
+    same penalty gradient, which DDP's averaging leaves unchanged.
+    """
     gammas = [m.weight.abs().sum() for m in model.modules()
               if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine]
     if not gammas:

@@ -20,7 +20,9 @@ forward hooks (:class:`FeatureHooks`), so neither network is edited.
 
 :class:`Distiller` puts it together for ``lc.fit``: a module whose forward is the
 student's and whose parameters are the student's plus the regressors' (so ``fit``'s
-optimizer trains both), and whose ``loss_fn`` runs the frozen teacher. Without
+optimizer trains both), and whose ``loss_fn`` runs the frozen teacher. In a loop of one's
+own it is the loss module, ``loss = distiller(x, y)``; :class:`DistillationLoss` is the
+logits-only loss for a loop that runs the teacher itself. Without
 augmentation the teacher's logits on the training set are computed once
 (:func:`with_teacher_logits`). ``lc.zoo.get_trained(..., teacher=..., distill=...)``
 caches distilled students like every other trained model.
@@ -37,12 +39,13 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from .train import History, fit
 
 __all__ = ["soft_targets", "distillation_loss", "attention_map", "attention_transfer_loss",
-           "hint_loss", "FeatureHooks", "Distiller", "distill", "split_targets",
+           "hint_loss", "FeatureHooks", "DistillationLoss", "Distiller", "distill", "split_targets",
            "cache_teacher_logits",
            "TeacherLogitsDataset", "with_teacher_logits", "without_class", "balancing_bias",
            "raise_class_bias"]
@@ -280,10 +283,36 @@ def _check_weight(value: float, argument: str) -> None:
         raise ValueError(f"{argument} must be a finite number >= 0, got {value!r}")
 
 
+class DistillationLoss(nn.Module):
+    """:func:`distillation_loss` as a loss module, for a loop that runs both networks.
+
+    ``criterion = DistillationLoss(temperature=4.0, alpha=0.5)``, then per batch
+    ``loss = criterion(student(x), teacher_logits, y)`` with the teacher's logits computed
+    under ``torch.no_grad()`` (or cached): the counterpart of ``nn.CrossEntropyLoss``.
+    For hints, attention transfer or a teacher run for you, use :class:`Distiller`.
+
+    Raises:
+        ValueError: a bad temperature or alpha.
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.5):
+        super().__init__()
+        _check_temperature(temperature)
+        _check_alpha(alpha)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, y: Tensor) -> Tensor:
+        return distillation_loss(student_logits, teacher_logits, y, self.temperature,
+                                 self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}"
+
+
 class Distiller(nn.Module):
     """A student to train with ``lc.fit`` against a frozen teacher: logits, hints, attention.
 
-    ``forward`` is the student's, and ``parameters()`` are the student's plus the FitNets
+    ``forward(x)`` is the student's, and ``parameters()`` are the student's plus the FitNets
     regressors', so ``lc.fit(distiller, loader, epochs, loss_fn=distiller.loss_fn)``
     trains both with one optimizer (the regressors are thrown away afterwards; only
     ``distiller.student`` is kept). The teacher is held outside the module registry: it is
@@ -299,6 +328,11 @@ class Distiller(nn.Module):
 
     FitNets train in two stages (hints first, then distillation); this is the one-stage
     variant most reimplementations use.
+
+    In a loop of one's own it is the loss module: ``loss = distiller(x, y)`` (``forward``
+    with labels returns the loss above), with an optimizer over ``distiller.parameters()``.
+    Under ``torchrun`` wrap the distiller itself in DDP and call the wrapper the same way,
+    so that the whole loss, regressors included, runs inside DDP's forward pass.
 
     Args:
         student: the network to train.
@@ -377,21 +411,37 @@ class Distiller(nn.Module):
             settings.update(attention=self.attention, beta=self.beta)
         return settings
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.student(x)
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The student's logits ``(B, num_classes)``; with ``y``, the batch loss instead
+        (see :meth:`loss_fn` for ``y``'s two forms)."""
+        if y is None:
+            return self.student(x)
+        return self._loss(x, y, self.student)
 
     def loss_fn(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The batch loss, for ``fit(..., loss_fn=distiller.loss_fn)``.
 
         Args:
-            model: this distiller (or its student, when there are no regressors to train).
+            model: this distiller (or its student, when there are no regressors to train),
+                or either wrapped in DDP (``lc.fit`` under ``torchrun``), whose forward
+                pass then computes the loss.
             x: ``(B, *input_shape)``.
             y: ``(B,)`` labels, or ``(B, 1 + num_classes)`` targets carrying the teacher's
                 cached logits (:func:`with_teacher_logits`).
         """
+        if isinstance(model, DistributedDataParallel) and model.module is self:
+            return model(x, y)   # the loss inside DDP's forward: gradients get averaged
+        if isinstance(model, DistributedDataParallel) and model.module is self.student \
+                and not self.hints:
+            return self._loss(x, y, model)
         if model is not self and not (model is self.student and not self.hints):
             raise ValueError("model: pass the Distiller itself to fit, so that fit's "
                              "optimizer trains its hint regressors too")
+        return self._loss(x, y, self.student)
+
+    def _loss(self, x: Tensor, y: Tensor, student: nn.Module) -> Tensor:
+        """The loss of the class docstring, the student's logits from ``student(x)`` (the
+        student, or a DDP wrapper of it)."""
         labels, cached = split_targets(y)
         self.teacher.eval()  # in case the caller switched it back to training
         # the teacher must run for its features even when its logits are cached
@@ -401,7 +451,7 @@ class Distiller(nn.Module):
             self.teacher.to(x.device)
         with FeatureHooks(self.student, self._student_layers) as s_hooks, \
                 FeatureHooks(self.teacher, self._teacher_layers) as t_hooks:
-            student_logits = self.student(x)
+            student_logits = student(x)
             if run_teacher:
                 with torch.no_grad():
                     teacher_logits = self.teacher(x)

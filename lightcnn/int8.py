@@ -180,7 +180,20 @@ def prepare_int8_qat(model: nn.Module, example: Tensor) -> nn.Module:
 
     Train the returned module as any model (``lc.fit`` works); then :func:`convert_int8_qat`.
     Batch norm stays trainable; pt2e folds it into the fake-quantized conv weights so that
-    training sees the weights that inference will use.
+    training sees the weights that inference will use. The captured module shares its
+    weight tensors with ``model``, so training it trains ``model``'s too: pass a copy to
+    keep the float model. In a loop of one's own::
+
+        qat = prepare_int8_qat(copy.deepcopy(model), example)
+        optimizer = torch.optim.SGD(qat.parameters(), lr=1e-4, momentum=0.9)
+        qat.train()                          # batch statistics, observers on
+        for x, y in loader:
+            loss = F.cross_entropy(qat(x), y)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        quantized = convert_int8_qat(qat)    # int8, eval mode
+
+    Under ``torchrun`` wrap ``qat`` in DDP like any model: the observers' ranges are
+    buffers, which DDP copies from rank 0 before every forward pass.
     """
     api = _pt2e()
     prepared = api["prepare_qat"](export_model(model, example, train=True), _quantizer(qat=True))
@@ -191,7 +204,10 @@ def prepare_int8_qat(model: nn.Module, example: Tensor) -> nn.Module:
 
 
 def convert_int8_qat(prepared: nn.Module) -> nn.Module:
-    """The QAT-trained module of :func:`prepare_int8_qat` converted to int8 (eval mode)."""
+    """The QAT-trained module of :func:`prepare_int8_qat` converted to int8 (eval mode);
+    a DDP wrapper of it is unwrapped first."""
+    if isinstance(prepared, torch.nn.parallel.DistributedDataParallel):
+        prepared = prepared.module
     if not isinstance(prepared, torch.fx.GraphModule):
         raise TypeError("prepared must be the module returned by prepare_int8_qat, got "
                         f"{type(prepared).__name__}")

@@ -31,11 +31,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from . import distributed
 from .profile import _check_model, count_params
 
 __all__ = [
     "prunable_layers", "magnitude_prune", "layerwise_masks", "global_masks", "apply_masks",
-    "remove_masks", "masks_of", "sparsity", "layer_sparsity", "sparsity_for_ratio", "sensitivity_scan",
+    "remove_masks", "masks_of", "load_masked_state_dict", "sparsity", "layer_sparsity",
+    "sparsity_for_ratio", "sensitivity_scan",
     "agp_sparsity", "AGPPruner", "iterative_prune", "rewind", "random_reinit",
 ]
 
@@ -286,6 +288,37 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
             for name, layer in prunable_layers(model).items() if _is_masked(layer)}
 
 
+def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
+                           ) -> nn.Module:
+    """Load the state of a masked model (``weight_orig`` and ``weight_mask`` keys) into
+    ``model``, attaching the masks it holds first; returns ``model``.
+
+    A fresh model has plain ``weight`` parameters, so ``model.load_state_dict`` of a
+    pruned model's state fails; this attaches ``{layer: state[layer + ".weight_mask"]}``
+    with :func:`apply_masks` and then loads everything (the state's masks replace any the
+    model had), so a checkpoint taken in the middle of pruning resumes exactly. Build the
+    optimizer *before* (as in the first run): attaching a mask moves ``weight`` after
+    ``bias`` in ``parameters()``, which would shift an optimizer state built after it.
+
+    Raises:
+        ValueError: a mask for a layer that is not a Conv2d or Linear of ``model``, or a
+            state that does not fit it.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    suffix = ".weight_mask"
+    masks = {k[:-len(suffix)]: v for k, v in state_dict.items() if k.endswith(suffix)}
+    apply_masks(model, masks)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(f"state_dict does not fit the model: {error}") from None
+    for layer in prunable_layers(model).values():
+        if _is_masked(layer):
+            _refresh(layer)   # weight = the loaded weight_orig * weight_mask
+    return model
+
+
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zero entries in each prunable layer's effective weight, by layer name."""
     out = {}
@@ -406,18 +439,26 @@ def agp_sparsity(step: int, final_sparsity: float, total_steps: int,
 
 
 class AGPPruner:
-    """An ``after_step`` hook for :func:`lightcnn.train.fit` that prunes gradually (AGP).
+    """Gradual pruning (AGP) for any training loop: call :meth:`step` after every
+    optimizer step (or pass the pruner as :func:`lightcnn.train.fit`'s ``after_step``).
 
     It counts optimizer steps; at ``t_0``, every ``frequency`` steps after it and at
     ``t_0 + total_steps`` it recomputes magnitude masks at :func:`agp_sparsity` of that
     step (global or layer-wise) and attaches them with :func:`apply_masks`. Masks only
     grow (a weight once pruned stays pruned, its magnitude is 0 at the next ranking), so
     sparsity never decreases; from ``t_0 + total_steps`` on it stays at
-    ``final_sparsity`` and training fine-tunes the survivors. Use one pruner per ``fit``::
+    ``final_sparsity`` and training fine-tunes the survivors. Use one pruner per run::
 
         steps = epochs * len(train_loader)
-        pruner = AGPPruner(0.9, total_steps=int(0.75 * steps), frequency=50)
-        lc.fit(model, train_loader, epochs, after_step=pruner)
+        pruner = AGPPruner(0.9, total_steps=int(0.75 * steps), frequency=50, model=model)
+        for x, y in ...:                 # a loop of one's own
+            ...; optimizer.step(); pruner.step()
+        lc.fit(model, train_loader, epochs, after_step=pruner)   # or lc.fit's
+
+    :meth:`state_dict` / :meth:`load_state_dict` carry the schedule's position across a
+    checkpoint (the masks travel in the model's state: see :func:`load_masked_state_dict`).
+    Under ``torchrun`` the model may be DDP-wrapped: the pruner prunes the wrapped module
+    and copies rank 0's masks to every process, so all ranks keep identical masks.
 
     Args:
         final_sparsity: sparsity reached at step ``start_step + total_steps``.
@@ -428,30 +469,48 @@ class AGPPruner:
         start_step: optimizer steps to train dense first.
         scope: ``"global"`` (one threshold) or ``"layerwise"`` (same sparsity per layer).
         exclude: layers left dense.
+        model: the network :meth:`step` prunes when called without one.
 
     Attributes:
-        step: optimizer steps seen so far.
+        step_count: optimizer steps seen so far.
         history: ``(step, target sparsity)`` at each mask update.
     """
 
     def __init__(self, final_sparsity: float, total_steps: int, frequency: int = 10,
                  initial_sparsity: float = 0.0, start_step: int = 0, scope: str = "global",
-                 exclude: Sequence[str] = ()):
+                 exclude: Sequence[str] = (), model: nn.Module | None = None):
         agp_sparsity(start_step, final_sparsity, total_steps, initial_sparsity, start_step)
         _check_int(frequency, "frequency", 1)
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
         if isinstance(exclude, str):
             raise TypeError(f"exclude must be a sequence of layer names, not the string {exclude!r}")
+        if model is not None:
+            _check_names(exclude, distributed.unwrap(model), "exclude")
         self.final_sparsity, self.total_steps, self.frequency = final_sparsity, total_steps, frequency
         self.initial_sparsity, self.start_step = initial_sparsity, start_step
         self.scope, self.exclude = scope, tuple(exclude)
-        self.step = 0
+        self.model = model
+        self.step_count = 0
         self.history: list[tuple[int, float]] = []
 
     def __call__(self, model: nn.Module) -> None:
-        self.step += 1
-        t, end = self.step, self.start_step + self.total_steps
+        self.step(model)
+
+    def step(self, model: nn.Module | None = None) -> None:
+        """Count one optimizer step and update the masks of ``model`` (default: the
+        constructor's) when the schedule says so.
+
+        Raises:
+            ValueError: no model given here or to the constructor.
+        """
+        if model is None:
+            model = self.model
+        if model is None:
+            raise ValueError("model: pass the model to step() or to AGPPruner(..., model=)")
+        model = distributed.unwrap(model)   # DDP's layer names carry a "module." prefix
+        self.step_count += 1
+        t, end = self.step_count, self.start_step + self.total_steps
         if t < self.start_step:
             return
         # the last scheduled update point at or before t; once past the ramp, its end
@@ -462,8 +521,44 @@ class AGPPruner:
                               self.initial_sparsity, self.start_step)
         masks = (global_masks(model, target, self.exclude) if self.scope == "global"
                  else layerwise_masks(model, target, self.exclude))
+        if distributed.is_distributed():
+            # identical weights give identical masks; rank 0's make it certain
+            masks = distributed.broadcast_tensors(masks)
         apply_masks(model, masks)
         self.history.append((due, target))
+
+    def _settings(self) -> dict:
+        return {"final_sparsity": self.final_sparsity, "total_steps": self.total_steps,
+                "frequency": self.frequency, "initial_sparsity": self.initial_sparsity,
+                "start_step": self.start_step, "scope": self.scope,
+                "exclude": list(self.exclude)}
+
+    def state_dict(self) -> dict:
+        """The schedule's position and settings (plain Python values: ``torch.save`` it
+        beside the model's and the optimizer's state, ``weights_only`` loads it)."""
+        return {**self._settings(), "step_count": self.step_count,
+                "history": [list(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Continue the schedule saved by :meth:`state_dict`: the next :meth:`step` is the
+        one after the saved run's last.
+
+        Raises:
+            ValueError: ``state_dict`` is not a pruner's, or was saved by a pruner with
+                other settings (a resumed run on another schedule would prune to other
+                sparsities than the first part did).
+        """
+        if not isinstance(state_dict, Mapping) or not {"step_count", "history"} <= set(state_dict):
+            raise ValueError("state_dict must be an AGPPruner.state_dict(), with keys "
+                             "'step_count' and 'history'")
+        differ = {k: (state_dict[k], v) for k, v in self._settings().items()
+                  if k in state_dict and state_dict[k] != v}
+        if differ:
+            described = ", ".join(f"{k}={saved!r} (this pruner: {mine!r})"
+                                  for k, (saved, mine) in differ.items())
+            raise ValueError(f"state_dict comes from a pruner with other settings: {described}")
+        self.step_count = int(state_dict["step_count"])
+        self.history = [(int(t), float(s)) for t, s in state_dict["history"]]
 
 
 # ---------------------------------------------------------------- prune and retrain

@@ -11,6 +11,12 @@ augmentation and the shuffling itself. Training runs on the CPU by default, or o
 (``device="auto"`` picks CUDA or Apple's MPS when present); the book times models on the
 CPU only.
 
+Under ``torchrun`` (a process group initialized, see :mod:`lightcnn.distributed`) the same
+call trains data-parallel: the model is wrapped in ``DistributedDataParallel``, each
+process reads its share of every batch (the loader's batch size stays the global one, so a
+recipe's steps and learning rate do not change), and the history's losses and accuracies
+are taken over all processes' images together; only rank 0 prints.
+
 Taught in chapters/01_cnn_basics.
 """
 
@@ -25,7 +31,10 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import distributed
 
 __all__ = ["History", "fit", "evaluate", "predict", "confusion_matrix", "make_optimizer",
            "resolve_device"]
@@ -170,6 +179,13 @@ def _default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return nn.functional.cross_entropy(model(x), y)
 
 
+def _local_rank() -> int:
+    """This process's GPU under torchrun (``LOCAL_RANK``), else the current CUDA device."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return torch.cuda.current_device()
+
+
 def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         test_loader: DataLoader | None = None, lr: float = 0.1, weight_decay: float = 5e-4,
         optimizer: str = "sgd", schedule: str | None = "onecycle", seed: int = 0,
@@ -197,6 +213,29 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         device: where to train (see :func:`resolve_device`: ``"auto"`` uses a GPU when
             there is one; ``None`` reads ``LIGHTCNN_DEVICE``, default the CPU). Batches
             are moved there one at a time, and the test set is scored there.
+
+    In several processes (``torchrun``, a process group initialized, e.g. by
+    :func:`lightcnn.distributed.init_distributed`), the same call trains data-parallel:
+
+    - ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``;
+    - the model is wrapped in ``DistributedDataParallel``: ``loss_fn`` receives the
+      wrapper (calling it runs the forward pass through DDP, which then averages the
+      gradients), ``after_step`` the model itself (its own layer names);
+    - ``train_loader`` is replaced by :func:`lightcnn.distributed.distributed_loader`:
+      each process reads ``1 / world_size`` of every batch, so the loader's batch size is
+      the global batch and the recipe's steps and learning rate are unchanged (a loader
+      that already has a ``DistributedSampler`` is used as it is); ``set_epoch`` is called
+      before every epoch;
+    - augmentation is seeded with ``seed + rank``, so the processes draw different crops;
+    - after every epoch rank 0's buffers (batch-norm statistics, pruning masks) are copied
+      to the others, so every process holds identical weights;
+    - the history's train loss is the mean over every process's batches, and the
+      evaluation is all-reduced: each process scores every ``world_size``-th test image
+      with the unwrapped model and the sums of losses and of correct answers are added
+      up, which gives one process's accuracy exactly and its loss up to rounding;
+    - only rank 0 reports progress; every process returns the same history (its
+      ``seconds`` are each process's own). Saving is the caller's: do it on rank 0
+      (:func:`lightcnn.distributed.is_main_process`).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -206,11 +245,21 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if schedule not in ("onecycle", "cosine", None):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or None, got {schedule!r}")
+    parallel, rank = distributed.is_distributed(), distributed.get_rank()
     device = resolve_device(device)
+    if parallel and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", _local_rank())
     loss_fn = loss_fn or _default_loss
     home = _model_device(model)
     model.to(device)   # before the optimizer, so it holds the moved parameters
     opt = make_optimizer(model, optimizer, lr, weight_decay)
+    trainee = model    # what loss_fn calls: the model, or its DDP wrapper
+    if parallel:
+        if not isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+            train_loader = distributed.distributed_loader(train_loader, seed)
+        # DDP broadcasts rank 0's weights and buffers now, and averages gradients later
+        trainee = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     steps = epochs * len(train_loader)
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -218,20 +267,23 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     else:
         sched = None
-    # Seed the global generator (augmentation) and the loader's own one (shuffling).
-    torch.manual_seed(seed)
+    # Seed the global generator (augmentation) and the loader's own one (shuffling); in
+    # several processes each augments its own share differently (rank 0 as one process)
+    torch.manual_seed(seed + rank)
     if getattr(train_loader, "generator", None) is not None:
         train_loader.generator.manual_seed(seed)
     history = History()
-    reporter = _Progress(steps, epochs, progress)
+    reporter = _Progress(steps, epochs, progress and rank == 0)
     for epoch in range(epochs):
+        if parallel:
+            train_loader.sampler.set_epoch(epoch)   # a new common permutation each epoch
         model.train()
         start = time.perf_counter()
         total_loss, seen = 0.0, 0
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
+            loss = loss_fn(trainee, x, y)
             loss.backward()
             opt.step()
             if sched is not None:
@@ -241,17 +293,40 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             total_loss += loss.item() * len(y)
             seen += len(y)
             reporter.step()
+        if parallel:
+            total_loss, seen = distributed.all_reduce_sum([total_loss, seen], device)
+            distributed.broadcast_buffers(model)
         history.lr.append(opt.param_groups[0]["lr"])
         history.train_loss.append(total_loss / seen)
         history.seconds.append(time.perf_counter() - start)
         if test_loader is not None:
-            metrics = evaluate(model, test_loader)
+            metrics = (_evaluate_all_reduced(model, test_loader, device) if parallel
+                       else evaluate(model, test_loader))
             history.test_loss.append(metrics["loss"])
             history.test_accuracy.append(metrics["accuracy"])
         reporter.epoch_end(epoch, history)
     reporter.close()
+    del trainee        # a DDP wrapper takes its gradient hooks off the parameters with it
     model.to(home)     # the book measures latency on the CPU, where the model came from
     return history
+
+
+@torch.no_grad()
+def _evaluate_all_reduced(model: nn.Module, loader: DataLoader, device: torch.device
+                          ) -> dict[str, float]:
+    """:func:`evaluate` over all processes: each scores its shard of ``loader.dataset``
+    (every ``world_size``-th image, none repeated) and the sums are all-reduced."""
+    shard = DataLoader(distributed.shard_dataset(loader.dataset),
+                       batch_size=loader.batch_size or 1000, collate_fn=loader.collate_fn)
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in shard:
+        logits = model(x.to(device)).cpu()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        count += len(y)
+    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum, correct, count], device)
+    return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 @torch.no_grad()

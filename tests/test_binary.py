@@ -283,3 +283,44 @@ def test_binary_cnn_is_registered_and_trains_through_the_zoo(tiny_budget, isolat
     with pytest.raises(ValueError, match="after_step 'lightcnn.nope.f'"):
         lc.zoo.get_trained("binary_cnn", tiny_budget, progress=False,
                            recipe=dict(recipe, after_step="lightcnn.nope.f"))
+
+
+def test_register_clipping_clips_after_every_optimizer_step():
+    def steps(model, opt, n, clip_by_hand=False):
+        g = torch.Generator().manual_seed(1)
+        for _ in range(n):
+            for p in model.parameters():   # large steps: many latent weights pass +-1
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+            if clip_by_hand:
+                B.clip_latent_weights(model)
+
+    def largest(model):
+        return max(m.weight.abs().max().item() for m in B.binary_layers(model).values())
+
+    runs = []
+    for hooked in (True, False):
+        torch.manual_seed(0)
+        model = B.binarize(lc.create_model("baseline_cnn", widths=(8, 16, 16)), "bnn")
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        if hooked:
+            handle = B.register_clipping(opt, model)
+        steps(model, opt, 3, clip_by_hand=not hooked)
+        assert largest(model) == 1.0
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    handle.remove()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    B.register_clipping(opt, model).remove()               # removed: steps go unclipped
+    steps(model, opt, 3)
+    assert largest(model) > 1.0
+
+
+def test_register_clipping_rejects_bad_arguments():
+    model = B.binarize(lc.create_model("baseline_cnn", widths=(8, 16, 16)), "bnn")
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        B.register_clipping(lambda: None, model)
+    float_model = lc.create_model("lenet5")
+    opt = torch.optim.SGD(float_model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no BinaryConv2d or BinaryLinear"):
+        B.register_clipping(opt, float_model)

@@ -493,3 +493,50 @@ def test_zoo_distills_with_hints_on_augmented_data(isolated_cache, tiny_budget, 
     assert other.path != student.path
     assert not zoo.get_trained("baseline_cnn", tiny_budget, progress=False, teacher=teacher,
                                distill=hints, widths=(4, 8, 8)).trained_now
+
+
+# --- the Distiller and DistillationLoss as loss modules in a loop of one's own ------------
+
+def test_distiller_called_with_labels_is_its_loss():
+    teacher, student = teacher_and_student()
+    distiller = D.Distiller(student, teacher, temperature=3.0, alpha=0.2, hints={"5": "3"},
+                            attention={"3": "5"}, input_shape=SHAPE).eval()
+    x, y = torch.randn(4, *SHAPE), torch.randint(0, 10, (4,))
+    assert torch.equal(distiller(x, y), distiller.loss_fn(distiller, x, y))
+    assert torch.equal(distiller(x), student(x))          # without labels: the logits
+    cached = torch.cat([y[:, None].float(), teacher(x)], 1)   # with_teacher_logits' targets
+    assert torch.allclose(distiller(x, cached), distiller(x, y))
+
+
+def test_distiller_trains_in_a_plain_loop():
+    teacher, student = teacher_and_student()
+    distiller = D.Distiller(student, teacher, hints={"3": "3"}, input_shape=SHAPE)
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(32, *SHAPE), torch.randint(0, 10, (32,))
+    losses = []
+    for _ in range(10):
+        loss = distiller(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert distiller.regressors[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 0.0), (4.0, 0.5), (10.0, 1.0)])
+def test_distillation_loss_module_is_the_function(temperature, alpha):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 10, generator=g), torch.randn(5, 10, generator=g)
+    y = torch.randint(0, 10, (5,), generator=g)
+    criterion = D.DistillationLoss(temperature, alpha)
+    assert torch.equal(criterion(s, t, y), D.distillation_loss(s, t, y, temperature, alpha))
+    assert f"temperature={float(temperature)}" in repr(criterion)
+    assert not list(criterion.parameters())
+
+
+def test_distillation_loss_module_rejects_bad_settings():
+    with pytest.raises(ValueError, match="temperature"):
+        D.DistillationLoss(temperature=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        D.DistillationLoss(alpha=1.5)

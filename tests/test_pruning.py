@@ -239,7 +239,7 @@ def test_agp_pruner_reaches_final_sparsity_with_fit(scope):
     seen = []
     after_step = lambda m: (pruner(m), seen.append(P.sparsity(m)))
     lc.fit(model, loader, epochs=3, lr=0.05, schedule=None, progress=False, after_step=after_step)
-    assert pruner.step == total
+    assert pruner.step_count == total
     assert all(b >= a for a, b in zip(seen, seen[1:]))  # sparsity never decreases
     assert [t for t, _ in pruner.history] == [0, 3, 6, 9, 10]
     assert pruner.history[-1][1] == pytest.approx(0.8)
@@ -426,3 +426,110 @@ def test_sparsity_for_ratio_leaves_ratio_times_fewer_nonzero_parameters(ratio):
 def test_sparsity_for_ratio_rejects_bad_ratios(ratio, match):
     with pytest.raises(ValueError, match=match):
         P.sparsity_for_ratio(lc.create_model("baseline_cnn"), ratio)
+
+
+# ---------------------------------------------------------------- AGP in a loop of one's own
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def _train_steps(model, optimizer, pruner, batches) -> None:
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+
+
+def test_agp_step_in_a_plain_loop_equals_the_after_step_call():
+    batches = list(_loader()) * 3                      # 12 steps
+    runs = []
+    for explicit in (True, False):
+        model = _lenet()
+        optimizer = _sgd(model)
+        pruner = P.AGPPruner(0.7, total_steps=9, frequency=2,
+                             model=model if explicit else None)
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            pruner.step() if explicit else pruner(model)
+        runs.append((model.state_dict(), pruner.history, pruner.step_count))
+    (s1, h1, n1), (s2, h2, n2) = runs
+    assert h1 == h2 and n1 == n2 == 12
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert [t for t, _ in h1] == [0, 2, 4, 6, 8, 9]
+
+
+def test_agp_checkpoint_resumes_the_schedule_exactly():
+    batches = list(_loader()) * 4                      # 16 steps, checkpoint after 7
+    settings = dict(final_sparsity=0.8, total_steps=12, frequency=3, scope="layerwise",
+                    exclude=["classifier.5"])
+    model = _lenet()
+    optimizer = _sgd(model)
+    pruner = P.AGPPruner(**settings, model=model)
+    _train_steps(model, optimizer, pruner, batches[:7])
+    checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "pruner": pruner.state_dict()})
+    _train_steps(model, optimizer, pruner, batches[7:])   # the uninterrupted run
+    # a fresh process would do this: model, optimizer (before the masks), masks, schedule
+    resumed = lc.create_model("lenet5")
+    optimizer = _sgd(resumed)
+    P.load_masked_state_dict(resumed, checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    again = P.AGPPruner(**settings, model=resumed)
+    again.load_state_dict(checkpoint["pruner"])
+    assert again.step_count == 7 and again.history == [(0, 0.0), (3, again.history[1][1]),
+                                                      (6, again.history[2][1])]
+    _train_steps(resumed, optimizer, again, batches[7:])
+    assert again.history == pruner.history and again.step_count == 16
+    s1, s2 = model.state_dict(), resumed.state_dict()
+    assert s1.keys() == s2.keys()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert P.layer_sparsity(resumed)["features.0"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_agp_state_dict_is_plain_data_and_refuses_another_schedule(tmp_path):
+    pruner = P.AGPPruner(0.5, total_steps=10, frequency=2)
+    model = _lenet()
+    for _ in range(5):
+        pruner.step(model)
+    torch.save(pruner.state_dict(), tmp_path / "pruner.pt")
+    state = torch.load(tmp_path / "pruner.pt", weights_only=True)
+    assert state["step_count"] == 5 and state["history"] == [[0, 0.0], [2, pytest.approx(
+        P.agp_sparsity(2, 0.5, 10))], [4, pytest.approx(P.agp_sparsity(4, 0.5, 10))]]
+    other = P.AGPPruner(0.6, total_steps=10, frequency=2)
+    with pytest.raises(ValueError, match=r"final_sparsity=0.5 \(this pruner: 0.6\)"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="step_count"):
+        other.load_state_dict({"final_sparsity": 0.6})
+
+
+def test_agp_step_needs_a_model_and_checks_exclude_against_it():
+    with pytest.raises(ValueError, match="pass the model to step"):
+        P.AGPPruner(0.5, 10).step()
+    with pytest.raises(ValueError, match="exclude names layer 'fc'"):
+        P.AGPPruner(0.5, 10, exclude=["fc"], model=_lenet())
+
+
+def test_load_masked_state_dict_restores_masks_into_a_fresh_model():
+    model = _lenet()
+    P.apply_masks(model, P.global_masks(model, 0.6))
+    fresh = lc.create_model("lenet5")
+    with pytest.raises(RuntimeError):
+        fresh.load_state_dict(model.state_dict())     # what this function is for
+    assert P.load_masked_state_dict(fresh, model.state_dict()) is fresh
+    assert P.masks_of(fresh).keys() == P.masks_of(model).keys()
+    assert all(torch.equal(P.masks_of(fresh)[k], P.masks_of(model)[k]) for k in P.masks_of(model))
+    copy.deepcopy(fresh)                                  # refreshed weights: deep-copyable
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(fresh(x), model(x))
+    plain = _lenet()
+    assert P.load_masked_state_dict(lc.create_model("lenet5"), plain.state_dict())  # no masks
+    with pytest.raises(TypeError, match="mapping"):
+        P.load_masked_state_dict(fresh, [1, 2])
+    with pytest.raises(ValueError, match="does not fit"):
+        P.load_masked_state_dict(lc.create_model("lenet5", num_classes=3), plain.state_dict())

@@ -132,3 +132,66 @@ def test_fit_and_evaluate_on_a_gpu(tiny_budget):
     on_gpu = lc.evaluate(model.cuda(), test_loader)
     assert on_gpu["accuracy"] == history.test_accuracy[-1]
     assert abs(on_cpu["accuracy"] - on_gpu["accuracy"]) <= 0.01   # other kernels, same model
+
+
+# --- the single-process path is the loop it was before fit learned DDP -----------------
+
+def _fit_before_ddp(model, train_loader, epochs, test_loader, lr, weight_decay, seed,
+                    loss_fn, after_step):
+    """lc.fit's loop as of commit dae5149 (before torch.distributed), one-cycle SGD on the
+    CPU, progress left out: the reference the single-process path must equal bitwise."""
+    opt = lc.train.make_optimizer(model, "sgd", lr, weight_decay)
+    steps = epochs * len(train_loader)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    torch.manual_seed(seed)
+    train_loader.generator.manual_seed(seed)
+    history = lc.History()
+    for _ in range(epochs):
+        model.train()
+        total_loss, seen = 0.0, 0
+        for x, y in train_loader:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            after_step(model)
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+        history.lr.append(opt.param_groups[0]["lr"])
+        history.train_loss.append(total_loss / seen)
+        metrics = lc.evaluate(model, test_loader)
+        history.test_loss.append(metrics["loss"])
+        history.test_accuracy.append(metrics["accuracy"])
+    return history
+
+
+def test_single_process_fit_equals_the_loop_before_ddp(tiny_budget):
+    from lightcnn import channel_pruning as cp, pruning
+
+    runs = []
+    for train in (_fit_before_ddp, None):
+        torch.manual_seed(3)
+        model = lc.create_model("baseline_cnn", widths=(8, 16, 16))
+        loader, test = _loaders(tiny_budget)    # augmented: the global generator matters
+        pruner = pruning.AGPPruner(0.5, total_steps=6, frequency=2)
+        kwargs = dict(lr=0.05, weight_decay=5e-4, seed=5, loss_fn=cp.slimming_loss(1e-3),
+                      after_step=pruner)
+        if train is None:
+            history = lc.fit(model, loader, 2, test, progress=False, **kwargs)
+        else:
+            history = train(model, loader, 2, test, **kwargs)
+        runs.append((model.state_dict(), history, pruner.history))
+    (s1, h1, p1), (s2, h2, p2) = runs
+    assert h1.train_loss == h2.train_loss and h1.lr == h2.lr
+    assert h1.test_loss == h2.test_loss and h1.test_accuracy == h2.test_accuracy
+    assert p1 == p2 and s1.keys() == s2.keys()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_fit_outside_a_process_group_does_not_touch_torch_distributed(tiny_budget, monkeypatch):
+    train, _ = _loaders(tiny_budget)
+    monkeypatch.setattr(lc.train, "DistributedDataParallel", None)   # would fail if used
+    monkeypatch.setattr(lc.distributed, "distributed_loader", None)
+    history = lc.fit(lc.create_model("lenet5"), train, 1, progress=False)
+    assert len(history.train_loss) == 1
