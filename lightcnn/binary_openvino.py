@@ -1,0 +1,435 @@
+"""OpenVINO's BinaryConvolution against the book's packed binary convolution.
+
+Rastegari et al., "XNOR-Net", arXiv 1603.05279, section 3.2, as an industrial runtime ships
+it: OpenVINO's CPU plugin runs a convolution whose input comes from a 2-level FakeQuantize
+and whose weights are +-1 as a BinaryConvolution, a JIT kernel that packs 32 channels per
+word and counts with ``vpopcntd`` where AVX-512 VPOPCNTDQ exists. This module builds such
+layers and whole binary networks with OpenVINO's opset API (no ONNX file needed), checks in
+the compiled model's runtime graph (``compiled.get_runtime_model()``, each node's
+``layerType``) that BinaryConvolution ran, and times it against
+:class:`lightcnn.binary_kernels.PackedBinaryConv2d`.
+
+Conventions, checked by the tests against openvino 2026.4:
+
+* FakeQuantize with ``levels=2``, ``input_low = input_high = t`` and outputs 0/1 is the
+  CPU plugin's binarization: bit 1 where ``x > t``. The book's sign is ``x >= 0``, so
+  ``t = -2**-149``, the largest float32 below 0 (exact for every input unless denormals
+  are flushed to zero, which OpenVINO does not do by default).
+* ``pad_value`` of BinaryConvolution: ``+1`` pads with the bit of +1, ``-1`` with the bit of
+  -1, ``0`` leaves padded taps out of the count (a float conv's zero padding). The book's
+  binary layers pad with +1 (``lightcnn.binary.BinaryConv2d``), so every layer here uses
+  ``pad_value=+1`` and equals the book's layer exactly.
+* u1 weights: the CPU plugin reads bit ``j`` of byte ``i`` as element ``8 i + j`` (least
+  significant bit first, as OpenVINO's own ConvToBinaryConv writes them), while
+  ``openvino.op.Constant`` built from a list of 0/1 packs the most significant bit first;
+  the bytes are therefore passed packed (``numpy.packbits(..., bitorder="little")``).
+* The CPU plugin's BinaryConvolution gives wrong results when the input channels are not a
+  multiple of 8 (its own Convolution -> BinaryConvolution conversion too): such layers are
+  refused.
+
+Taught in chapters/06_binary_networks.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import binary_kernels as BK
+from .binary import BinaryConv2d, BinaryLinear, binary_layers
+
+__all__ = ["require_openvino", "binary_conv_model", "compile_model", "runtime_layer_types",
+           "run_binary_conv", "export_bnn", "compile_bnn", "benchmark_binary_conv"]
+
+# FakeQuantize sets the bit where x > t: with t the largest float32 below 0, -2**-149,
+# that is x >= 0, the book's sign
+_SIGN_THRESHOLD = -float(np.finfo(np.float32).smallest_subnormal)
+
+
+def require_openvino():
+    """Import and return ``openvino``, or raise ImportError saying how to install it."""
+    try:
+        import openvino
+        import openvino.opset8  # noqa: F401  (the opset this module builds with)
+    except ImportError as e:
+        raise ImportError("lightcnn.binary_openvino needs OpenVINO: pip install openvino "
+                          "(CPU wheels for Linux, macOS and Windows; it does not install "
+                          "torch)") from e
+    return openvino
+
+
+def _layer_signs(layer: BinaryConv2d | BinaryLinear | BK.PackedBinaryConv2d,
+                 name: str = "layer") -> np.ndarray:
+    """The layer's weight signs as a float32 ``(O, C, kh, kw)`` array of +-1 (a linear
+    layer's as ``(O, F, 1, 1)``)."""
+    if isinstance(layer, BK.PackedBinaryConv2d):
+        (kh, kw), c, o = layer.kernel_size, layer.in_channels, layer.out_channels
+        taps = BK.unpack_signs(layer.weight_bits, kh * kw * c)          # (O, kh kw C)
+        return taps.view(o, kh, kw, c).permute(0, 3, 1, 2).numpy().astype(np.float32)
+    if isinstance(layer, (BinaryConv2d, BinaryLinear)):
+        signs = torch.where(layer.weight.detach() >= 0, 1.0, -1.0)
+        return (signs if signs.ndim == 4 else signs[:, :, None, None]).numpy()
+    raise ValueError(f"layer {name!r} must be a BinaryConv2d, BinaryLinear or "
+                     f"PackedBinaryConv2d, got {type(layer).__name__}")
+
+
+def _check_binary(layer: nn.Module, name: str) -> None:
+    if not layer.scheme.binary_activations:
+        raise ValueError(f"layer {name!r} (scheme {layer.scheme.name!r}) has real-valued "
+                         "activations: BinaryConvolution needs 'bnn' or 'xnor'")
+    channels = layer.in_channels if hasattr(layer, "in_channels") else layer.in_features
+    if channels % 8:
+        raise ValueError(f"layer {name!r} has {channels} input channels: OpenVINO's CPU "
+                         "BinaryConvolution computes wrong results unless they are a multiple "
+                         "of 8")
+    if isinstance(layer, (BinaryConv2d, BK.PackedBinaryConv2d)):
+        dilation = getattr(layer, "dilation", (1, 1))
+        if getattr(layer, "groups", 1) != 1 or tuple(dilation) != (1, 1):
+            raise ValueError(f"layer {name!r}: only groups=1 and dilation=1 are exported")
+
+
+def _constant(array: np.ndarray):
+    ov = require_openvino()
+    return ov.op.Constant(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _binary_conv(x, layer: nn.Module, name: str):
+    """FakeQuantize (the signs, as bits) -> BinaryConvolution (pad +1) -> alpha, K, bias."""
+    ov = require_openvino()
+    ops = ov.opset8
+    _check_binary(layer, name)
+    signs = _layer_signs(layer, name)
+    conv = signs.ndim == 4 and not isinstance(layer, BinaryLinear)
+    stride = list(layer.stride) if conv else [1, 1]
+    padding = list(layer.padding) if conv else [0, 0]
+    t = np.array(_SIGN_THRESHOLD, np.float32)
+    bits = ops.fake_quantize(x, t, t, np.array(0, np.float32), np.array(1, np.float32), 2,
+                             name=f"{name}/sign")
+    packed = np.packbits((signs > 0).reshape(-1).astype(np.uint8), bitorder="little")
+    weights = ov.op.Constant(ov.Tensor(packed, ov.Shape(list(signs.shape)), ov.Type.u1),
+                             shared_memory=False)
+    y = ops.binary_convolution(bits, weights, stride, padding, padding, [1, 1], "xnor-popcount",
+                               1.0, name=name)
+    channel = (1, -1, 1, 1)
+    if isinstance(layer, BK.PackedBinaryConv2d):
+        alpha = layer.alpha
+    else:
+        alpha = layer.weight_alpha() if layer.scheme.weight_scale else None
+    if alpha is not None:
+        y = ops.multiply(y, _constant(alpha.detach().numpy().reshape(channel)))
+    if layer.scheme.activation_scale:
+        # XNOR-Net's K: mean_c |x| box-filtered with the kernel's size and stride (zero pad)
+        mean = ops.reduce_mean(ops.abs(x), np.array([1], np.int64), keep_dims=True)
+        kh, kw = layer.kernel_size if conv else (1, 1)
+        box = np.full((1, 1, kh, kw), 1.0 / (kh * kw), np.float32)
+        y = ops.multiply(y, ops.convolution(mean, _constant(box), stride, padding, padding,
+                                            [1, 1]))
+    bias = layer.bias
+    if bias is not None:
+        y = ops.add(y, _constant(bias.detach().numpy().reshape(channel)))
+    return y
+
+
+def binary_conv_model(layer: BinaryConv2d | BK.PackedBinaryConv2d,
+                      input_shape: Sequence[int], nhwc_output: bool = False):
+    """An OpenVINO model of one binary conv: ``x`` (float32 NCHW) -> FakeQuantize (levels 2,
+    bits of ``x >= 0``) -> BinaryConvolution (``pad_value=+1``) -> alpha, K, bias as the
+    layer has them. Its output equals ``PackedBinaryConv2d(layer)(x)``.
+
+    Args:
+        input_shape: ``(B, C, H, W)``.
+        nhwc_output: return the output in NHWC memory (``(B, OH, OW, O)``), the layout the
+            plugin computes in, so no reorder runs after the conv (the book's layer returns
+            an NCHW view of NHWC memory too).
+    """
+    ov = require_openvino()
+    if not isinstance(layer, (BinaryConv2d, BK.PackedBinaryConv2d)):
+        raise ValueError(f"layer must be a BinaryConv2d or PackedBinaryConv2d, got "
+                         f"{type(layer).__name__}")
+    shape = tuple(input_shape)
+    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape) \
+            or shape[1] != layer.in_channels:
+        raise ValueError(f"input_shape must be (B, {layer.in_channels}, H, W) of positive "
+                         f"ints, got {input_shape!r}")
+    x = ov.opset8.parameter(list(shape), np.float32, name="x")
+    model = ov.Model([_binary_conv(x, layer, "binary_conv")], [x], "binary_conv")
+    if nhwc_output:
+        from openvino.preprocess import PrePostProcessor
+        ppp = PrePostProcessor(model)
+        ppp.output().tensor().set_layout(ov.Layout("NHWC"))
+        ppp.output().model().set_layout(ov.Layout("NCHW"))
+        model = ppp.build()
+    return model
+
+
+def compile_model(model, threads: int = 1):
+    """Compile for OpenVINO's CPU plugin as deployed for latency: float32 inference (no
+    bf16, which the plugin may pick on its own), ``threads`` threads, one stream."""
+    ov = require_openvino()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    return ov.Core().compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+
+
+def runtime_layer_types(compiled) -> dict[str, str]:
+    """``{node name: layerType}`` of the graph the plugin actually runs
+    (``compiled.get_runtime_model()``): "BinaryConvolution" where the binary kernel ran,
+    "Convolution" where it fell back to a float one."""
+    return {node.get_friendly_name(): node.get_rt_info()["layerType"].astype(str)
+            for node in compiled.get_runtime_model().get_ordered_ops()}
+
+
+def _expect_binary(types: dict[str, str], names: Sequence[str]) -> None:
+    missing = {n: types.get(n, "absent") for n in names if types.get(n) != "BinaryConvolution"}
+    if missing:
+        raise RuntimeError(f"OpenVINO did not run BinaryConvolution for {missing} "
+                           f"(runtime layers: {sorted(set(types.values()))})")
+
+
+def run_binary_conv(layer: BinaryConv2d | BK.PackedBinaryConv2d, x: Tensor,
+                    threads: int = 1) -> Tensor:
+    """``layer(x)`` run by OpenVINO's BinaryConvolution (after checking in the runtime graph
+    that it ran): equal to :class:`lightcnn.binary_kernels.PackedBinaryConv2d` on the same
+    weights and input (``bnn``; ``xnor``'s float scales round differently).
+
+    Raises:
+        RuntimeError: the plugin ran something other than BinaryConvolution.
+    """
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise ValueError(f"x must be a (B, C, H, W) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    compiled = compile_model(binary_conv_model(layer, tuple(x.shape)), threads)
+    _expect_binary(runtime_layer_types(compiled), ["binary_conv"])
+    y = compiled(x.detach().float().contiguous().numpy())[0]
+    return torch.from_numpy(np.array(y))
+
+
+class _Exporter:
+    """Walks a torch.fx graph and builds the OpenVINO graph node by node."""
+
+    def __init__(self, model: nn.Module):
+        self.ov = require_openvino()
+        self.ops = self.ov.opset8
+        self.modules = dict(model.named_modules())
+
+    def module(self, name: str, x):
+        ops, m = self.ops, self.modules[name]
+        if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.scheme.binary_activations:
+            if isinstance(m, BinaryLinear):    # a 1x1 binary conv on (B, F, 1, 1)
+                y = _binary_conv(ops.unsqueeze(x, np.array([2, 3], np.int64)), m, name)
+                return ops.squeeze(y, np.array([2, 3], np.int64))
+            return _binary_conv(x, m, name)
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1 or not isinstance(m.padding, tuple):
+                raise ValueError(f"layer {name!r}: only groups=1 convs with int padding export")
+            w = m.weight.detach()
+            if isinstance(m, BinaryConv2d):       # binary weights, real activations
+                w = torch.where(w >= 0, 1.0, -1.0) * (m.weight_alpha().view(-1, 1, 1, 1)
+                                                      if m.scheme.weight_scale else 1.0)
+            y = ops.convolution(x, _constant(w.numpy()), list(m.stride), list(m.padding),
+                                list(m.padding), list(m.dilation))
+            return y if m.bias is None else ops.add(
+                y, _constant(m.bias.detach().numpy().reshape(1, -1, 1, 1)))
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach()
+            if isinstance(m, BinaryLinear):
+                w = torch.where(w >= 0, 1.0, -1.0) * (m.weight_alpha().view(-1, 1)
+                                                      if m.scheme.weight_scale else 1.0)
+            y = ops.matmul(x, _constant(w.numpy()), False, True)
+            return y if m.bias is None else ops.add(y, _constant(m.bias.detach().numpy()))
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            gamma = m.weight if m.affine else torch.ones(m.num_features)
+            beta = m.bias if m.affine else torch.zeros(m.num_features)
+            return ops.batch_norm_inference(x, *(_constant(t.detach().numpy()) for t in (
+                gamma, beta, m.running_mean, m.running_var)), m.eps)
+        if isinstance(m, nn.ReLU):
+            return ops.relu(x)
+        if isinstance(m, (nn.Hardtanh, nn.ReLU6)):
+            return ops.clamp(x, float(m.min_val), float(m.max_val))
+        if isinstance(m, nn.MaxPool2d):
+            pool = BK.PackedMaxPool2d(m)        # validates dilation and ceil_mode
+            return ops.max_pool(x, list(pool.stride), [1, 1], list(pool.padding),
+                                list(pool.padding), list(pool.kernel_size)).output(0)
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return ops.reduce_mean(x, np.array([2, 3], np.int64), keep_dims=True)
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            return self.flatten(x)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x
+        raise ValueError(f"layer {name!r} ({type(m).__name__}) has no OpenVINO export here")
+
+    def flatten(self, x):
+        return self.ops.reshape(x, np.array([0, -1], np.int64), special_zero=True)
+
+    def function(self, node, args):
+        target = node.target
+        if target in (torch.flatten, "flatten") and node.args[1:] in ((1,), ()) \
+                and not node.kwargs:
+            return self.flatten(args[0])
+        if target in (F.relu, torch.relu, "relu"):
+            return self.ops.relu(args[0])
+        if target in (operator.add, torch.add, "add") and len(args) == 2:
+            return self.ops.add(*args)
+        raise ValueError(f"{node.op} {getattr(target, '__name__', target)!r} has no OpenVINO "
+                         "export here")
+
+
+def export_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
+               path: str | None = None):
+    """The whole binarized network as an OpenVINO model, every binary layer with binary
+    activations as FakeQuantize -> BinaryConvolution (named after the layer; a binary
+    linear layer as a 1x1 one on ``(B, F, 1, 1)``), everything else as the float ops it is.
+
+    Supports what the book's binary networks hold: Conv2d, Linear, their binary versions,
+    batch norm, ReLU, Hardtanh, max pooling, global average pooling, flatten, dropout and
+    identity, traced with torch.fx. Verify the compiled result with :func:`compile_bnn`.
+
+    Args:
+        input_shape: ``(B, C, H, W)`` of the input.
+        path: also save it as OpenVINO IR (``.xml`` and ``.bin``) there.
+
+    Raises:
+        ValueError: a module or function without an export here, a binary layer whose input
+            channels are not a multiple of 8, or a model torch.fx cannot trace (named).
+    """
+    ov = require_openvino()
+    if not binary_layers(model):
+        raise ValueError("model has no binary layers (binarize it first)")
+    shape = tuple(input_shape)
+    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ValueError(f"input_shape must be (B, C, H, W) of positive ints, got "
+                         f"{input_shape!r}")
+    try:
+        graph = BK._LeafTracer().trace(model)
+    except Exception as e:   # fx raises many types for untraceable control flow
+        raise ValueError(f"export_bnn needs a model torch.fx can trace: {e}") from e
+    exporter = _Exporter(model)
+    values, parameters, results = {}, [], []
+    for node in graph.nodes:
+        args = [values[a] if isinstance(a, torch.fx.Node) else a for a in node.args]
+        if node.op == "placeholder":
+            values[node] = exporter.ops.parameter(list(shape), np.float32, name=node.name)
+            parameters.append(values[node])
+        elif node.op == "call_module":
+            values[node] = exporter.module(node.target, args[0])
+        elif node.op in ("call_function", "call_method"):
+            values[node] = exporter.function(node, args)
+        elif node.op == "output":
+            results = [values[node.args[0]]]
+        else:
+            raise ValueError(f"{node.op} {node.target!r} has no OpenVINO export here")
+    exported = ov.Model(results, parameters, type(model).__name__)
+    if path is not None:
+        ov.save_model(exported, path, compress_to_fp16=False)
+    return exported
+
+
+def compile_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
+                threads: int = 1):
+    """:func:`export_bnn`, compiled (:func:`compile_model`), after checking in the runtime
+    graph that every binary layer with binary activations ran as BinaryConvolution.
+
+    Returns:
+        ``(compiled, {layer name: layerType})``.
+
+    Raises:
+        RuntimeError: some binary layer did not run as BinaryConvolution (named).
+    """
+    compiled = compile_model(export_bnn(model, input_shape), threads)
+    types = runtime_layer_types(compiled)
+    names = [n for n, m in binary_layers(model).items() if m.scheme.binary_activations]
+    _expect_binary(types, names)
+    return compiled, {n: types[n] for n in names}
+
+
+def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
+                          sizes: Sequence[int] = (7, 14, 28), threads: Sequence[int] = (1, 2),
+                          warmup: int = 10, repeats: int = 50, seed: int = 0) -> list[dict]:
+    """The book's packed binary conv against OpenVINO's BinaryConvolution, all in ONE
+    interleaved run (:func:`lightcnn.profile.time_interleaved`).
+
+    For each ``c`` in ``channels`` and ``s`` in ``sizes``: a 3x3 ``bnn`` conv, ``c`` -> ``c``
+    channels, stride 1, padding 1 (+1 padding on both sides), on a ``(1, c, s, s)`` float32
+    input, at each thread count. Both take the float NCHW input and return the float dot
+    products in NHWC memory (the book's layer as an NCHW view of it; OpenVINO asked for
+    NHWC output, so it runs no reorder after the conv); both outputs are checked equal
+    first. The book's calls set torch's thread count (which the numba kernel follows) before
+    each call; each OpenVINO model is compiled for its thread count, one stream, float32.
+    Every call of every configuration is in the same round-robin, so drift (another process,
+    the clock) spreads over all of them alike.
+
+    Returns:
+        One row per (channels, size, threads): ``channels``, ``size``, ``threads``,
+        ``binary_macs`` (``9 c^2 s^2``), ``book_ms``, ``openvino_ms`` (medians),
+        ``book_iqr_ms``, ``openvino_iqr_ms``, ``speedup`` (OpenVINO's median over the
+        book's: above 1, the book's layer is faster) and ``book_fraction_of_peak``
+        (binary MACs per second over :func:`lightcnn.binary_kernels.popcount_peak` at that
+        many cores; None where the clock is unknown).
+    """
+    from .profile import time_interleaved  # local: only the benchmark needs it
+
+    ov = require_openvino()
+    for arg, values in (("channels", channels), ("sizes", sizes), ("threads", threads)):
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in values):
+            raise ValueError(f"{arg} must be a non-empty sequence of positive ints, got "
+                             f"{values!r}")
+    bad = [c for c in channels if c % 8]
+    if bad:
+        raise ValueError(f"channels must be multiples of 8 (OpenVINO's BinaryConvolution), "
+                         f"got {bad}")
+    fns, configs = {}, []
+    previous = torch.get_num_threads()
+    g = torch.Generator().manual_seed(seed)
+    try:
+        for c in channels:
+            layer = BinaryConv2d(c, c, 3, padding=1, bias=False, scheme="bnn")
+            with torch.no_grad():
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) * 2 - 1)
+            book = BK.PackedBinaryConv2d(layer.eval())
+            for s in sizes:
+                x = torch.randn(1, c, s, s, generator=g)
+                model = binary_conv_model(layer, tuple(x.shape), nhwc_output=True)
+                for t in threads:
+                    compiled = compile_model(model, t)
+                    _expect_binary(runtime_layer_types(compiled), ["binary_conv"])
+                    request = compiled.create_infer_request()
+                    request.set_input_tensor(ov.Tensor(x.numpy(), shared_memory=True))
+                    request.infer()
+                    torch.set_num_threads(t)
+                    with torch.inference_mode():
+                        ours = book(x)
+                    theirs = torch.from_numpy(np.array(request.get_output_tensor(0).data))
+                    if not torch.equal(ours, theirs.permute(0, 3, 1, 2)):
+                        raise RuntimeError(f"OpenVINO and the book's layer disagree at {c} "
+                                           f"channels, {s}x{s}, {t} threads")
+                    configs.append((c, s, t))
+
+                    def run_book(book=book, x=x, t=t):
+                        torch.set_num_threads(t)
+                        with torch.inference_mode():
+                            return book(x)
+                    fns[f"book {c} {s} {t}"] = run_book
+                    fns[f"openvino {c} {s} {t}"] = request.infer
+        times = time_interleaved(fns, max(threads), warmup, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    rows = []
+    for c, s, t in configs:
+        ours, theirs = times[f"book {c} {s} {t}"], times[f"openvino {c} {s} {t}"]
+        macs = 9 * c * c * s * s
+        peak = BK.popcount_peak(t)["peak_binary_macs_per_s"]
+        rows.append({"channels": c, "size": s, "threads": t, "binary_macs": macs,
+                     "book_ms": ours.median_ms, "openvino_ms": theirs.median_ms,
+                     "book_iqr_ms": ours.iqr_ms, "openvino_iqr_ms": theirs.iqr_ms,
+                     "speedup": theirs.median_ms / ours.median_ms,
+                     "book_fraction_of_peak": None if peak is None
+                     else macs / (ours.median_ms / 1e3) / peak})
+    return rows

@@ -1,0 +1,123 @@
+"""lightcnn.binary_openvino: OpenVINO's BinaryConvolution against the book's packed binary
+conv (exact equality), the exported whole network (BinaryConvolution for every binary
+layer), the benchmark's rows, and the errors: no openvino, channels OpenVINO computes wrong."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lightcnn as lc
+from lightcnn import binary as B
+from lightcnn import binary_kernels as K
+from lightcnn import binary_openvino as BO
+from helpers import randomize_bn
+
+
+def test_a_clear_error_without_openvino(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)   # import openvino now fails
+    with pytest.raises(ImportError, match="pip install openvino"):
+        BO.require_openvino()
+    with pytest.raises(ImportError, match="pip install openvino"):
+        BO.run_binary_conv(B.BinaryConv2d(8, 8, 3), torch.randn(1, 8, 4, 4))
+
+
+openvino = pytest.importorskip("openvino")
+
+
+@pytest.mark.parametrize("c, o, size, k, s, p, bias", [
+    (64, 33, 9, 3, 1, 1, True), (72, 64, 14, 3, 2, 2, False), (16, 20, 5, 2, 1, 0, True),
+    (8, 16, 6, 1, 1, 0, False), (256, 32, 7, 3, 1, 1, False)])
+def test_binary_convolution_equals_the_packed_layer(c, o, size, k, s, p, bias):
+    torch.manual_seed(c)
+    layer = B.BinaryConv2d(c, o, k, stride=s, padding=p, bias=bias, scheme="bnn").eval()
+    x = torch.randn(2, c, size, size)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, -1e-30])   # the sign at 0 and just below it
+    with torch.no_grad():
+        ours = K.PackedBinaryConv2d(layer)(x)
+    assert torch.equal(BO.run_binary_conv(layer, x), ours)                  # +1 padding
+    assert torch.equal(BO.run_binary_conv(K.PackedBinaryConv2d(layer), x), ours)
+
+
+def test_binary_convolution_ran_and_xnor_scales_agree():
+    torch.manual_seed(0)
+    layer = B.BinaryConv2d(32, 16, 3, padding=1, bias=True, scheme="xnor").eval()
+    x = torch.randn(1, 32, 8, 8)
+    compiled = BO.compile_model(BO.binary_conv_model(layer, (1, 32, 8, 8)))
+    assert BO.runtime_layer_types(compiled)["binary_conv"] == "BinaryConvolution"
+    with torch.no_grad():
+        ours = K.PackedBinaryConv2d(layer)(x)
+    # the integer part is exact; XNOR-Net's float K is rounded in another order
+    assert torch.allclose(BO.run_binary_conv(layer, x), ours, rtol=1e-5, atol=1e-5)
+    nhwc = BO.compile_model(BO.binary_conv_model(layer, (1, 32, 8, 8), nhwc_output=True))
+    assert torch.allclose(torch.from_numpy(np.array(nhwc(x.numpy())[0])).permute(0, 3, 1, 2),
+                          ours, rtol=1e-5, atol=1e-5)
+
+
+def test_binary_conv_model_refuses_what_openvino_gets_wrong():
+    with pytest.raises(ValueError, match="20 input channels.*multiple of 8"):
+        BO.binary_conv_model(B.BinaryConv2d(20, 8, 3), (1, 20, 5, 5))
+    with pytest.raises(ValueError, match="real-valued activations"):
+        BO.binary_conv_model(B.BinaryConv2d(8, 8, 3, scheme="bwn"), (1, 8, 5, 5))
+    with pytest.raises(ValueError, match="input_shape must be \\(B, 8, H, W\\)"):
+        BO.binary_conv_model(B.BinaryConv2d(8, 8, 3), (1, 3, 5, 5))
+    with pytest.raises(ValueError, match="threads"):
+        BO.compile_model(BO.binary_conv_model(B.BinaryConv2d(8, 8, 3), (1, 8, 5, 5)), 0)
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64),
+                                 nn.ReLU(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(),
+                                 nn.Linear(48, 40), nn.BatchNorm1d(40), nn.ReLU(),
+                                 nn.Linear(40, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("scheme", ["bnn", "xnor"])
+@pytest.mark.parametrize("make, shape", [(lambda: lc.create_model("baseline_cnn"), (4, 1, 28, 28)),
+                                         (_MLP, (4, 1, 8, 8))])
+def test_exported_network_runs_binary_convolution_for_every_binary_layer(scheme, make, shape):
+    torch.manual_seed(0)
+    sim = randomize_bn(B.binarize(make(), scheme))
+    compiled, types = BO.compile_bnn(sim, shape)
+    binary = [n for n, m in B.binary_layers(sim).items() if m.scheme.binary_activations]
+    assert sorted(types) == sorted(binary) and set(types.values()) == {"BinaryConvolution"}
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = sim(x)
+    got = torch.from_numpy(np.array(compiled(x.numpy())[0]))
+    # the float layers round in another order, so a sign at a tie could differ: none does here
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_export_saves_ir_and_refuses_unknown_layers(tmp_path):
+    sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "bnn"))
+    BO.export_bnn(sim, (1, 1, 28, 28), path=str(tmp_path / "bnn.xml"))
+    assert (tmp_path / "bnn.xml").exists() and (tmp_path / "bnn.bin").exists()
+    odd = B.binarize(nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), nn.GELU(),
+                                   nn.Flatten(), nn.Linear(8 * 24 * 24, 2)), "bnn")
+    with pytest.raises(ValueError, match="'2' \\(GELU\\) has no OpenVINO export"):
+        BO.export_bnn(odd, (1, 1, 28, 28))
+    with pytest.raises(ValueError, match="no binary layers"):
+        BO.export_bnn(nn.Sequential(nn.Conv2d(1, 8, 3)), (1, 1, 28, 28))
+
+
+def test_benchmark_rows_on_a_tiny_case():
+    rows = BO.benchmark_binary_conv(channels=(8, 16), sizes=(3,), threads=(1,), warmup=1,
+                                    repeats=2)
+    assert [(r["channels"], r["size"], r["threads"]) for r in rows] == [(8, 3, 1), (16, 3, 1)]
+    for r in rows:
+        assert r["binary_macs"] == 9 * r["channels"] ** 2 * 9
+        assert r["speedup"] == pytest.approx(r["openvino_ms"] / r["book_ms"])
+        assert r["book_ms"] > 0 and r["openvino_ms"] > 0
+    with pytest.raises(ValueError, match="multiples of 8"):
+        BO.benchmark_binary_conv(channels=(12,), sizes=(3,), threads=(1,))
+    with pytest.raises(ValueError, match="sizes"):
+        BO.benchmark_binary_conv(channels=(8,), sizes=(), threads=(1,))
