@@ -30,6 +30,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from .profile import Latency, _latency, measure_latency
 
 __all__ = ["DEFAULT_THREADS", "cpu_name", "cpuinfo_fields", "page_faults_per_pass", "pin_allocator", "seed_everything",
            "set_threads", "setup", "process_state", "fresh_process_latency", "DRIFT_STEPS",
-           "drift_experiment"]
+           "drift_experiment", "cpu_speed_probe", "thread_levels"]
 
 # The book's machine has 2 cores; every published latency is measured with 2 threads.
 DEFAULT_THREADS = 2
@@ -459,3 +460,62 @@ def drift_experiment(steps: Sequence[str] = DRIFT_STEPS, model: str = "baseline_
         torch.use_deterministic_algorithms(previous_deterministic)
         del keep
     return rows
+
+
+def _spin(iterations: int) -> float:
+    """Milliseconds of a fixed pure-Python loop: the same instructions every time."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(iterations):
+        total += i & 7
+    return (time.perf_counter() - start) * 1e3
+
+
+def cpu_speed_probe(rounds: int = 40, iterations: int = 200_000, pause_s: float = 0.05
+                    ) -> dict[int, list[float]]:
+    """Time the same single-threaded loop on each logical CPU in turn, ``rounds`` times.
+
+    Nothing in the loop depends on torch, the process's history or memory: if its time
+    still changes from one round to the next, the CPU itself runs at different speeds
+    (on a virtual machine: the host's other work on the same physical core, or its
+    clock), and every latency measured on it inherits that.
+
+    Returns:
+        logical CPU -> the loop's milliseconds, one per round (this process is pinned to
+        each CPU for its turn, then released to all of them).
+    """
+    for name, value in (("rounds", rounds), ("iterations", iterations)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not pause_s >= 0:
+        raise ValueError(f"pause_s must be a number >= 0, got {pause_s!r}")
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("cpu_speed_probe needs os.sched_setaffinity (Linux)")
+    cpus = sorted(os.sched_getaffinity(0))
+    times: dict[int, list[float]] = {cpu: [] for cpu in cpus}
+    try:
+        for _ in range(rounds):
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                time.sleep(pause_s)
+                times[cpu].append(_spin(iterations))
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+    return times
+
+
+def thread_levels(model: nn.Module, rounds: int = 12, batch_size: int = 1,
+                  warmup: int = 10, repeats: int = 50, pause_s: float = 1.0
+                  ) -> list[tuple[float, float]]:
+    """``rounds`` pairs of medians of ``model`` at 2 threads and at 1 thread, each pair
+    measured back to back after a pause: when the 2-thread median jumps between levels
+    while the 1-thread one holds, the second thread's CPU is what changes speed."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    pairs = []
+    for _ in range(rounds):
+        time.sleep(pause_s)
+        two = measure_latency(model, batch_size, threads=2, warmup=warmup, repeats=repeats)
+        one = measure_latency(model, batch_size, threads=1, warmup=warmup, repeats=repeats)
+        pairs.append((two.median_ms, one.median_ms))
+    return pairs

@@ -1,3 +1,4 @@
+import os
 import platform
 import random
 import subprocess
@@ -156,8 +157,10 @@ def test_drift_experiment_times_after_each_step_and_prints_a_row(monkeypatch, ca
 
 
 # The issue's check (issue 27): work a chapter does must not leave the process slower at
-# batch 1 than a fresh one. Timing-sensitive: run it on a CPU nothing else uses; deselect it
-# with -m "not drift".
+# batch 1 than a fresh one. Deselected by default (pyproject's addopts: -m 'not drift'):
+# on the book's virtual machine the CPUs themselves change speed 1.4-1.9x from moment to
+# moment (book/benchmarking.md), so it passes or fails with the host's load. Run it on a
+# dedicated machine with: pytest tests/test_runtime.py -m drift
 @pytest.mark.drift
 def test_drift_batch_1_after_training_and_onnxruntime_stays_near_a_fresh_process(data_dir):
     rows = lc.runtime.drift_experiment(steps=("train", "onnxruntime"), batch_sizes=(1,),
@@ -166,3 +169,16 @@ def test_drift_batch_1_after_training_and_onnxruntime_stays_near_a_fresh_process
     fresh = (by_step["fresh process"] + by_step["fresh process, again"]) / 2
     for step in ("after train", "after onnxruntime"):
         assert abs(by_step[step] / fresh - 1) <= 0.15, (step, by_step)
+
+
+def test_cpu_speed_probe_and_thread_levels_shapes():
+    times = lc.runtime.cpu_speed_probe(rounds=2, iterations=1000, pause_s=0)
+    assert set(times) == set(os.sched_getaffinity(0)) and all(len(t) == 2 for t in times.values())
+    assert all(x > 0 for t in times.values() for x in t)
+    pairs = lc.runtime.thread_levels(lc.create_model("lenet5").eval(), rounds=1, warmup=0,
+                                     repeats=2, pause_s=0)
+    assert len(pairs) == 1 and all(v > 0 for v in pairs[0])
+    with pytest.raises(ValueError, match="rounds"):
+        lc.runtime.cpu_speed_probe(rounds=0)
+    with pytest.raises(ValueError, match="pause_s"):
+        lc.runtime.cpu_speed_probe(pause_s=-1)
