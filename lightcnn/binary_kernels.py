@@ -474,10 +474,20 @@ def _numba_kernels() -> SimpleNamespace:
             tiles(src, starts, offsets, b, n_cols, n_bits, out, thresholds, flip, out_bits,
                   chunk, n_chunks)
 
+    pack_padded = njit(**fast)(pack_padded)
+
+    @njit(**fast)
+    def conv_serial(x, ph, pw, starts, offsets, b, n_cols, n_bits, thresholds, flip, oh, ow):
+        # the whole float-in, float-out conv on one thread in one call: pack, then the tiles
+        out = np.empty((x.shape[0], oh, ow, n_cols), np.float32)
+        tiles(pack_padded(x, ph, pw).reshape(-1), starts, offsets, b, n_cols, n_bits,
+              out.reshape(-1, n_cols), thresholds, flip, np.empty((0, 0), np.uint32), 0, 1)
+        return out
+
     return SimpleNamespace(
         numba=numba, max_threads=numba.config.NUMBA_NUM_THREADS, tiles=tiles,
-        tiles_parallel=tiles_parallel,
-        conv_indices=njit(**fast)(conv_indices), pack_padded=njit(**fast)(pack_padded),
+        tiles_parallel=tiles_parallel, conv_serial=conv_serial,
+        conv_indices=njit(**fast)(conv_indices), pack_padded=pack_padded,
         pack_padded_nhwc=njit(**fast)(pack_padded_nhwc), pad_words=njit(**fast)(pad_words),
         pack_rows=njit(**fast)(pack_rows))
 
@@ -923,6 +933,15 @@ class PackedBinaryConv2d(_PackedLayer):
         o = self.out_channels
         if self.backend == "numba":
             kernels = _numba_kernels()
+            hp, wp = h + 2 * ph, w + 2 * pw
+            kernel, t, flip, starts, offsets = self._operands((b, h, w), lambda: kernels.conv_indices(
+                b, hp, wp, -(-self.in_channels // 64), kh, kw, sh, sw, oh, ow))
+            if (self.thresholds is None and not self.packed_input and x.is_contiguous()
+                    and min(torch.get_num_threads(), kernels.max_threads) <= 1):
+                # the common case on one thread: one compiled call does steps 1 to 3
+                dots = kernels.conv_serial(_float_array(x), ph, pw, starts, offsets, kernel, o,
+                                           self.n_bits, t, flip, oh, ow)
+                return self._scale(torch.from_numpy(dots).permute(0, 3, 1, 2), x)
             # step 1: the padded input's words, in one pass over x (or its words)
             if self.packed_input:
                 padded = kernels.pad_words(_as_u64(x), ph, pw, self.in_channels)
@@ -932,8 +951,6 @@ class PackedBinaryConv2d(_PackedLayer):
             else:
                 padded = kernels.pack_padded(_float_array(x), ph, pw)
             # steps 2 and 3: the XNOR GEMM reads the windows in place, through two index arrays
-            kernel, t, flip, starts, offsets = self._operands(
-                padded.shape, lambda: kernels.conv_indices(*padded.shape, kh, kw, sh, sw, oh, ow))
             src = padded.reshape(-1)
             if self.thresholds is not None:
                 words = torch.zeros(b * oh * ow, -(-o // 64), dtype=torch.int64)

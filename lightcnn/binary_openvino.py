@@ -363,7 +363,8 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
     first. The book's calls set torch's thread count (which the numba kernel follows) before
     each call; each OpenVINO model is compiled for its thread count, one stream, float32.
     Every call of every configuration is in the same round-robin, so drift (another process,
-    the clock) spreads over all of them alike.
+    the clock) spreads over all of them alike; the largest configurations come first in a
+    round, so no small one follows a long call whose threads are still spinning.
 
     Returns:
         One row per (channels, size, threads): ``channels``, ``size``, ``threads``,
@@ -418,7 +419,11 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
                             return book(x)
                     fns[f"book {c} {s} {t}"] = run_book
                     fns[f"openvino {c} {s} {t}"] = request.infer
-        times = time_interleaved(fns, max(threads), warmup, repeats)
+        # largest first: each call then follows a smaller one (a round is a cycle, so every
+        # call always follows the same one; after a long OpenVINO call on 2 threads, its
+        # workers still spin for a while and slow whatever comes next)
+        order = sorted(fns, key=lambda k: -9 * int(k.split()[1]) ** 2 * int(k.split()[2]) ** 2)
+        times = time_interleaved({k: fns[k] for k in order}, max(threads), warmup, repeats)
     finally:
         torch.set_num_threads(previous)
     rows = []
