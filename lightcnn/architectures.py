@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_float, check_int, check_sequence, check_str
 from .blocks import (ConvBNAct, DepthwiseSeparable, Fire, GhostBottleneck, InvertedResidual,
                      ShuffleUnitV1, ShuffleUnitV2, make_divisible)
 from .models import register_model
@@ -197,8 +198,26 @@ def _check_args(num_classes: int, width_mult: float, config: str) -> None:
     if (isinstance(width_mult, bool) or not isinstance(width_mult, (int, float))
             or not math.isfinite(width_mult) or width_mult <= 0):
         raise ValueError(f"width_mult must be a finite number > 0, got {width_mult!r}")
-    if config not in CONFIGS:
-        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
+    check_str("config", config, CONFIGS)
+
+
+def _check_model(num_classes: int, width_mult: float, in_channels: int, stem_stride: int,
+                 dropout: float) -> None:
+    # the arguments every model class takes
+    check_int("num_classes", num_classes, 1)
+    check_float("width_mult", width_mult, 0, low_open=True)
+    check_int("in_channels", in_channels, 1)
+    check_int("stem_stride", stem_stride, 1)
+    check_float("dropout", dropout, 0, 1)
+
+
+def _check_stages(stages: Sequence[tuple], columns: str, nonempty: bool = False) -> None:
+    # a stage table: rows of len(columns.split(", ")) values, e.g. "(t, c, n, s)"
+    check_sequence("stages", stages, nonempty=nonempty)
+    width = len(columns.split(","))
+    for row in stages:
+        if not isinstance(row, (tuple, list)) or len(row) != width:
+            raise ValueError(f"stages must hold rows {columns}, got a row {row!r}")
 
 
 def _stem_stride(config: str) -> int:
@@ -272,6 +291,8 @@ class MobileNetV1(_Classifier):
                  num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
                  stem_stride: int = 2, dropout: float = 0.2):
         super().__init__()
+        _check_stages(stages, "(c, n, s)")
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         channels = make_divisible(32 * width_mult)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stem_stride)]
         for c, n, s in stages:
@@ -304,6 +325,8 @@ class MobileNetV2(_Classifier):
                  num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
                  stem_stride: int = 2, dropout: float = 0.2):
         super().__init__()
+        _check_stages(stages, "(t, c, n, s)")
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         channels = make_divisible(32 * width_mult)
         last_channels = make_divisible(1280 * max(1.0, width_mult))
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stem_stride,
@@ -343,6 +366,9 @@ class MobileNetV3(_Classifier):
                  width_mult: float = 1.0, in_channels: int = 3, stem_stride: int = 2,
                  dropout: float = 0.2):
         super().__init__()
+        _check_stages(stages, "(k, exp, c, se, nl, s)")
+        check_int("last_channels", last_channels, 1)
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         channels = make_divisible(16 * width_mult)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stem_stride,
                                              activation=nn.Hardswish)]
@@ -383,6 +409,8 @@ class ShuffleNetV1(_Classifier):
     def __init__(self, groups: int = 3, num_classes: int = 1000, width_mult: float = 1.0,
                  in_channels: int = 3, stem_stride: int = 2, dropout: float = 0.0):
         super().__init__()
+        check_int("groups", groups, 1)
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         if groups not in SHUFFLENET_V1_CHANNELS:
             raise ValueError(f"groups must be one of {sorted(SHUFFLENET_V1_CHANNELS)}, "
                              f"got {groups!r}")
@@ -419,6 +447,7 @@ class ShuffleNetV2(_Classifier):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
                  stem_stride: int = 2, dropout: float = 0.0):
         super().__init__()
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         if width_mult in SHUFFLENET_V2_CHANNELS:
             *widths, last = SHUFFLENET_V2_CHANNELS[width_mult]
         else:
@@ -462,9 +491,9 @@ class SqueezeNet(_Classifier):
                  in_channels: int = 3, stem_stride: int = 2, dropout: float = 0.5,
                  norm: bool = False):
         super().__init__()
-        if version not in SQUEEZENET_STAGES:
-            raise ValueError(f"version must be one of {sorted(SQUEEZENET_STAGES)}, "
-                             f"got {version!r}")
+        check_str("version", version, SQUEEZENET_STAGES)
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
+        check_bool("norm", norm)
         (stem, kernel), table = SQUEEZENET_STAGES[version]
         channels = make_divisible(stem * width_mult)
 
@@ -515,6 +544,9 @@ class EfficientNet(_Classifier):
                  width_mult: float = 1.0, depth_mult: float = 1.0, in_channels: int = 3,
                  stem_stride: int = 2, dropout: float = 0.2):
         super().__init__()
+        _check_stages(stages, "(t, k, c, n, s)")
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
+        check_float("depth_mult", depth_mult, 0, low_open=True)
         channels = make_divisible(32 * width_mult)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stem_stride,
                                              activation=nn.SiLU)]
@@ -553,6 +585,8 @@ class GhostNet(_Classifier):
                  width_mult: float = 1.0, in_channels: int = 3, stem_stride: int = 2,
                  dropout: float = 0.2):
         super().__init__()
+        _check_stages(stages, "(k, exp, c, se, s)", nonempty=True)
+        _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         channels = make_divisible(16 * width_mult, 4)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stem_stride)]
         for k, exp, c, se, s in stages:
@@ -591,8 +625,7 @@ def compound_scaling(phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: f
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi):
         raise ValueError(f"phi must be a finite number, got {phi!r}")
     for name, base in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not base >= 1.0:
-            raise ValueError(f"{name} must be >= 1 (scaling up), got {base!r}")
+        check_float(name, base, 1.0)
     if isinstance(base_resolution, bool) or not isinstance(base_resolution, int) \
             or base_resolution < 1:
         raise ValueError(f"base_resolution must be a positive int, got {base_resolution!r}")

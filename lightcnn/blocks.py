@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_callable, check_float, check_int, check_tensor
+
 __all__ = [
     "make_divisible", "channel_shuffle", "ConvBNAct", "DepthwiseSeparable", "SqueezeExcite",
     "InvertedResidual", "Fire", "ShuffleUnitV1", "ShuffleUnitV2", "GhostModule",
@@ -69,9 +71,9 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
         divisor: the multiple to round to.
         min_value: the smallest width returned (``divisor`` if not given).
     """
-    if not value > 0:
-        raise ValueError(f"value must be > 0, got {value!r}")
+    check_float("value", value, 0, low_open=True)
     _check_channels(divisor=divisor)
+    check_int("min_value", min_value, 1, none=True)
     min_value = divisor if min_value is None else min_value
     new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
     # rounding to the nearest multiple may lose too much width at small values: step back up
@@ -92,6 +94,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         x: a ``(B, C, H, W)`` tensor.
         groups: number of groups; must divide ``C``.
     """
+    check_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     batch, channels, height, width = x.shape
@@ -128,6 +131,9 @@ class ConvBNAct(nn.Sequential):
         _check_channels(in_channels=in_channels, out_channels=out_channels,
                         kernel_size=kernel_size, stride=stride)
         _check_groups(groups, in_channels=in_channels, out_channels=out_channels)
+        check_callable("activation", activation, none=True)
+        check_bool("norm", norm)
+        check_int("padding", padding, 0, none=True)
         padding = kernel_size // 2 if padding is None else padding
         # no conv bias before batch norm: the norm's shift beta makes it redundant
         layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride,
@@ -157,7 +163,10 @@ class DepthwiseSeparable(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, activation: Activation | None = nn.ReLU, norm: bool = True):
-        _check_channels(in_channels=in_channels, out_channels=out_channels)
+        _check_channels(in_channels=in_channels, out_channels=out_channels,
+                        kernel_size=kernel_size, stride=stride)
+        check_callable("activation", activation, none=True)
+        check_bool("norm", norm)
         super().__init__(OrderedDict(
             # groups = C_in: each filter sees one channel, spatial filtering only
             depthwise=ConvBNAct(in_channels, in_channels, kernel_size, stride,
@@ -188,6 +197,8 @@ class SqueezeExcite(nn.Module):
                  gate: Activation = nn.Sigmoid):
         super().__init__()
         _check_channels(channels=channels, squeeze_channels=squeeze_channels)
+        check_callable("activation", activation)
+        check_callable("gate", gate)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.reduce = nn.Conv2d(channels, squeeze_channels, 1)
         self.activation = activation()
@@ -232,10 +243,13 @@ class InvertedResidual(nn.Module):
                  se_gate: Activation = nn.Sigmoid):
         super().__init__()
         _check_channels(in_channels=in_channels, out_channels=out_channels,
-                        expanded_channels=expanded_channels)
+                        expanded_channels=expanded_channels, kernel_size=kernel_size)
         _check_stride(stride)
         if not isinstance(se_channels, int) or se_channels < 0:
             raise ValueError(f"se_channels must be an int >= 0, got {se_channels!r}")
+        check_callable("activation", activation)
+        check_callable("se_activation", se_activation)
+        check_callable("se_gate", se_gate)
         self.use_residual = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expanded_channels != in_channels:
@@ -280,6 +294,7 @@ class Fire(nn.Module):
         _check_channels(in_channels=in_channels, squeeze_channels=squeeze_channels,
                         expand1x1_channels=expand1x1_channels,
                         expand3x3_channels=expand3x3_channels)
+        check_bool("norm", norm)
         self.squeeze = ConvBNAct(in_channels, squeeze_channels, 1, norm=norm)
         self.expand1x1 = ConvBNAct(squeeze_channels, expand1x1_channels, 1, norm=norm)
         self.expand3x3 = ConvBNAct(squeeze_channels, expand3x3_channels, 3, norm=norm)
@@ -316,6 +331,8 @@ class ShuffleUnitV1(nn.Module):
         super().__init__()
         _check_channels(in_channels=in_channels, out_channels=out_channels)
         _check_stride(stride)
+        check_bool("group_first_conv", group_first_conv)
+        check_int("mid_channels", mid_channels, 1, none=True)
         mid_channels = out_channels // 4 if mid_channels is None else mid_channels
         branch_channels = out_channels - in_channels if stride == 2 else out_channels
         if stride == 1 and in_channels != out_channels:
@@ -425,9 +442,11 @@ class GhostModule(nn.Module):
                  ratio: int = 2, dw_size: int = 3, stride: int = 1,
                  activation: Activation | None = nn.ReLU):
         super().__init__()
-        _check_channels(in_channels=in_channels, out_channels=out_channels)
+        _check_channels(in_channels=in_channels, out_channels=out_channels,
+                        kernel_size=kernel_size, dw_size=dw_size, stride=stride)
         if not isinstance(ratio, int) or ratio < 2:
             raise ValueError(f"ratio must be an int >= 2, got {ratio!r}")
+        check_callable("activation", activation, none=True)
         self.out_channels = out_channels
         init_channels = math.ceil(out_channels / ratio)
         self.primary = ConvBNAct(in_channels, init_channels, kernel_size, stride,
@@ -468,8 +487,9 @@ class GhostBottleneck(nn.Module):
                  kernel_size: int = 3, stride: int = 1, se_channels: int = 0):
         super().__init__()
         _check_channels(in_channels=in_channels, mid_channels=mid_channels,
-                        out_channels=out_channels)
+                        out_channels=out_channels, kernel_size=kernel_size)
         _check_stride(stride)
+        check_int("se_channels", se_channels, 0)
         layers: list[nn.Module] = [GhostModule(in_channels, mid_channels)]
         if stride == 2:
             # the Ghost modules are 1x1: downsampling needs its own depthwise conv

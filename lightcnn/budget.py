@@ -11,7 +11,9 @@ Taught in chapters/01_cnn_basics (the benchmarking protocol).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
+
+from ._checks import check_int, check_ints, check_str
 
 __all__ = ["Budget", "BUDGETS", "get_budget"]
 
@@ -97,6 +99,18 @@ class Budget:
     prune_epochs: int = 1
     slim_penalty_epochs: int = 1
 
+    def __post_init__(self) -> None:
+        check_str("name", self.name)
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            if f.name == "latency_batch_sizes":
+                check_ints(f.name, value, 1)
+            else:
+                # image counts and timed passes need one at least; epochs and warm-up
+                # passes may be zero
+                low = 0 if "epochs" in f.name or f.name == "latency_warmup" else 1
+                check_int(f.name, value, low, none=f.name in ("train_size", "test_size"))
+
     def as_dict(self) -> dict:
         """The budget as a plain dict (stored with trained models and results)."""
         return asdict(self)
@@ -125,6 +139,7 @@ def get_budget(name: str | None = None) -> Budget:
     Raises:
         ValueError: the name is not one of ``BUDGETS``.
     """
+    check_str("name", name, none=True, empty=True)
     if name is None:
         name = os.environ.get("LIGHTCNN_BUDGET", "full").strip().lower() or "full"
     if name not in BUDGETS:

@@ -95,6 +95,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Iterable
 
+from ._checks import (check_bool, check_instance, check_int, check_mapping, check_path,
+                      check_sequence, check_str)
+
 __all__ = ["Claim", "Report", "prose_numbers", "output_numbers", "printed_numbers", "code_numbers",
            "match_number", "check_chapter", "format_report", "main"]
 
@@ -119,6 +122,14 @@ class Claim:
     sentence: str
     kind: str
 
+    def __post_init__(self):
+        check_int("cell", self.cell, 0)
+        check_str("text", self.text)
+        check_str("value", self.value)
+        check_str("unit", self.unit, empty=True)
+        check_str("sentence", self.sentence, empty=True)
+        check_str("kind", self.kind, ("measured", "paper"))
+
 
 @dataclass
 class Report:
@@ -130,6 +141,12 @@ class Report:
     settings: list[Claim] = field(default_factory=list)
     paper: list[Claim] = field(default_factory=list)
     unmatched: list[Claim] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_str("notebook", self.notebook)
+        check_str("results", self.results, none=True)
+        for name in ("matched", "settings", "paper", "unmatched"):
+            check_sequence(name, getattr(self, name), Claim)
 
     @property
     def measured(self) -> int:
@@ -365,6 +382,7 @@ def prose_numbers(notebook_path: str | Path) -> list[Claim]:
     Returns:
         The claims in reading order, each measured or paper (see ``Claim.kind``).
     """
+    check_path("notebook_path", notebook_path)
     nb = _load_notebook(notebook_path)
     claims: list[Claim] = []
     exercises: int | None = None        # level of the open "Exercises" heading, if any
@@ -488,6 +506,8 @@ def _json_numbers(obj: object, found: dict[str, set[str]]) -> None:
 def printed_numbers(notebook_path: str | Path,
                     results_json_path: str | Path | None = None) -> dict[str, set[str]]:
     """``output_numbers`` sorted by how each was printed: ``"%"``, ``"x"``, ``""`` or ``"json"``."""
+    check_path("notebook_path", notebook_path)
+    check_path("results_json_path", results_json_path, none=True)
     nb = _load_notebook(notebook_path)
     found: dict[str, set[str]] = {kind: set() for kind in KINDS}
     for text in _output_texts(nb):
@@ -512,6 +532,8 @@ def output_numbers(notebook_path: str | Path, results_json_path: str | Path | No
         Normalized numbers as strings: thousands separators stripped, the printed decimals
         kept (``"1129347"``, ``"93.38"``, ``"0.9337999820709229"``).
     """
+    check_path("notebook_path", notebook_path)
+    check_path("results_json_path", results_json_path, none=True)
     return set().union(*printed_numbers(notebook_path, results_json_path).values())
 
 
@@ -520,6 +542,7 @@ def code_numbers(notebook_path: str | Path) -> set[str]:
 
     Returned without trailing zeros (``0.70`` and ``0.7`` are one setting).
     """
+    check_path("notebook_path", notebook_path)
     nb = _load_notebook(notebook_path)
     found: set[str] = set()
     for cell in nb["cells"]:
@@ -582,6 +605,9 @@ def match_number(claim: Claim, outputs: set[str] | dict[str, set[str]]) -> bool:
         outputs: ``printed_numbers``' dict, or a set of numbers all taken as printed
             without a unit.
     """
+    check_instance("claim", claim, Claim)
+    check_instance("outputs", outputs, (set, frozenset, dict),
+                   "a set of numbers or printed_numbers' dict")
     if isinstance(outputs, (set, frozenset)):
         outputs = {"": outputs}
     parsed = {kind: [abs(Decimal(v)) for v in values] for kind, values in outputs.items()}
@@ -618,6 +644,8 @@ def check_chapter(notebook_path: str | Path, results_json_path: str | Path | Non
         results_json_path: its results JSON; by default ``book/results/<stem>.json`` beside
             the notebook's folder, used when it exists.
     """
+    check_path("notebook_path", notebook_path)
+    check_path("results_json_path", results_json_path, none=True)
     notebook_path = Path(notebook_path)
     if results_json_path is None:
         default = _default_results(notebook_path)
@@ -655,6 +683,9 @@ def format_report(report: Report, verbose: bool = False,
         elsewhere: for an unmatched claim, the chapters its sentence names that print it
             (a hint: the prose quotes another chapter's run, which this one does not show).
     """
+    check_instance("report", report, Report)
+    check_bool("verbose", verbose)
+    check_mapping("elsewhere", elsewhere, none=True)
     name = Path(report.notebook).stem
     lines = [f"{name}: {report.measured} measured claims, {len(report.matched)} matched, "
              f"{len(report.settings)} settings in code, {len(report.unmatched)} unmatched; "
@@ -686,6 +717,7 @@ def _chapters_named(sentence: str, stems: Iterable[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lightcnn.claims [NOTEBOOKS]``: report per chapter; 1 if any claim is unmatched."""
+    check_sequence("argv", argv, str, none=True)
     parser = argparse.ArgumentParser(prog="python -m lightcnn.claims", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="chapters to check (default: chapters/*.ipynb)")
     parser.add_argument("--results-dir", help="folder of <chapter>.json (default: book/results "

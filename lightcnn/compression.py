@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import (check_array, check_file, check_instance, check_int, check_ints,
+                      check_mapping, check_module, check_str)
 from .pruning import prunable_layers
 from .weight_sharing import shared_layers, unshare
 
@@ -82,6 +84,7 @@ def huffman_code_lengths(counts: Mapping[int, int]) -> dict[int, int]:
     Raises:
         ValueError: ``counts`` is empty or holds a count below 1.
     """
+    check_mapping("counts", counts)
     if not counts:
         raise ValueError("counts must name at least one symbol")
     if any(not isinstance(c, (int, np.integer)) or c < 1 for c in counts.values()):
@@ -111,6 +114,7 @@ def canonical_codes(lengths: Mapping[int, int]) -> dict[int, tuple[int, int]]:
         ValueError: a length below 1, or lengths that violate Kraft's inequality
             ``sum 2^-l <= 1`` (no prefix code has them).
     """
+    check_mapping("lengths", lengths)
     if not lengths or any(not isinstance(l, (int, np.integer)) or l < 1 for l in lengths.values()):
         raise ValueError("lengths must map at least one symbol to a length >= 1")
     if sum(2.0 ** -l for l in lengths.values()) > 1 + 1e-12:
@@ -171,6 +175,10 @@ def huffman_decode(payload: bytes, nbits: int, lengths: Mapping[int, int],
     Raises:
         CompressedFileError: the bits end before ``count`` symbols, or do not form codewords.
     """
+    check_instance("payload", payload, (bytes, bytearray, memoryview), "bytes")
+    check_int("nbits", nbits, 0)
+    check_mapping("lengths", lengths)
+    check_int("count", count, 0)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if nbits > 8 * len(payload):
@@ -211,6 +219,7 @@ def relative_indices(positions: np.ndarray | torch.Tensor, bits: int) -> np.ndar
     of ``E`` or more zeros is first cut by *filler* symbols ``E`` (skip ``E`` zeros, no
     survivor), Han et al.'s filler zero without a stored value.
     """
+    check_array("positions", positions)
     if isinstance(positions, torch.Tensor):
         positions = positions.detach().cpu().numpy()
     positions = np.asarray(positions)
@@ -233,8 +242,13 @@ def relative_indices(positions: np.ndarray | torch.Tensor, bits: int) -> np.ndar
 
 def absolute_indices(gaps: np.ndarray, bits: int) -> np.ndarray:
     """The positions :func:`relative_indices` coded as ``gaps`` (its inverse)."""
+    check_array("gaps", gaps, 1, integer=True)
+    check_int("bits", bits, 1, 16)
     escape = 2**bits - 1
     gaps = np.asarray(gaps, dtype=np.int64)
+    if gaps.size and (gaps.min() < 0 or gaps.max() > escape):
+        raise ValueError(f"gaps must hold symbols in [0, {escape}] for bits={bits}, got "
+                         f"values in [{gaps.min()}, {gaps.max()}]")
     advance = np.where(gaps == escape, escape, gaps + 1)
     ends = np.cumsum(advance) - 1
     return ends[gaps != escape]
@@ -262,6 +276,13 @@ class LayerStreams:
     gaps: np.ndarray
     gap_bits: int
 
+    def __post_init__(self):
+        check_str("name", self.name)
+        check_ints("shape", self.shape, 0)
+        for name in ("codebook", "indices", "gaps"):
+            check_instance(name, getattr(self, name), np.ndarray, "a numpy array")
+        check_int("gap_bits", self.gap_bits, 1, 16)
+
     def bits(self) -> dict[str, float]:
         """Huffman bits of each stream against its entropy and its fixed-width size."""
         index_bits = huffman_encode(self.indices)[1]
@@ -281,6 +302,8 @@ def layer_streams(model: nn.Module, gap_bits: int = 5) -> list[LayerStreams]:
         ValueError: a shared layer without a mask (shared without ``keep_zeros``), or no
             shared layer at all.
     """
+    check_module("model", model)
+    check_int("gap_bits", gap_bits, 1, 16)
     books = shared_layers(model)
     if not books:
         raise ValueError("model has no shared layer: share it with "
@@ -351,6 +374,9 @@ def save_compressed(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO
         gap_bits: relative indices take symbols in ``[0, 2^gap_bits)``; longer gaps use
             filler symbols (Han et al. use 8 bits for conv layers, 5 for fully connected).
     """
+    check_module("model", model)
+    check_file("path_or_file", path_or_file, "write")
+    check_int("gap_bits", gap_bits, 1, 16)
     blob = _encode(model, gap_bits)
     if isinstance(path_or_file, (str, os.PathLike)):
         with open(path_or_file, "wb") as f:
@@ -362,6 +388,8 @@ def save_compressed(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO
 
 def compressed_size_bytes(model: nn.Module, gap_bits: int = 5) -> int:
     """Bytes :func:`save_compressed` writes for ``model``."""
+    check_module("model", model)
+    check_int("gap_bits", gap_bits, 1, 16)
     return len(_encode(model, gap_bits))
 
 
@@ -372,6 +400,7 @@ def load_compressed(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, tor
     Raises:
         CompressedFileError: not a compressed file, truncated, or its checksum fails.
     """
+    check_file("path_or_file", path_or_file, "read")
     if isinstance(path_or_file, (str, os.PathLike)):
         with open(path_or_file, "rb") as f:
             blob = f.read()

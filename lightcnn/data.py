@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ._checks import (check_bool, check_instance, check_int, check_path, check_sequence,
+                      check_tensor)
 from .budget import Budget, get_budget
 
 __all__ = [
@@ -119,6 +121,7 @@ def verify_file(path: str | os.PathLike) -> bytes:
     Raises:
         DatasetError: unknown file name, unreadable file, or checksum mismatch.
     """
+    check_path("path", path)
     path = Path(path)
     name = path.name.removesuffix(".gz")
     if name not in FILES:
@@ -156,6 +159,8 @@ def find_data_dir(root: str | os.PathLike | None = None, download: bool = True) 
         DatasetError: an explicit folder lacks files, a folder holds a partial dataset, or
             nothing was found and the download failed or was not allowed.
     """
+    check_path("root", root, none=True)
+    check_bool("download", download)
     explicit = root if root is not None else os.environ.get("LIGHTCNN_DATA")
     if explicit:
         folder = Path(explicit).expanduser()
@@ -266,6 +271,7 @@ def load_fashion_mnist(train: bool = True, root: str | os.PathLike | None = None
     """
     if not isinstance(train, bool):
         raise TypeError(f"train must be a bool, got {type(train).__name__}")
+    check_path("root", root, none=True)
     arrays = _load(str(find_data_dir(root).resolve()))
     prefix = "train" if train else "t10k"
     return arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"].long()
@@ -273,6 +279,7 @@ def load_fashion_mnist(train: bool = True, root: str | os.PathLike | None = None
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, 28, 28)`` -> float ``(N, 1, 28, 28)``: ``x = (pixel / 255 - MEAN) / STD``."""
+    check_tensor("images", images)
     return ((images.float() / 255.0 - MEAN) / STD).unsqueeze(1)
 
 
@@ -288,6 +295,8 @@ def balanced_subset(labels: torch.Tensor, size: int | None, seed: int = 0) -> to
         ValueError: ``size`` is not positive, not a multiple-friendly size, or larger than
             the smallest class allows.
     """
+    check_tensor("labels", labels, 1, integer=True)
+    check_int("seed", seed, 0)
     if size is None:
         return torch.arange(len(labels))
     classes = torch.unique(labels)
@@ -315,8 +324,12 @@ class FashionMNIST(Dataset):
 
     def __init__(self, train: bool = True, size: int | None = None, augment: bool = False,
                  seed: int = 0, root: str | os.PathLike | None = None, pad: int = 2):
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+        check_bool("train", train)
+        check_int("size", size, 1, none=True)
+        check_bool("augment", augment)
+        check_int("seed", seed, 0)
+        check_path("root", root, none=True)
+        check_int("pad", pad, 0)
         images, labels = load_fashion_mnist(train, root)
         index = balanced_subset(labels, size, seed)
         self.images = normalize(images[index])
@@ -352,6 +365,11 @@ def get_dataloaders(batch_size: int = 128, budget: Budget | None = None,
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_instance("budget", budget, Budget, none=True)
+    check_bool("augment", augment)
+    check_int("seed", seed, 0)
+    check_path("root", root, none=True)
+    check_int("eval_batch_size", eval_batch_size, 1)
     budget = budget or get_budget()
     train_set = FashionMNIST(True, budget.train_size, augment, seed, root)
     test_set = FashionMNIST(False, budget.test_size, False, seed, root)
@@ -386,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         0 when the files are there and verified (the folder and its source are printed),
         1 when they are not (the reason and the three fixes are printed to stderr).
     """
+    check_sequence("argv", argv, str, none=True)
     parser = argparse.ArgumentParser(
         prog="python -m lightcnn.data",
         description="Find Fashion-MNIST (LIGHTCNN_DATA, the user cache, Debian's "

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ._checks import check_float, check_int, check_ints, check_str
 from .blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual
 from .models import register_model
 from .profile import count_macs
@@ -84,6 +85,13 @@ class DesignCNN(nn.Module):
                  block: str = "conv", kernel_size: int = 3, dropout: float = 0.2,
                  expansion: int = 4, in_channels: int = 1):
         super().__init__()
+        check_int("num_classes", num_classes, 1)
+        check_ints("widths", widths, 1, nonempty=False)
+        check_ints("depths", depths, 1, nonempty=False)
+        check_str("activation", activation, ACTIVATIONS)
+        check_str("block", block, BLOCKS)
+        check_float("dropout", dropout, 0, 1, high_open=True)
+        check_int("in_channels", in_channels, 1)
         widths, depths = tuple(widths), tuple(depths)
         for name, values in (("widths", widths), ("depths", depths)):
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
@@ -148,6 +156,9 @@ def fit_widths_to_macs(target_macs: int, depths: Sequence[int],
     """
     if isinstance(target_macs, bool) or not isinstance(target_macs, int) or target_macs < 1:
         raise ValueError(f"target_macs must be a positive int, got {target_macs!r}")
+    check_ints("depths", depths, 1)
+    check_ints("ratios", ratios, 1)
+    check_int("max_base", max_base, 1)
     if len(ratios) != len(depths):
         raise ValueError(f"ratios and depths need one entry per stage, got {len(ratios)} "
                          f"and {len(depths)}")

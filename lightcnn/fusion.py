@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._checks import check_float, check_int, check_ints, check_mapping, check_module, check_tensor
 from .profile import compare_latency
 
 __all__ = ["FusionReport", "fuse_conv_bn", "measure_fusion"]
@@ -128,6 +129,13 @@ class FusionReport:
     ms_before: dict[int, float]
     ms_after: dict[int, float]
 
+    def __post_init__(self):
+        check_float("max_diff", self.max_diff, 0)
+        check_int("batch_norms_before", self.batch_norms_before, 0)
+        check_int("batch_norms_after", self.batch_norms_after, 0)
+        check_mapping("ms_before", self.ms_before)
+        check_mapping("ms_after", self.ms_after)
+
     def speedup(self, batch_size: int) -> float:
         return self.ms_before[batch_size] / self.ms_after[batch_size]
 
@@ -148,6 +156,15 @@ def measure_fusion(model: nn.Module, x: torch.Tensor, batch_sizes: tuple[int, ..
         ValueError: the fused model's outputs differ from the original's by more than
             ``atol`` (a fold that changed the function must not be timed as a speed-up).
     """
+    check_module("model", model)
+    check_tensor("x", x, nonempty=True)
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (B, ...) of inputs, got shape {tuple(x.shape)}")
+    check_ints("batch_sizes", batch_sizes, 1)
+    check_int("threads", threads, 1)
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
+    check_float("atol", atol, 0)
     model.eval()
     fused = fuse_conv_bn(model)
     with torch.no_grad():

@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ._checks import check_bool, check_path, check_sequence, check_str
+
 __all__ = [
     "CLONE_DIR", "CELL_ID", "CELL_TAGS", "install_commands", "ensure_lightcnn",
     "render_cell", "first_cell", "notebook_paths", "read_repository", "write_first_cell",
@@ -157,6 +159,8 @@ def render_cell(repo_url: str, branch: str = "main") -> str:
 
 
 def _check_repository(repo_url: str, branch: str) -> None:
+    check_str("repo_url", repo_url)
+    check_str("branch", branch, empty=True)
     if not repo_url.startswith("https://"):
         raise ValueError(f"repo_url must be an https:// URL, got {repo_url!r}")
     if not branch:
@@ -173,6 +177,8 @@ def first_cell(repo_url: str, branch: str = "main") -> dict:
 def notebook_paths(root: Path = REPO_ROOT) -> list[Path]:
     """The notebooks that get the cell: ``chapters/*.ipynb`` and ``book/*.ipynb``
     (the Makefile's ``NOTEBOOKS``)."""
+    check_path("root", root)
+    root = Path(root)
     return sorted(root.glob("chapters/*.ipynb")) + sorted(root.glob("book/*.ipynb"))
 
 
@@ -182,6 +188,7 @@ def read_repository(config: Path = REPO_ROOT / "_config.yml") -> tuple[str, str]
     Raises:
         ValueError: the file has no ``repository: url``.
     """
+    check_path("config", config)
     import yaml  # jupyter-book's dependency; only this helper reads the book's config
 
     section = (yaml.safe_load(Path(config).read_text()) or {}).get("repository") or {}
@@ -206,6 +213,9 @@ def write_first_cell(path: Path, repo_url: str, branch: str = "main",
     Returns:
         Whether the notebook's first cell differed from the rendered one.
     """
+    check_path("path", path)
+    _check_repository(repo_url, branch)
+    check_bool("check", check)
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
     cell = first_cell(repo_url, branch)
     cells = nb["cells"]
@@ -224,6 +234,7 @@ def write_first_cell(path: Path, repo_url: str, branch: str = "main",
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lightcnn.launch [--check]``: write (or compare) every notebook's first cell."""
+    check_sequence("argv", argv, str, none=True)
     parser = argparse.ArgumentParser(prog="python -m lightcnn.launch",
                                      description=main.__doc__)
     parser.add_argument("--check", action="store_true",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ._checks import check_mapping, check_str
 from .results import CONTRACT_KEYS, TECHNIQUES
 
 __all__ = ["ContractError", "contract_problems", "check_contract", "leaderboard_rows",
@@ -47,6 +48,8 @@ def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None 
         raise ValueError(f"chapter must be a non-empty string, got {chapter!r}")
     if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
         raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
+    _check_rows(rows)
+    check_str("budget", budget, none=True)
     techniques = set(TECHNIQUES.values()) | {"reference", "runtime"}
     problems = []
     if not rows:
@@ -72,12 +75,19 @@ def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None 
     return problems
 
 
+def _check_rows(rows: Sequence[Mapping]) -> None:
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)) \
+            or not all(isinstance(row, Mapping) for row in rows):
+        raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
+
+
 def check_contract(results: Mapping[str, Sequence[Mapping]], budget: str | None = "full") -> None:
     """Raise :class:`ContractError` listing every problem of every chapter (see
     :func:`contract_problems`); return None when all files keep the contract."""
     if not isinstance(results, Mapping) or not results:
         raise ValueError("results must be a non-empty mapping of chapter -> rows "
                          "(as from lc.load_all_results)")
+    check_str("budget", budget, none=True)
     problems = [p for chapter, rows in results.items()
                 for p in contract_problems(chapter, rows, budget)]
     if problems:
@@ -114,6 +124,7 @@ def leaderboard_rows(results: Mapping[str, Sequence[Mapping]],
             low-rank chapter's table); each name must exist.
     """
     check_contract(results, budget=None)
+    check_mapping("techniques", techniques, none=True)
     techniques = techniques or {}
     for chapter, names in techniques.items():
         known = {r["name"] for r in results.get(chapter, ())}
@@ -148,8 +159,8 @@ def best_by_technique(rows: Sequence[Mapping], ratio: str = "size_ratio",
         ratio: one of ``RATIO_KEYS``.
         max_drop: allowed accuracy drop in points (>= 0).
     """
-    if ratio not in RATIO_KEYS:
-        raise ValueError(f"ratio must be one of {sorted(RATIO_KEYS)}, got {ratio!r}")
+    _check_rows(rows)
+    check_str("ratio", ratio, RATIO_KEYS)
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) \
             or math.isnan(max_drop) or max_drop < 0:
         raise ValueError(f"max_drop must be a number of points >= 0, got {max_drop!r}")

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import (check_int, check_ints, check_mapping, check_module, check_sequence,
+                      check_str, check_tensor, is_real)
 from .profile import INPUT_SHAPE, count_macs, count_macs_by_module
 
 __all__ = ["METHODS", "break_even_rank", "cp_conv", "decompose_layer", "decompose_model", "decomposed_macs",
@@ -60,6 +62,17 @@ def _check_conv(conv: nn.Module, method: str, name: str = "conv") -> nn.Conv2d:
     return conv
 
 
+def _check_layer(layer: nn.Module, method: str, kind: bool = False) -> None:
+    # the method first: it says which layer fits; with kind, the layer's class too
+    check_str("method", method, METHODS)
+    check_module("layer", layer, (nn.Linear if method == "svd" else nn.Conv2d) if kind
+                 else nn.Module)
+
+
+def _check_ranks(ranks: tuple[int, int]) -> None:
+    check_ints("ranks", ranks, 1, length=2)
+
+
 def _check_rank(rank: int, high: int, what: str) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise TypeError(f"rank must be an int, got {type(rank).__name__}")
@@ -72,6 +85,7 @@ def max_rank(layer: nn.Module, method: str) -> int | tuple[int, int]:
     """The largest meaningful rank of ``method`` on ``layer``: ``min(m, n)`` of the matrix
     it factors (``(C_in, C_out)`` for Tucker-2's two ranks; CP has no such bound, and
     returns the rank at which it stops saving MACs)."""
+    _check_layer(layer, method)
     if method == "svd":
         if not isinstance(layer, nn.Linear):
             raise ValueError(f"svd decomposes an nn.Linear, got {type(layer).__name__}")
@@ -97,6 +111,7 @@ def truncated_svd(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
     putting ``S`` on one side). By Eckart-Young,
     ``||matrix - A B||_F = sqrt(sum_{i > r} s_i^2)``.
     """
+    check_tensor("matrix", matrix)
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {tuple(matrix.shape)}")
     _check_rank(rank, min(matrix.shape), f"a {tuple(matrix.shape)} matrix")
@@ -112,8 +127,9 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     """Smallest ``r`` with ``sum_{i<r} s_i^2 >= energy * sum_i s_i^2`` (singular values
     in decreasing order): the rank that keeps that fraction of the squared Frobenius
     norm, so the relative error is at most ``sqrt(1 - energy)``."""
-    if not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    check_tensor("singular_values", singular_values)
+    if not is_real(energy) or not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
     s2 = singular_values.detach().double().flatten() ** 2
     if s2.numel() == 0 or s2.sum() == 0:
         raise ValueError("singular_values must hold at least one non-zero value")
@@ -125,6 +141,8 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
 def break_even_rank(m: int, n: int) -> float:
     """``m n / (m + n)``: a rank-``r`` factorization ``r (m + n)`` of an ``m x n`` layer
     costs fewer MACs (and parameters) than the layer exactly when ``r`` is below it."""
+    check_int("m", m)
+    check_int("n", n)
     if m < 1 or n < 1:
         raise ValueError(f"m and n must be >= 1, got m={m}, n={n}")
     return m * n / (m + n)
@@ -134,6 +152,7 @@ def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     """``Linear(n, m)`` -> ``Linear(n, rank, bias=False)``, ``Linear(rank, m)``, from the
     truncated SVD of its weight (``W ~ A B``: the first layer applies ``B``, the second
     ``A`` and the bias). Costs ``rank (m + n)`` MACs per input instead of ``m n``."""
+    check_module("layer", layer)
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"svd decomposes an nn.Linear, got {type(layer).__name__}")
     m, n = layer.weight.shape
@@ -208,6 +227,8 @@ def hosvd(weight: torch.Tensor, ranks: tuple[int, int], iterations: int = 0
     Returns:
         ``(core, u_out, u_in)`` in ``weight``'s dtype.
     """
+    check_tensor("weight", weight)
+    _check_ranks(ranks)
     if weight.ndim != 4:
         raise ValueError(f"weight must be a 4-D conv kernel, got shape {tuple(weight.shape)}")
     n, c, kh, kw = weight.shape
@@ -238,6 +259,7 @@ def tucker2_conv(conv: nn.Conv2d, ranks: tuple[int, int], iterations: int = 0
     since the first 1x1 runs at the input resolution) instead of ``N C kh kw``.
     """
     _check_conv(conv, "tucker2")
+    _check_ranks(ranks)
     n, c, kh, kw = conv.weight.shape
     core, u_out, u_in = hosvd(conv.weight, ranks, iterations)
     r_out, r_in = ranks
@@ -271,6 +293,8 @@ def cp_conv(conv: nn.Conv2d, rank: int, n_iter_max: int = 500, seed: int = 0
     _check_conv(conv, "cp")
     n, c, kh, kw = conv.weight.shape
     _check_rank(rank, n * c * kh * kw, f"a {n}x{c}x{kh}x{kw} kernel")
+    check_int("n_iter_max", n_iter_max, 1)
+    check_int("seed", seed, 0)
     try:
         import tensorly as tl
         from tensorly.decomposition import parafac
@@ -367,6 +391,7 @@ def evbmf_rank(matrix: torch.Tensor) -> int:
     minimum and can stop at a local one: a smaller or larger rank.) Kim et al. apply it to
     the mode-0 and mode-1 unfoldings of each kernel to pick Tucker-2's ranks.
     """
+    check_tensor("matrix", matrix)
     if matrix.ndim != 2 or min(matrix.shape) < 2:
         raise ValueError(f"matrix must be 2-D with both sides >= 2, got shape "
                          f"{tuple(matrix.shape)}")
@@ -419,6 +444,12 @@ def decomposed_macs(layer: nn.Module, method: str, rank: int | tuple[int, int],
     """MACs of ``layer`` decomposed by ``method`` at ``rank``, for an output of
     ``out_hw`` pixels (the formulas in each decomposition's docstring; a Linear has one
     "pixel"). The original layer costs ``N C kh kw H W`` (conv) or ``m n`` (Linear)."""
+    _check_layer(layer, method, kind=True)
+    if method == "tucker2":
+        _check_ranks(rank)
+    else:
+        check_int("rank", rank, 1)
+    check_ints("out_hw", out_hw, 1, length=2)
     h, w = out_hw
     if method == "svd":
         return rank * (layer.in_features + layer.out_features)
@@ -449,8 +480,10 @@ def rank_for_macs(layer: nn.Module, method: str, macs_fraction: float,
     """The largest rank whose decomposed MACs are at most ``macs_fraction`` of the
     layer's own (Tucker-2: both ranks the same fraction of their channels), or ``None``
     if even rank 1 costs more."""
-    if not 0.0 < macs_fraction <= 1.0:
-        raise ValueError(f"macs_fraction must be in (0, 1], got {macs_fraction}")
+    _check_layer(layer, method, kind=True)
+    if not is_real(macs_fraction) or not 0.0 < macs_fraction <= 1.0:
+        raise ValueError(f"macs_fraction must be in (0, 1], got {macs_fraction!r}")
+    check_ints("out_hw", out_hw, 1, length=2)
     if method == "svd":
         original = layer.in_features * layer.out_features
     else:
@@ -474,8 +507,7 @@ def decompose_layer(layer: nn.Module, method: str, rank: int | tuple[int, int],
     """``layer`` replaced by ``method`` at ``rank`` (Tucker-2: ``(R_out, R_in)``):
     :func:`svd_linear`, :func:`spatial_separable_conv`, :func:`tucker2_conv` or
     :func:`cp_conv`, with ``options`` passed on."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_layer(layer, method)
     if method == "svd":
         return svd_linear(layer, rank, **options)
     if method == "spatial":
@@ -523,8 +555,13 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
         ValueError: an unknown method, a ``ranks`` name that is not an eligible layer, a
             rank out of range, or a ``macs_ratio`` the eligible layers cannot reach.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_module("model", model)
+    check_str("method", method, METHODS)
+    if macs_ratio is not None and not is_real(macs_ratio):
+        raise TypeError(f"macs_ratio must be a number or None, got {macs_ratio!r}")
+    check_mapping("ranks", ranks, none=True)
+    check_sequence("skip", skip, str)
+    check_ints("input_shape", input_shape, 1)
     if (macs_ratio is None) == (ranks is None):
         raise ValueError("give exactly one of macs_ratio and ranks")
     names = dict(model.named_modules())

@@ -14,10 +14,12 @@ Taught in chapters/01_cnn_basics.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from ._checks import check_callable, check_float, check_int, check_str
 
 __all__ = ["BaselineCNN", "LeNet5", "register_model", "create_model", "list_models"]
 
@@ -26,6 +28,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Decorator: make a factory function creatable by its name."""
+    check_callable("fn", fn)
+    if not isinstance(getattr(fn, "__name__", None), str):
+        raise TypeError(f"fn must be a named function (a def), got {fn!r}")
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"model {fn.__name__!r} is already registered")
     _REGISTRY[fn.__name__] = fn
@@ -43,6 +48,7 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     Raises:
         ValueError: unknown name (the message lists the known ones) or bad num_classes.
     """
+    check_str("name", name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -83,10 +89,12 @@ class BaselineCNN(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128),
                  dropout: float = 0.2, in_channels: int = 1):
         super().__init__()
-        if len(widths) != 3 or any((not isinstance(w, int)) or w < 1 for w in widths):
+        check_int("num_classes", num_classes, 1)
+        if not isinstance(widths, Sequence) or len(widths) != 3 or any(
+                (not isinstance(w, int)) or w < 1 for w in widths):
             raise ValueError(f"widths must be three positive ints, got {widths!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_float("dropout", dropout, 0, 1, high_open=True)
+        check_int("in_channels", in_channels, 1)
         c1, c2, c3 = widths
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, c1),
@@ -114,6 +122,8 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
+        check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels, 1)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),

@@ -33,6 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import binary as _binary
+from ._checks import (check_bool, check_callable, check_float, check_instance, check_int,
+                      check_mapping, check_module, check_sequence, check_str)
 from . import channel_pruning as cp
 from . import int8 as _int8
 from . import lowrank as _lowrank
@@ -43,6 +45,7 @@ from .train import evaluate, fit
 from .weight_sharing import share_weights as _share_weights
 from .weight_sharing import shared_layers
 from .weight_sharing import weight_sharing_bytes
+from .quantization import CODE_BITS, _check_bits
 
 __all__ = ["Context", "StepRecord", "PipelineError", "run_pipeline", "pipeline_rows",
            "prune_weights", "prune_channels", "slim", "share_weights", "distill", "decompose",
@@ -66,6 +69,13 @@ class Context:
     teacher: nn.Module | None = None
     lr: float = 0.01
 
+    def __post_init__(self):
+        check_instance("train_loader", self.train_loader, DataLoader, "a DataLoader")
+        check_instance("test_loader", self.test_loader, DataLoader, "a DataLoader")
+        check_sequence("calibration", self.calibration, torch.Tensor)
+        check_module("teacher", self.teacher, none=True)
+        check_float("lr", self.lr, 0, low_open=True)
+
 
 @dataclass
 class StepRecord:
@@ -83,6 +93,15 @@ class StepRecord:
     macs: int | None = None
     size_bytes: int | None = None
     notes: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_str("name", self.name)
+        check_module("model", self.model)
+        check_float("accuracy", self.accuracy, 0, 1)
+        check_float("seconds", self.seconds, 0)
+        check_int("macs", self.macs, 0, none=True)
+        check_int("size_bytes", self.size_bytes, 0, none=True)
+        check_mapping("notes", self.notes)
 
 
 class PipelineError(RuntimeError):
@@ -103,8 +122,11 @@ def run_pipeline(model: nn.Module, steps: Sequence[tuple[str, Step]], context: C
         ValueError: ``steps`` is not a list of ``(name, callable)`` pairs with unique names.
         PipelineError: a step raised; chained to its error.
     """
+    check_module("model", model)
+    check_sequence("steps", steps)
     if not isinstance(context, Context):
         raise TypeError(f"context must be a pipeline.Context, got {type(context).__name__}")
+    check_str("start_name", start_name)
     names = [start_name]
     for pair in steps:
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
@@ -139,6 +161,8 @@ def run_pipeline(model: nn.Module, steps: Sequence[tuple[str, Step]], context: C
 def pipeline_rows(records: Sequence[StepRecord], prefix: str = "", **measure) -> list[dict]:
     """Results rows of ``records``, every model timed side by side (``profile_models``);
     the first record is the baseline. ``measure`` goes to ``profile_models``."""
+    check_sequence("records", records, StepRecord, nonempty=True)
+    check_str("prefix", prefix, empty=True)
     names = [f"{prefix}{r.name}" for r in records]
     return profile_models(
         {n: r.model for n, r in zip(names, records)},
@@ -163,9 +187,13 @@ def _check_float_model(model: nn.Module, verb: str) -> None:
                          "the float model")
 
 
-def _check_epochs(epochs: int) -> None:
+def _check_share(macs_share: float) -> None:
+    check_float("macs_share", macs_share, 0, 1, low_open=True)
+
+
+def _check_epochs(epochs: int, name: str = "epochs") -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        raise ValueError(f"{name} must be an int >= 0, got {epochs!r}")
 
 
 def prune_weights(sparsity: float, epochs: int) -> Step:
@@ -193,7 +221,10 @@ def prune_channels(macs_share: float = 0.5, epochs: int = 1,
                    importance: cp.Importance = cp.l1_importance, scope: str = "layer") -> Step:
     """Remove channels (chapter 4) until at most ``macs_share`` of the MACs remain, then
     fine-tune ``epochs`` epochs."""
+    _check_share(macs_share)
     _check_epochs(epochs)
+    check_callable("importance", importance)
+    check_str("scope", scope, ("layer", "global"))
 
     def step(model: nn.Module, context: Context) -> nn.Module:
         smaller, _ = cp.prune_to_macs(model, importance, share=macs_share, scope=scope)
@@ -208,8 +239,10 @@ def slim(macs_share: float = 0.5, penalty: float = 1e-2, penalty_epochs: int = 1
     ``penalty * sum |gamma|`` on the batch-norm scales, then channels removed by one
     global threshold on ``|gamma|`` until at most ``macs_share`` of the MACs remain, then
     ``epochs`` of fine-tuning."""
+    _check_share(macs_share)
+    check_float("penalty", penalty, 0)
     _check_epochs(epochs)
-    _check_epochs(penalty_epochs)
+    _check_epochs(penalty_epochs, "penalty_epochs")
     if penalty_epochs < 1:
         raise ValueError("slim needs penalty_epochs >= 1: the penalty chooses the channels")
     loss_fn = cp.slimming_loss(penalty)      # validates penalty
@@ -230,7 +263,9 @@ def slim(macs_share: float = 0.5, penalty: float = 1e-2, penalty_epochs: int = 1
 def share_weights(bits: int, epochs: int = 0, lr: float = 1e-4) -> Step:
     """k-means weight sharing of the nonzero weights (chapter 5; zeros stay zero), the
     centroids fine-tuned ``epochs`` epochs with AdamW at ``lr``. Reports the shared bytes."""
+    _check_bits(bits, CODE_BITS)
     _check_epochs(epochs)
+    check_float("lr", lr, 0, low_open=True)
 
     def step(model: nn.Module, context: Context):
         shared = _share_weights(model, bits, keep_zeros=True)
@@ -244,6 +279,8 @@ def share_weights(bits: int, epochs: int = 0, lr: float = 1e-4) -> Step:
 def distill(epochs: int, temperature: float = 4.0, alpha: float = 0.1) -> Step:
     """Train the model on the context's teacher (chapter 7) for ``epochs`` epochs."""
     _check_epochs(epochs)
+    check_float("temperature", temperature, 0, low_open=True)
+    check_float("alpha", alpha, 0, 1)
 
     def step(model: nn.Module, context: Context) -> nn.Module:
         if context.teacher is None:
@@ -259,6 +296,8 @@ def distill(epochs: int, temperature: float = 4.0, alpha: float = 0.1) -> Step:
 def decompose(method: str, macs_ratio: float, epochs: int = 0) -> Step:
     """Low-rank decomposition (chapter 8) to ``macs_ratio`` times fewer MACs, then
     ``epochs`` epochs of fine-tuning."""
+    check_str("method", method, _lowrank.METHODS)
+    check_float("macs_ratio", macs_ratio, 1)
     _check_epochs(epochs)
 
     def step(model: nn.Module, context: Context) -> nn.Module:
@@ -289,9 +328,9 @@ def binarize(scheme: str, epochs: int, keep_first_last: bool = True) -> Step:
     weights, trained ``epochs`` epochs through the straight-through estimator. Reports the
     deployed bytes: every binarized layer's packed signs, scales and biases instead of its
     float32 weights."""
-    if scheme not in _binary.SCHEMES:
-        raise ValueError(f"scheme must be one of {sorted(_binary.SCHEMES)}, got {scheme!r}")
+    check_str("scheme", scheme, _binary.SCHEMES)
     _check_epochs(epochs)
+    check_bool("keep_first_last", keep_first_last)
 
     def step(model: nn.Module, context: Context):
         _check_float_model(model, "binarize")

@@ -15,6 +15,9 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
+from ._checks import (check_bool, check_float, check_int, check_mapping, check_sequence,
+                      check_str, check_tensor)
+
 __all__ = ["set_style", "plot_images", "plot_history", "plot_confusion_matrix",
            "plot_filters", "plot_feature_maps", "plot_tradeoff", "plot_curves"]
 
@@ -39,8 +42,27 @@ def _grid(n: int, cols: int, scale: float = 1.3):
     return fig, axes
 
 
+def _check_values(name: str, values) -> None:
+    # a list of numbers: list, tuple, range, numpy array or 1-D tensor
+    if not isinstance(values, (list, tuple, range, np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}: "
+                        f"{values!r}")
+
+
+def _check_rows(name: str, rows) -> None:
+    check_sequence(name, rows)
+    if not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"{name} must be a list of dicts (result rows)")
+
+
 def plot_images(images: torch.Tensor, labels: Sequence[str] | None = None, cols: int = 10):
     """Show ``(N, H, W)`` or ``(N, 1, H, W)`` images in a grid with optional titles."""
+    check_tensor("images", images, (3, 4), nonempty=True)
+    check_sequence("labels", labels, none=True)
+    if labels is not None and len(labels) < len(images):
+        raise ValueError(f"labels must give one title per image ({len(images)}), "
+                         f"got {len(labels)}")
+    check_int("cols", cols, 1)
     images = images.detach().reshape(len(images), *images.shape[-2:]).cpu()
     fig, axes = _grid(len(images), cols)
     for i, img in enumerate(images):
@@ -54,6 +76,10 @@ def plot_images(images: torch.Tensor, labels: Sequence[str] | None = None, cols:
 
 def plot_history(history, title: str = "learning curves"):
     """Training loss and test accuracy per epoch on two y-axes."""
+    if not all(hasattr(history, a) for a in ("train_loss", "test_loss", "test_accuracy")):
+        raise TypeError("history must be a lightcnn History (train_loss, test_loss, "
+                        f"test_accuracy per epoch), got {type(history).__name__}: {history!r}")
+    check_str("title", title, empty=True)
     fig, ax = plt.subplots()
     epochs = np.arange(1, len(history.train_loss) + 1)
     ax.plot(epochs, history.train_loss, "o-", color="C0", label="training loss")
@@ -79,6 +105,11 @@ def plot_history(history, title: str = "learning curves"):
 
 def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]):
     """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    check_tensor("matrix", matrix, 2)
+    check_sequence("classes", classes)
+    if not matrix.shape[0] == matrix.shape[1] == len(classes):
+        raise ValueError(f"matrix must be square with one row per class ({len(classes)} "
+                         f"classes), got shape {tuple(matrix.shape)}")
     m = matrix.double()
     m = (m / m.sum(1, keepdim=True).clamp(min=1)).numpy()
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -100,6 +131,8 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]):
 
 def plot_filters(weight: torch.Tensor, cols: int = 8):
     """First-layer kernels ``(C_out, 1, K, K)``, each scaled to its own range."""
+    check_tensor("weight", weight, 4, nonempty=True)
+    check_int("cols", cols, 1)
     w = weight.detach().cpu()[:, 0]
     fig, axes = _grid(len(w), cols, scale=0.9)
     for i, k in enumerate(w):
@@ -111,6 +144,9 @@ def plot_filters(weight: torch.Tensor, cols: int = 8):
 
 def plot_feature_maps(maps: torch.Tensor, cols: int = 8, title: str = "feature maps"):
     """Feature maps ``(C, H, W)`` of one image."""
+    check_tensor("maps", maps, 3, nonempty=True)
+    check_int("cols", cols, 1)
+    check_str("title", title, empty=True)
     maps = maps.detach().cpu()
     fig, axes = _grid(len(maps), cols, scale=0.9)
     for i, fm in enumerate(maps):
@@ -138,6 +174,21 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "macs", y: str = "accuracy",
     ``background`` rows are drawn as small grey points without labels (e.g. every row of
     a leaderboard behind its labelled Pareto front).
     """
+    _check_rows("rows", rows)
+    check_str("x", x)
+    check_str("y", y)
+    check_bool("logx", logx)
+    check_str("title", title, none=True, empty=True)
+    check_bool("front", front)
+    check_str("xlabel", xlabel, none=True, empty=True)
+    check_str("strip", strip, empty=True)
+    _check_rows("background", background)
+    for name, keys in (("rows", ("name", x, y)), ("background", (x, y))):
+        for row in rows if name == "rows" else background:
+            missing = [k for k in keys if k not in row]
+            if missing:
+                raise ValueError(f"{name}: row {row.get('name', row)!r} lacks {missing} "
+                                 f"(x={x!r}, y={y!r})")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots()
@@ -294,6 +345,21 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
     ``errors`` gives some series error bars (e.g. one standard deviation over seeds, in
     the series' units); ``logx`` puts x on a log scale, ticked at the given values.
     """
+    _check_values("x", x)
+    check_mapping("series", series)
+    for name, values in series.items():
+        _check_values(f"series[{name!r}]", values)
+    check_str("xlabel", xlabel, empty=True)
+    check_str("ylabel", ylabel, empty=True)
+    check_str("title", title, none=True, empty=True)
+    check_bool("percent", percent)
+    check_float("reference", reference, none=True)
+    check_str("reference_label", reference_label, empty=True)
+    check_bool("markers", markers)
+    check_mapping("errors", errors, none=True)
+    for name, values in (errors or {}).items():
+        _check_values(f"errors[{name!r}]", values)
+    check_bool("logx", logx)
     if not series:
         raise ValueError("series must name at least one curve")
     lengths = {k: len(v) for k, v in series.items() if len(v) != len(x)}

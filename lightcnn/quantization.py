@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_bool, check_ints, check_module, check_str
+
 __all__ = [
     "UNIFORM_BITS", "CODE_BITS", "qrange", "qparams", "quantize", "dequantize", "fake_quantize",
     "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "OBSERVERS",
@@ -108,6 +110,12 @@ def _as_param(p: float | torch.Tensor, like: torch.Tensor, axis: int | None, arg
     return p
 
 
+def _check_number_or_tensor(value, arg: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{arg} must be a number or a tensor, got {type(value).__name__}: "
+                        f"{value!r}")
+
+
 def _check_scale(s: torch.Tensor) -> None:
     if not (torch.isfinite(s).all() and (s > 0).all()):
         raise ValueError(f"scale must be positive and finite, got values down to {s.min().item()}")
@@ -116,6 +124,7 @@ def _check_scale(s: torch.Tensor) -> None:
 def _prepare(x, scale, zero_point, bits, signed, axis):
     """Checked ``(scale, zero_point, qmin, qmax)`` for quantize and fake_quantize."""
     _check_tensor(x, "x")
+    check_bool("signed", signed)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     qmin, qmax = qrange(bits, signed)
@@ -133,6 +142,7 @@ def _prepare(x, scale, zero_point, bits, signed, axis):
 def qrange(bits: int, signed: bool = False) -> tuple[int, int]:
     """``(qmin, qmax)``: ``[0, 2^b - 1]`` unsigned, ``[-2^(b-1), 2^(b-1) - 1]`` signed."""
     bits = _check_bits(bits)
+    check_bool("signed", signed)
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
@@ -161,6 +171,10 @@ def qparams(x_min: float | torch.Tensor, x_max: float | torch.Tensor, bits: int,
         float32 ``scale`` and int64 ``zero_point`` of the broadcast shape of the range ends.
     """
     bits = _check_bits(bits)
+    _check_number_or_tensor(x_min, "x_min")
+    _check_number_or_tensor(x_max, "x_max")
+    check_bool("symmetric", symmetric)
+    check_bool("signed", signed, none=True)
     signed = bool(symmetric) if signed is None else bool(signed)
     lo, hi = torch.broadcast_tensors(*(torch.as_tensor(v).detach().float() for v in (x_min, x_max)))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -206,7 +220,10 @@ def dequantize(q: torch.Tensor, scale: float | torch.Tensor, zero_point: int | t
     _check_integers(q, "q")
     s = _as_param(scale, q, axis, "scale", torch.float32)
     _check_scale(s)
-    return (q.float() - _as_param(zero_point, q, axis, "zero_point", torch.float32)) * s
+    zp = _as_param(zero_point, q, axis, "zero_point", torch.float32)
+    if not torch.equal(zp, zp.round()):
+        raise ValueError("zero_point must hold integers, got non-integer or NaN values")
+    return (q.float() - zp) * s
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -261,6 +278,8 @@ class Observer:
         if per_channel_axis is not None and (isinstance(per_channel_axis, bool)
                                              or not isinstance(per_channel_axis, int)):
             raise ValueError(f"per_channel_axis must be an int or None, got {per_channel_axis!r}")
+        check_bool("symmetric", symmetric)
+        check_bool("signed", signed, none=True)
         self.symmetric, self.per_channel_axis = bool(symmetric), per_channel_axis
         self.signed = self.symmetric if signed is None else bool(signed)
         self.min: torch.Tensor | None = None
@@ -328,7 +347,8 @@ class MinMaxObserver(Observer):
                  per_channel_axis: int | None = None, signed: bool | None = None, *,
                  averaging_constant: float | None = None):
         super().__init__(bits, symmetric, per_channel_axis, signed)
-        if averaging_constant is not None and not 0.0 < averaging_constant <= 1.0:
+        if averaging_constant is not None and (not isinstance(averaging_constant, numbers.Real)
+                                               or not 0.0 < averaging_constant <= 1.0):
             raise ValueError("averaging_constant must be None or in (0, 1], "
                              f"got {averaging_constant!r}")
         self.averaging_constant = averaging_constant
@@ -373,7 +393,7 @@ class PercentileObserver(_SampleObserver):
                  per_channel_axis: int | None = None, signed: bool | None = None, *,
                  percentile: float = 99.99, max_samples: int = 2**16):
         super().__init__(bits, symmetric, per_channel_axis, signed, max_samples=max_samples)
-        if not 50.0 < percentile <= 100.0:
+        if not isinstance(percentile, numbers.Real) or not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile!r}")
         self.percentile = float(percentile)
 
@@ -473,6 +493,8 @@ class QuantWrapper(nn.Module):
         super().__init__()
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"module must be nn.Conv2d or nn.Linear, got {type(module).__name__}")
+        check_module("weight_fake_quant", weight_fake_quant)
+        check_module("input_fake_quant", input_fake_quant)
         self.module, self.weight_fake_quant = module, weight_fake_quant
         self.input_fake_quant = input_fake_quant
 
@@ -491,6 +513,7 @@ def _wrap_layers(model: nn.Module, weight_bits: int, activation_bits: int, per_c
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_bits(weight_bits, arg="weight_bits")
     _check_bits(activation_bits, arg="activation_bits")
+    check_bool("per_channel", per_channel)
     model = copy.deepcopy(model)
 
     def wrap(layer):
@@ -540,8 +563,10 @@ def ptq_simulate(model: nn.Module, calib_batches: Iterable[torch.Tensor | tuple]
     Raises:
         ValueError: bad bits or observer name, or no batch (calibration without data).
     """
-    if observer not in OBSERVERS:
-        raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    check_str("observer", observer, OBSERVERS)
+    if isinstance(calib_batches, (str, bytes)) or not isinstance(calib_batches, Iterable):
+        raise TypeError("calib_batches must be an iterable of batches (a DataLoader, a list "
+                        f"of tensors), got {type(calib_batches).__name__}")
     cls = OBSERVERS[observer]
     qmodel = _wrap_layers(model, weight_bits, activation_bits, per_channel,
                           lambda bits, sym, axis, weight: FakeQuantize(bits, sym, axis, cls))
@@ -724,6 +749,7 @@ def product_dequantize(codebooks: torch.Tensor, codes: torch.Tensor,
         raise ValueError("codebooks must be an (M, 2^bits, subvector_dim) tensor")
     m, k, d = codebooks.shape
     _check_integers(codes, "codes")
+    check_ints("shape", shape, 0)
     if codes.dim() != 2 or codes.shape[1] != m or codes.min() < 0 or codes.max() >= k:
         raise ValueError(f"codes must be an (out, {m}) tensor of codes in [0, {k - 1}]")
     if math.prod(shape) != codes.shape[0] * m * d:
@@ -740,6 +766,7 @@ def uniform_bytes(numel: int, bits: int, num_scales: int = 1, symmetric: bool = 
     per channel (or one), and ``z = 1`` byte per zero point if asymmetric (``0`` if symmetric)."""
     numel, bits = _check_int(numel, "numel", 0), _check_bits(bits)
     num_scales = _check_int(num_scales, "num_scales", 1)
+    check_bool("symmetric", symmetric)
     return math.ceil(numel * bits / 8) + num_scales * (4 + (0 if symmetric else 1))
 
 

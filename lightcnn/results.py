@@ -22,6 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ._checks import check_float, check_instance, check_mapping, check_path
 from .budget import Budget, get_budget
 from .runtime import cpu_name
 
@@ -60,12 +61,28 @@ def results_dir(budget: Budget | None = None) -> Path:
 
     ``LIGHTCNN_RESULTS_DIR`` overrides both.
     """
+    check_instance("budget", budget, Budget, none=True)
     if os.environ.get("LIGHTCNN_RESULTS_DIR"):
         return Path(os.environ["LIGHTCNN_RESULTS_DIR"])
     budget = budget or get_budget()
     if budget.name == "full":
         return _repo_results_dir()
     return Path(tempfile.gettempdir()) / "lightcnn-results" / budget.name
+
+
+def _check_chapter(chapter: str) -> None:
+    if not isinstance(chapter, str) or not chapter or "/" in chapter \
+            or chapter.endswith(".json"):
+        raise ValueError(f"chapter must be a bare name like '01_cnn_basics', got {chapter!r}")
+
+
+def _check_results(results: dict[str, list[dict]], max_drop: float) -> None:
+    check_mapping("results", results, what="a dict of chapter -> rows")
+    for chapter, rows in results.items():
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError(f"results[{chapter!r}] must be a list of dicts (rows), got "
+                            f"{type(rows).__name__}")
+    check_float("max_drop", max_drop, 0)
 
 
 def _validate(rows: list[dict]) -> None:
@@ -96,8 +113,8 @@ def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -
     """Validate ``rows``, stamp them with the chapter, technique and CPU (a row's own
     ``technique`` is kept), and write them to ``<results_dir>/<chapter>.json``; return the
     path. The caller's rows are not modified."""
-    if not chapter or "/" in chapter or chapter.endswith(".json"):
-        raise ValueError(f"chapter must be a bare name like '01_cnn_basics', got {chapter!r}")
+    _check_chapter(chapter)
+    check_instance("budget", budget, Budget, none=True)
     budget = budget or get_budget()
     _validate(rows)
     cpu = cpu_name()
@@ -119,6 +136,8 @@ def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -
 
 def load_results(chapter: str, budget: Budget | None = None) -> list[dict]:
     """Rows of one chapter's results file (validated)."""
+    _check_chapter(chapter)
+    check_instance("budget", budget, Budget, none=True)
     path = results_dir(budget) / f"{chapter}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results for {chapter!r} at {path}; run the chapter first")
@@ -127,6 +146,7 @@ def load_results(chapter: str, budget: Budget | None = None) -> list[dict]:
 
 def load_all_results(budget: Budget | None = None) -> dict[str, list[dict]]:
     """Every chapter's rows, keyed by chapter name, in file-name order."""
+    check_instance("budget", budget, Budget, none=True)
     folder = results_dir(budget)
     return {p.stem: load_results(p.stem, budget) for p in sorted(folder.glob("*.json"))}
 
@@ -146,6 +166,7 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
     Ties (e.g. a student trained alone and distilled: same bytes, same latency) go to the
     more accurate variant.
     """
+    _check_results(results, max_drop)
     out = []
     for chapter, rows in results.items():
         by_name = {r["name"]: r for r in rows}
@@ -173,6 +194,7 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
 
 def summary_markdown(results: dict[str, list[dict]], max_drop: float = 0.01) -> str:
     """:func:`summary_rows` as a Markdown table (what the book's front page shows)."""
+    _check_results(results, max_drop)
     def cell(entry: dict | None, unit: str) -> str:
         if entry is None:
             return "none smaller" if unit == "fewer bytes" else "none measured faster"
@@ -193,6 +215,7 @@ def summary_markdown(results: dict[str, list[dict]], max_drop: float = 0.01) -> 
 def write_summary(folder: Path | None = None) -> Path:
     """Rewrite ``<folder>/summary.md`` from every results file in ``folder`` (default:
     the book's ``book/results``)."""
+    check_path("folder", folder, none=True)
     folder = Path(folder) if folder is not None else _repo_results_dir()
     results = {p.stem: load_results_file(p) for p in sorted(folder.glob("*.json"))}
     path = folder / SUMMARY_FILE

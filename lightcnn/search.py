@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._checks import (check_callable, check_float, check_instance, check_int, check_ints,
+                      check_sequence)
 from .blocks import ConvBNAct, InvertedResidual
 from .models import register_model
 from .profile import count_macs
@@ -60,6 +62,7 @@ class SearchSpace:
     def __post_init__(self):
         for name in ("depths", "widths", "kernels", "expansions"):
             values = getattr(self, name)
+            check_ints(name, values, 1)
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                  for v in values):
                 raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {values!r}")
@@ -67,6 +70,7 @@ class SearchSpace:
             raise ValueError(f"kernels must be odd (symmetric padding), got {self.kernels!r}")
         if not isinstance(self.stages, int) or self.stages < 1:
             raise ValueError(f"stages must be a positive int, got {self.stages!r}")
+        check_int("stem_width", self.stem_width, 1)
 
     def choices(self, field: str) -> tuple[int, ...]:
         """The values allowed for one of ``FIELDS``."""
@@ -88,6 +92,12 @@ class Trial:
     macs: int
     step: int
 
+    def __post_init__(self):
+        _check_architecture(self.architecture)
+        check_float("score", self.score)
+        check_int("macs", self.macs, 0)
+        check_int("step", self.step, 0)
+
 
 def build_searched(architecture: Architecture, num_classes: int = 10, in_channels: int = 1,
                    stem_width: int = 16) -> nn.Module:
@@ -98,6 +108,9 @@ def build_searched(architecture: Architecture, num_classes: int = 10, in_channel
     shapes allow).
     """
     _check_architecture(architecture)
+    check_int("num_classes", num_classes, 1)
+    check_int("in_channels", in_channels, 1)
+    check_int("stem_width", stem_width, 1)
     layers: list[nn.Module] = [ConvBNAct(in_channels, stem_width, 3)]
     channels = stem_width
     for i, (depth, width, kernel, expansion) in enumerate(architecture):
@@ -116,23 +129,30 @@ def searched_cnn(architecture: Architecture = ((1, 16, 3, 1), (2, 24, 3, 3), (2,
     """``build_searched`` as a registered model, so that ``lc.zoo.get_trained("searched_cnn",
     architecture=...)`` trains a found architecture fully and caches it."""
     # JSON (the zoo's cache key) turns tuples into lists; accept both spellings
+    _check_architecture(architecture)
     return build_searched(tuple(tuple(stage) for stage in architecture), num_classes, **kwargs)
 
 
 def _check_architecture(architecture: Architecture) -> None:
-    if not architecture or any(len(stage) != 4 for stage in architecture):
+    check_sequence("architecture", architecture)
+    if not architecture or any(not isinstance(stage, (tuple, list)) or len(stage) != 4
+                               or not all(isinstance(v, int) and not isinstance(v, bool)
+                                          and v >= 1 for v in stage)
+                               for stage in architecture):
         raise ValueError("architecture must be a non-empty tuple of (depth, width, kernel, "
                          f"expansion) rows, got {architecture!r}")
 
 
 def sample_architecture(space: SearchSpace, rng: random.Random) -> Architecture:
     """A uniformly random architecture of ``space``."""
+    _check_space(space, rng)
     return tuple(tuple(rng.choice(space.choices(f)) for f in FIELDS) for _ in range(space.stages))
 
 
 def mutate(architecture: Architecture, space: SearchSpace, rng: random.Random) -> Architecture:
     """Change one field of one stage to a different allowed value (a one-step neighbour)."""
     _check_architecture(architecture)
+    _check_space(space, rng)
     stage = rng.randrange(len(architecture))
     # only fields with an alternative value can change
     fields = [i for i, f in enumerate(FIELDS) if len(space.choices(f)) > 1]
@@ -149,7 +169,17 @@ def _macs(architecture: Architecture, space: SearchSpace, input_shape: tuple[int
                                      stem_width=space.stem_width), input_shape)
 
 
-def _check_search(macs_budget: int, evaluations: int) -> None:
+def _check_space(space: SearchSpace, rng: random.Random) -> None:
+    check_instance("space", space, SearchSpace)
+    check_instance("rng", rng, random.Random, "a random.Random")
+
+
+def _check_search(space: SearchSpace, evaluate: Callable, macs_budget: int, evaluations: int,
+                  seed: int, input_shape: tuple[int, int, int]) -> None:
+    check_instance("space", space, SearchSpace)
+    check_callable("evaluate", evaluate)
+    check_int("seed", seed, 0)
+    check_ints("input_shape", input_shape, 1, length=3)
     if isinstance(macs_budget, bool) or not isinstance(macs_budget, int) or macs_budget < 1:
         raise ValueError(f"macs_budget must be a positive int, got {macs_budget!r}")
     if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
@@ -176,7 +206,7 @@ def random_search(space: SearchSpace, evaluate: Callable[[Architecture], float],
     Returns:
         The trials in evaluation order; the best is ``max(trials, key=lambda t: t.score)``.
     """
-    _check_search(macs_budget, evaluations)
+    _check_search(space, evaluate, macs_budget, evaluations, seed, input_shape)
     rng = random.Random(seed)
     trials = []
     for step in range(evaluations):
@@ -199,7 +229,7 @@ def evolutionary_search(space: SearchSpace, evaluate: Callable[[Architecture], f
     Returns:
         Every trial in evaluation order (``evaluations`` of them).
     """
-    _check_search(macs_budget, evaluations)
+    _check_search(space, evaluate, macs_budget, evaluations, seed, input_shape)
     if isinstance(population, bool) or not isinstance(population, int) or population < 2:
         raise ValueError(f"population must be an int >= 2, got {population!r}")
     if not isinstance(sample_size, int) or not 1 <= sample_size <= population:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_bool
 from .profile import _check_model
 from .pruning import _copy as _copy_masked
 from .pruning import _effective_weight
@@ -439,6 +440,7 @@ def sparse_size_bytes(model: nn.Module, fmt: str = "auto", compressed: bool = Fa
     """
     _check_model(model)
     _check_fmt(fmt)
+    check_bool("compressed", compressed)
     data = _pack(_state_of(model), fmt)
     return len(gzip.compress(data, compresslevel=9, mtime=0)) if compressed else len(data)
 
@@ -461,8 +463,9 @@ def _check_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None, layout: 
         raise ValueError(f"weight must be {layout}, got shape {tuple(weight.shape)}")
     if bias is not None and (not isinstance(bias, torch.Tensor)
                              or tuple(bias.shape) != (weight.shape[0],)):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else repr(bias)
         raise ValueError(f"bias must be None or a tensor of shape ({weight.shape[0]},), "
-                         f"got {bias if bias is None else tuple(bias.shape)}")
+                         f"got {got}")
 
 
 class _SparseMatrix(nn.Module):
@@ -525,7 +528,8 @@ class SparseConv2d(_SparseMatrix):
         pairs = {}
         for arg, value, low in (("stride", stride, 1), ("padding", padding, 0),
                                 ("dilation", dilation, 1)):
-            pair = (value, value) if isinstance(value, int) else tuple(value)
+            pair = (value, value) if isinstance(value, int) else \
+                tuple(value) if isinstance(value, (tuple, list)) else (value,)
             if len(pair) != 2 or any(not isinstance(v, int) or v < low for v in pair):
                 raise ValueError(f"{arg} must be an int >= {low} or a pair of them, got {value!r}")
             pairs[arg] = pair

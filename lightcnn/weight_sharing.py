@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._checks import check_tensor
 from .profile import _check_model
 from .pruning import prunable_layers
 from .quantization import (CODE_BITS, _check_bits, _check_int, _check_tensor, _nearest_1d,
@@ -52,8 +53,8 @@ def _check_init(init: str) -> str:
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     return int(seed)
 
 
@@ -186,6 +187,12 @@ class Codebook(nn.Module):
     def __init__(self, codebook: torch.Tensor, indices: torch.Tensor,
                  mask: torch.Tensor | None = None):
         super().__init__()
+        check_tensor("codebook", codebook, 1, floating=True, nonempty=True)
+        check_tensor("indices", indices, integer=True)
+        check_tensor("mask", mask, none=True)
+        if mask is not None and mask.shape != indices.shape:
+            raise ValueError(f"mask must be shaped like indices {tuple(indices.shape)}, got "
+                             f"{tuple(mask.shape)}")
         self.codebook = nn.Parameter(codebook.detach().clone())
         self.register_buffer("indices", indices.detach().clone())
         self.register_buffer("mask", None if mask is None else mask.detach().clone())

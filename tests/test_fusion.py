@@ -78,10 +78,28 @@ def test_measure_fusion_reports_equality_counts_and_times():
     assert f"BN {report.batch_norms_before} -> 0" in str(report)
 
 
-def test_measure_fusion_refuses_to_time_a_changed_function():
+def test_measure_fusion_refuses_to_time_a_changed_function(monkeypatch):
     model = _trained_bn(lc.create_model("baseline_cnn"))
+
+    def broken_fold(m: nn.Module) -> nn.Module:   # a fold that changes the function
+        fused = lc.fuse_conv_bn(m)
+        with torch.no_grad():
+            fused.classifier[-1].bias += 1.0
+        return fused
+
+    monkeypatch.setattr(lc.fusion, "fuse_conv_bn", broken_fold)
     with pytest.raises(ValueError, match="differs from the original"):
-        lc.measure_fusion(model, torch.randn(2, 1, 28, 28), atol=-1.0)
+        lc.measure_fusion(model, torch.randn(2, 1, 28, 28))
+
+
+def test_measure_fusion_rejects_bad_arguments():
+    model = lc.create_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    for kwargs, match in [(dict(atol=-1.0), "atol must be"), (dict(x="x"), "x must be"),
+                          (dict(batch_sizes=()), "batch_sizes must be"),
+                          (dict(repeats=0), "repeats must be")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            lc.measure_fusion(**{"model": model, "x": x, **kwargs})
 
 
 def test_a_batch_norm_called_twice_is_not_folded_into_one_of_its_convs():
