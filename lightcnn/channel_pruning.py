@@ -36,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.shufflenetv2 import channel_shuffle as _tv_channel_shuffle
 from torchvision.ops import stochastic_depth as _stochastic_depth
 
 from .blocks import channel_shuffle
-from .profile import _check_model, count_macs
+from .profile import _check_model, _count_flops, count_macs
 from .pruning import _is_masked
 
 __all__ = ["Importance", "l1_importance", "l2_importance", "bn_scale_importance",
@@ -603,15 +602,7 @@ def _count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """
     if len(input_shape) == 3:
         return count_macs(model, tuple(input_shape))
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
+    return _count_flops(model, tuple(input_shape)).get_total_flops() // 2
 
 
 def _resolve(model: nn.Module, plan: dict[str, Sequence[int]], input_shape: tuple[int, ...]

@@ -106,6 +106,12 @@ def _check_shape(input_shape: tuple[int, ...]) -> None:
 def _flop_counter(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
     _check_model(model)
     _check_shape(input_shape)
+    return _count_flops(model, input_shape)
+
+
+def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
+    """torch's flop counter after one eval-mode pass at batch 1 on zeros of ``input_shape``
+    (any shape: channel_pruning counts MLPs with it too)."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
