@@ -83,10 +83,12 @@ def test_unknown_model_lists_known_ones(isolated_cache, tiny_budget):
 
 
 def test_key_covers_the_modules_a_model_is_built_from():
-    from lightcnn import architectures, blocks, data, models, train
-    assert zoo._code_modules("mobilenet_v2") == [architectures, models, data, train, blocks]
+    from lightcnn import _checks, architectures, blocks, data, models, train
+    # _checks: the argument checks the model constructors call
+    assert zoo._code_modules("mobilenet_v2") == [architectures, models, data, train, _checks,
+                                                 blocks]
     # the baseline is built from models.py alone: its key does not move when a block changes
-    assert set(zoo._code_modules("baseline_cnn")) == {models, data, train}
+    assert set(zoo._code_modules("baseline_cnn")) == {models, data, train, _checks}
 
 
 def test_channels_last_training_is_its_own_entry(isolated_cache, tiny_budget):
