@@ -164,6 +164,16 @@ def read_history(name: str, folder: Path | None = None) -> dict[str, list[float]
     return json.loads(path.read_text())
 
 
+def _serialize(name: str, state_dict: dict[str, torch.Tensor], recipe_version) -> bytes:
+    """The bytes of model ``name``'s safetensors file (what the manifest's SHA-256 hashes)."""
+    from safetensors.torch import save as _save_safetensors
+
+    # safetensors stores each tensor once, contiguous; shared storage is not allowed
+    tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
+    return _save_safetensors(tensors, metadata={"name": name,
+                                                "recipe_version": str(recipe_version)})
+
+
 def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
                 history: dict[str, list[float]], folder: Path | None = None,
                 replace: bool = False) -> dict:
@@ -179,18 +189,13 @@ def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
     Raises:
         ZooError: ``name`` is already shipped and ``replace`` is false.
     """
-    from safetensors.torch import save as _save_safetensors
-
     folder = zoo_dir() if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = read_manifest(folder)
     if name in models and not replace:
         raise ZooError(f"zoo: {name!r} is already shipped ({folder / models[name]['file']}); "
                        "a shipped model is replaced only when its recipe version changes")
-    # safetensors stores each tensor once, contiguous; shared storage is not allowed
-    tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
-    blob = _save_safetensors(tensors, metadata={"name": name,
-                                                "recipe_version": str(meta.get("recipe_version"))})
+    blob = _serialize(name, state_dict, meta.get("recipe_version"))
     entry = dict(meta, file=f"{name}.safetensors", bytes=len(blob),
                  sha256=hashlib.sha256(blob).hexdigest(), history=f"{name}.history.json",
                  written=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

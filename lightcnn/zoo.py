@@ -837,8 +837,6 @@ def check(name: str, device: str | None = None, progress: bool = True) -> dict:
         ``{"name", "sha256_equal", "accuracy", "manifest_accuracy", "same_machine",
         "reproduced"}``.
     """
-    from safetensors.torch import save as _save_safetensors
-
     entry = _entry(name)
     meta = _weights.read_manifest().get(name)
     if meta is None:
@@ -854,8 +852,7 @@ def check(name: str, device: str | None = None, progress: bool = True) -> dict:
                 os.environ.pop("LIGHTCNN_CACHE", None)
             else:
                 os.environ["LIGHTCNN_CACHE"] = previous
-    blob = _save_safetensors({k: v.contiguous() for k, v in state.items()},
-                             metadata={"name": name, "recipe_version": str(entry.version)})
+    blob = _weights._serialize(name, state, entry.version)
     same_machine = (new_meta["trained_on"] == meta["trained_on"]
                     and new_meta["torch"] == meta["torch"])
     sha_equal = hashlib.sha256(blob).hexdigest() == meta["sha256"]
