@@ -187,6 +187,20 @@ ENTRIES: dict[str, ZooEntry] = _entries(
         ("agp12x_e20", dict(method="agp", sparsity=SPARSITY_12X, epochs=20)),
         ("l1_half_macs_e10", dict(method="l1", macs_share=0.5, epochs=10)),
     )),
+    # chapter 06: the baseline binarized five ways and fine-tuned from its weights with the
+    # binary recipe (Adam, no decay, latent weights clipped); XNOR-Net also at twice the
+    # schedule, to show whether the binary fine-tunes converged
+    *(ZooEntry(f"binary_cnn+{tag}", "binary_cnn", RECIPES["binary_cnn"], version=1,
+               epochs=epochs, kwargs=dict(scheme=scheme, keep_first_last=keep),
+               init_from="baseline_cnn", minutes_per_epoch=1.5)
+      for tag, scheme, keep, epochs in (
+          ("bnn_e10", "bnn", True, 10),
+          ("xnor_e10", "xnor", True, 10),
+          ("bwn_e10", "bwn", True, 10),
+          ("binaryconnect_e10", "binaryconnect", True, 10),
+          ("xnor_all_binary_e10", "xnor", False, 10),
+          ("xnor_e20", "xnor", True, 20),
+      )),
 )
 
 
