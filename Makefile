@@ -59,14 +59,18 @@ execute: $(STAMP) data
 # Train the zoo's models that zoo/manifest.json does not ship at their recipe's version, and
 # write each into zoo/ when it is done (resumable model by model). NAMES="a b" limits it;
 # JOBS=N trains independent models in N processes; LIGHTCNN_DEVICE=auto uses a GPU.
-# One model on several GPUs (torchrun, DDP) works for lc.fit but not yet for the zoo's
-# builder, which joins no process group and writes from every process: see README.md,
-# "Your own training loop, on one machine or several".
+# NPROC=N trains each model in N data-parallel processes (torchrun, DDP; e.g. one per GPU
+# of a multi-GPU machine, with LIGHTCNN_DEVICE=auto): rank 0 alone writes zoo/.
 NAMES ?=
 JOBS ?= 1
+NPROC ?= 1
 zoo: $(STAMP) data
+ifeq ($(NPROC),1)
 	$(BIN)/python -c "import sys, lightcnn.zoo; sys.exit(lightcnn.zoo.main(sys.argv[1:]))" \
 	  build -j $(JOBS) $(NAMES)
+else
+	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m lightcnn.zoo build $(NAMES)
+endif
 
 # Open the chapters in JupyterLab (installs it into .venv on first use).
 lab: $(STAMP) data

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import data as _data
+from . import distributed as _distributed
 from . import models as _models
 from . import train as _train
 from . import weights as _weights
@@ -367,7 +368,20 @@ def cache_path(name: str, budget: Budget, key: str) -> Path:
 
 
 def _load(path: Path) -> dict | None:
-    """The cached entry, or None if absent; warns and returns None if it is damaged."""
+    """The cached entry, or None if absent; warns and returns None if it is damaged.
+
+    Under ``torchrun`` every process must take the same branch (train, or not), and each
+    machine has its own cache: an entry counts only when every process found it (otherwise
+    all of them train, together)."""
+    entry = _read_cache(path)
+    if _distributed.is_distributed():
+        everywhere = _distributed.all_reduce_sum([float(entry is not None)])[0]
+        if everywhere < _distributed.get_world_size():
+            return None
+    return entry
+
+
+def _read_cache(path: Path) -> dict | None:
     digest_file = path.with_suffix(".sha256")
     if not path.exists():
         return None
@@ -383,6 +397,8 @@ def _load(path: Path) -> dict | None:
 
 
 def _store(path: Path, entry: dict) -> None:
+    if not _distributed.is_main_process():   # under torchrun: rank 0 writes, once
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(entry, buffer)
@@ -693,10 +709,14 @@ def _trained_on(device: torch.device) -> str:
     from .runtime import cpu_name
 
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (cuda)"
+        world = _distributed.get_world_size()
+        gpus = "" if world == 1 else f"{world} x "
+        return f"{gpus}{torch.cuda.get_device_name(device)} (cuda)"
     if device.type == "mps":
         return "Apple GPU (mps)"
-    return f"{cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} threads (cpu)"
+    where = f"{cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} threads (cpu)"
+    world = _distributed.get_world_size()
+    return where if world == 1 else f"{world} processes (DDP) x {where}"
 
 
 def _json_info(info: dict) -> dict:
@@ -786,33 +806,49 @@ def build(names: list[str] | None = None, jobs: int = 1, device: str | None = No
             threads; a model waits for the models it starts from.
         device: where to train (``"auto"``: a GPU when there is one); ``None`` reads
             ``LIGHTCNN_DEVICE``. The manifest records where each model was trained.
+
+    Under ``torchrun`` (``torchrun --nproc-per-node 4 -m lightcnn.zoo build --device auto``
+    on a 4-GPU machine) every process trains each model together, data-parallel
+    (:func:`lightcnn.train.fit` under DDP: the global batch and the schedule stay the
+    recipe's), rank 0 alone prints and writes ``zoo/`` and the cache, and every process
+    waits for a model to be written before the next starts. ``jobs`` must then be 1.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    parallel = _distributed.is_distributed()
+    if parallel and jobs > 1:
+        raise ValueError(f"jobs must be 1 under torchrun (every process trains each model "
+                         f"together, data-parallel), got {jobs}")
     _train.resolve_device(device)   # refuse a bad device before hours of work
+    main = _distributed.is_main_process()
+    say = print if main else (lambda *args, **kwargs: None)
     todo = _plan(names, rebuild=False)
     if not todo:
-        print("zoo: every requested model is shipped at its recipe's version")
+        say("zoo: every requested model is shipped at its recipe's version")
         return []
     manifest = _weights.read_manifest()
     total = sum(ENTRIES[n].estimated_minutes() for n in todo)
-    print(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), about {total:.0f} min "
-          f"on the book's 2-core CPU")
+    say(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), about {total:.0f} min "
+        f"on the book's 2-core CPU" + (f", in {_distributed.get_world_size()} processes"
+                                        if parallel else ""))
     written: list[str] = []
     spent, estimated_done = 0.0, 0.0
 
     def store(result: tuple[str, dict, dict, dict]) -> None:
         nonlocal spent, estimated_done
         name, state, meta, history = result
-        _weights.write_entry(name, state, meta, history, replace=name in manifest)
+        if main:
+            _weights.write_entry(name, state, meta, history, replace=name in manifest)
+        if parallel:   # the next model may start from this one: wait until it is written
+            torch.distributed.barrier()
         written.append(name)
         spent += meta["build_minutes"]
         estimated_done += ENTRIES[name].estimated_minutes()
         # time left: the estimate of what is left, scaled by how fast this machine went
         pace = spent / estimated_done if spent > 0 else 1.0
         left = (total - estimated_done) * pace
-        print(f"zoo: [{len(written)}/{len(todo)}] {name}: {100 * meta['test_accuracy']:.2f}% "
-              f"in {meta['build_minutes']:.1f} min; about {left:.0f} min left", flush=True)
+        say(f"zoo: [{len(written)}/{len(todo)}] {name}: {100 * meta['test_accuracy']:.2f}% "
+            f"in {meta['build_minutes']:.1f} min; about {left:.0f} min left", flush=True)
 
     if jobs == 1:
         for name in todo:
@@ -906,7 +942,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"v{meta['recipe_version']}")
                 print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
             return 0
-        setup(seed=0, plots=False)   # seeds, deterministic algorithms, threads
+        # under torchrun: join the process group, and share the machine's cores among the
+        # processes it runs (a plain run: no group, every core)
+        _distributed.init_distributed()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        from .runtime import DEFAULT_THREADS
+
+        setup(seed=0, plots=False,   # seeds, deterministic algorithms, threads
+              threads=max(1, (os.cpu_count() or 1) // local) if local > 1 else DEFAULT_THREADS)
         name = args.name if args.command == "check" else args.check
         if name is not None:
             report = check(name, args.device)

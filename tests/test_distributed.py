@@ -171,6 +171,37 @@ def _worker(rank: int, port: int, out: str) -> None:
                              history=namespace["history"].as_dict(),
                              sparsity=pruning.sparsity(namespace["model"]))
     lap("README")
+
+    # make zoo under torchrun: one zoo folder, a cache per rank (as on two machines), tiny
+    # 1-epoch entries on 200 images; the second starts from the first
+    from lightcnn import zoo
+    from lightcnn.budget import BUDGETS, Budget
+
+    os.environ["LIGHTCNN_ZOO"] = os.path.join(out, "zoo")
+    cache = os.path.join(out, f"cache{rank}")
+    os.environ["LIGHTCNN_CACHE"] = cache
+    BUDGETS["full"] = Budget("full", train_size=200, test_size=100, epochs=1, finetune_epochs=1,
+                             proxy_epochs=1, survey_epochs=1, overfit_train_size=100,
+                             overfit_epochs=1, search_train_size=100, search_final_epochs=1,
+                             val_size=100, calib_size=16, latency_warmup=1, latency_repeats=3)
+    zoo.ENTRIES = {
+        "lenet5": zoo.ZooEntry("lenet5", "lenet5", zoo.RECIPES["lenet5"], version=1, epochs=1),
+        "lenet5_more": zoo.ZooEntry("lenet5_more", "lenet5", zoo.RECIPES["lenet5"], version=1,
+                                    epochs=1, seed=2, init_from="lenet5"),
+    }
+    states, train_entry = {}, zoo._train_entry
+
+    def recording(entry, *args, **kwargs):   # what each rank trained, before rank 0 writes
+        result = train_entry(entry, *args, **kwargs)
+        states[result[0]] = {k: v.clone() for k, v in result[1].items()}
+        return result
+
+    zoo._train_entry = recording
+    written = zoo.build(["lenet5_more"], progress=False)
+    results["zoo"] = dict(written=written, states=states,
+                          cache=sorted(os.listdir(os.path.join(cache, "zoo")))
+                          if os.path.isdir(os.path.join(cache, "zoo")) else [])
+    lap("zoo build")
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -182,8 +213,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory, data_dir) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
+    os.environ["LIGHTCNN_DATA"] = str(data_dir)    # the spawned processes inherit it
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -252,6 +284,23 @@ def test_readme_torchrun_script_under_two_processes(ranks):
     assert r0["sparsity"] == pytest.approx(0.8, abs=1e-3)
     saved = torch.load(ranks[0]["out"] / "pruned.pt", weights_only=True)
     _assert_same_state(saved, r0["state"])
+
+
+def test_zoo_build_under_torchrun_trains_together_and_writes_once(ranks):
+    r0, r1 = ranks[0]["zoo"], ranks[1]["zoo"]
+    assert r0["written"] == r1["written"] == ["lenet5", "lenet5_more"]   # dependency first
+    for name in r0["written"]:
+        _assert_same_state(r0["states"][name], r1["states"][name])
+    folder = ranks[0]["out"] / "zoo"
+    manifest = lc.weights.read_manifest(folder)
+    assert set(manifest) == {"lenet5", "lenet5_more"}
+    for name, meta in manifest.items():
+        assert meta["sha256"] == lc.weights.sha256_file(folder / meta["file"])
+        assert meta["trained_on"].startswith("2 processes (DDP) x ")
+        state, _ = lc.weights.load_state_dict(name, folder)
+        _assert_same_state(state, r0["states"][name])
+    # rank 0 alone wrote its cache; rank 1 trained the same models and wrote nothing
+    assert len(r0["cache"]) == 4 and r1["cache"] == []
 
 
 def test_helpers_without_a_process_group(monkeypatch):
