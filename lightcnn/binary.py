@@ -54,13 +54,14 @@ Taught in chapters/06_binary_networks.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_bool, check_ints, check_module, check_str, check_tensor
 from .models import BaselineCNN, register_model
 from .pruning import _is_masked
 
@@ -83,15 +84,11 @@ class Scheme:
     activation_scale: bool     # XNOR-Net's K map (or beta = mean |x| for a linear layer)
     estimator: str = "ste"     # the gradient of the activations' sign: a key of ESTIMATORS
 
-
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme("binaryconnect", False, False, False, False),
-    Scheme("binaryconnect_stochastic", True, False, False, False),
-    Scheme("bwn", False, True, False, False),
-    Scheme("bnn", False, False, True, False),
-    Scheme("xnor", False, True, True, True),
-    Scheme("bireal", False, True, True, False, estimator="approxsign"),
-)}
+    def __post_init__(self) -> None:
+        check_str("name", self.name)
+        for field in ("stochastic", "weight_scale", "binary_activations", "activation_scale"):
+            check_bool(field, getattr(self, field))
+        check_str("estimator", self.estimator, ESTIMATORS)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -161,12 +158,20 @@ def approx_sign(x: Tensor) -> Tensor:
 # the estimators a scheme or a layer can use for the sign of its activations
 ESTIMATORS = {"ste": sign_ste, "approxsign": approx_sign}
 
+# (after ESTIMATORS: a Scheme checks its estimator against it)
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("binaryconnect", False, False, False, False),
+    Scheme("binaryconnect_stochastic", True, False, False, False),
+    Scheme("bwn", False, True, False, False),
+    Scheme("bnn", False, False, True, False),
+    Scheme("xnor", False, True, True, True),
+    Scheme("bireal", False, True, True, False, estimator="approxsign"),
+)}
+
 
 def _estimator(name: str | None, scheme: Scheme) -> str:
-    name = scheme.estimator if name is None else name
-    if name not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
-    return name
+    check_str("estimator", name, ESTIMATORS, none=True)
+    return scheme.estimator if name is None else name
 
 
 def stochastic_sign_ste(x: Tensor) -> Tensor:
@@ -206,6 +211,10 @@ def activation_scale_map(x: Tensor, kernel_size: tuple[int, int], stride: tuple[
                          padding: tuple[int, int]) -> Tensor:
     """XNOR-Net's ``K = A * k``: ``A = mean_c |x|``, convolved with a box ``k`` of
     ``1 / (kh kw)`` (zero padding), ``(B, C, H, W) -> (B, 1, H_out, W_out)``."""
+    check_tensor("x", x, 4, floating=True)
+    check_ints("kernel_size", kernel_size, 1, length=2)
+    check_ints("stride", stride, 1, length=2)
+    check_ints("padding", padding, 0, length=2)
     a = x.abs().mean(1, keepdim=True)
     box = torch.full((1, 1, *kernel_size), 1.0 / (kernel_size[0] * kernel_size[1]),
                      dtype=x.dtype)
@@ -288,9 +297,17 @@ def _scheme_repr(layer: _BinaryMixin) -> str:
 
 
 def _scheme(name: str) -> Scheme:
-    if name not in SCHEMES:
-        raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {name!r}")
+    check_str("scheme", name, SCHEMES)
     return SCHEMES[name]
+
+
+def _check_names(name: str, value) -> None:
+    """``value`` is a collection of layer names (a list, tuple or set of str; not one str,
+    whose letters would be taken for names, nor a dict)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        text = repr(value)
+        raise TypeError(f"{name} must be a list, tuple or set of layer names, got "
+                        f"{type(value).__name__}: {text if len(text) <= 80 else text[:77] + '...'}")
 
 
 # Layers with no weights to binarize, which binarize leaves as they are.
@@ -328,15 +345,21 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
     STE uses.
 
     Raises:
+        TypeError: an argument of the wrong type (named).
         ValueError: unknown scheme or estimator; a grouped (e.g. depthwise) conv, a conv
             with other than zero padding, or a module with weights of an unsupported type
             (named).
     """
+    check_module("model", model)
     scheme_ = _scheme(scheme)
     estimator = _estimator(estimator, scheme_)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_bool("keep_first_last", keep_first_last)
+    check_bool("pointwise", pointwise)
+    _check_names("skip", skip)
     skip = set(skip)
+    bad = [n for n in skip if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"skip must hold layer names (str), got {bad[0]!r}")
     names = {n for n, _ in model.named_modules()}
     if skip - names:
         raise ValueError(f"skip names layers the model does not have: {sorted(skip - names)}")
@@ -391,6 +414,7 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
 
 def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:
     """The binary layers of ``model`` by name."""
+    check_module("model", model)
     return {n: m for n, m in model.named_modules()
             if isinstance(m, (BinaryConv2d, BinaryLinear))}
 
@@ -399,6 +423,7 @@ def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:
 def clip_latent_weights(model: nn.Module) -> None:
     """Clip every binary layer's latent weights to [-1, 1] (pass as ``lc.fit``'s
     ``after_step``): beyond it the STE gradient is zero and a weight could never return."""
+    check_module("model", model)
     for module in binary_layers(model).values():
         module.weight.clamp_(-1.0, 1.0)
 
@@ -442,6 +467,7 @@ def binary_weight_bytes(model: nn.Module) -> dict[str, int | float]:
     ``bwn``/``xnor``), ``bias_bytes``, ``binary_bytes`` (the three together), ``ratio``
     (``fp32_bytes + bias_bytes`` over ``binary_bytes``), and ``ratio_without_scales``.
     """
+    check_module("model", model)
     layers = binary_layers(model)
     if not layers:
         raise ValueError("model has no binary layers (call binarize first)")
@@ -493,5 +519,7 @@ def binary_cnn(num_classes: int = 10, scheme: str = "bnn", keep_first_last: bool
                estimator: str | None = None, **kwargs) -> nn.Module:
     """The book's baseline CNN binarized with ``scheme`` (see :func:`binarize`), so the zoo
     can train and cache it: ``lc.zoo.get_trained("binary_cnn", scheme="xnor")``."""
+    _estimator(estimator, _scheme(scheme))
+    check_bool("keep_first_last", keep_first_last)
     return binarize(BaselineCNN(num_classes=num_classes, **kwargs), scheme, keep_first_last,
                     estimator=estimator)

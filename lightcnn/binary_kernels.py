@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_bool, check_module, check_path, check_sequence, check_str
 from .binary import BinaryConv2d, BinaryLinear, activation_scale_map, binary_layers
 from .runtime import cpuinfo_fields
 
@@ -93,6 +94,7 @@ def popcount_peak(cores: int | None = None, cpuinfo: str = "/proc/cpuinfo") -> d
     cores = torch.get_num_threads() if cores is None else cores
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise ValueError(f"cores must be a positive int, got {cores!r}")
+    check_path("cpuinfo", cpuinfo)
     fields = cpuinfo_fields(cpuinfo)
     try:
         clock = float(fields["cpu MHz"]) / 1000.0
@@ -567,6 +569,7 @@ def xnor_gemm(a: Tensor, b: Tensor, n_bits: int, backend: str = "auto",
     """
     _check_words("a", a)
     _check_words("b", b)
+    check_bool("b_transposed", b_transposed)
     words = a.shape[1]
     b_words = b.shape[0] if b_transposed else b.shape[1]
     if b_words != words:
@@ -690,7 +693,10 @@ def integer_thresholds(layer: BinaryConv2d | BinaryLinear, ops: Sequence[nn.Modu
             then not followed by a sign of itself); a batch norm with scale 0 in some
             channel, or a weight scale alpha of 0 (no threshold can express "ignore the
             input"); ops whose sign is not monotone in ``d``.
+        TypeError: ``ops`` is not a list or tuple of modules, or ``name`` not a str.
     """
+    check_str("name", name)
+    check_sequence("ops", ops, nn.Module)
     if not isinstance(layer, (BinaryConv2d, BinaryLinear)) or not layer.scheme.binary_activations:
         raise ValueError(f"layer {name!r} must be a BinaryConv2d or BinaryLinear with binary "
                          f"activations (scheme 'bnn'), got {type(layer).__name__}")
@@ -762,6 +768,20 @@ def _popcount_thresholds(thresholds: Tensor, descending: Tensor, n_bits: int
 def _threshold_bits(dots: Tensor, thresholds: Tensor, descending: Tensor) -> Tensor:
     """``(M, O)`` dot products -> ``(M, ceil(O/64))`` words of the next layer's input."""
     return _pack_bits(torch.where(descending, dots <= thresholds, dots >= thresholds))
+
+
+def _check_packed_args(thresholds, packed_input) -> None:
+    """The packed layers' ``thresholds`` (None or two tensors) and ``packed_input`` (a bool);
+    the thresholds' shapes are checked against the layer in ``_init_common``."""
+    if thresholds is not None and not (isinstance(thresholds, (tuple, list))
+                                       and len(thresholds) == 2
+                                       and all(isinstance(t, Tensor) for t in thresholds)):
+        text = repr(thresholds)
+        text = text if len(text) <= 80 else text[:77] + "..."
+        raise TypeError("thresholds must be None or a pair (thresholds, descending) of "
+                        f"tensors from integer_thresholds, got {type(thresholds).__name__}: "
+                        f"{text}")
+    check_bool("packed_input", packed_input)
 
 
 class _PackedLayer(nn.Module):
@@ -850,6 +870,7 @@ class PackedBinaryConv2d(_PackedLayer):
     def __init__(self, layer: BinaryConv2d, backend: str = "auto",
                  thresholds: tuple[Tensor, Tensor] | None = None, packed_input: bool = False):
         super().__init__()
+        _check_packed_args(thresholds, packed_input)
         if not isinstance(layer, BinaryConv2d) or not layer.scheme.binary_activations:
             raise ValueError("layer must be a BinaryConv2d with binary activations "
                              "(scheme 'bnn' or 'xnor')")
@@ -986,6 +1007,7 @@ class PackedBinaryLinear(_PackedLayer):
     def __init__(self, layer: BinaryLinear, backend: str = "auto",
                  thresholds: tuple[Tensor, Tensor] | None = None, packed_input: bool = False):
         super().__init__()
+        _check_packed_args(thresholds, packed_input)
         if not isinstance(layer, BinaryLinear) or not layer.scheme.binary_activations:
             raise ValueError("layer must be a BinaryLinear with binary activations")
         self.in_features, self.out_features = layer.in_features, layer.out_features
@@ -1183,7 +1205,11 @@ def pack_model(model: nn.Module, backend: str = "auto", thresholds: bool = False
             binary layer that feeds another one other than through element-wise ops, max
             pools and a sign, an XNOR-Net layer in such a chain, or a zero batch-norm scale
             (each named).
+        TypeError: ``model`` is not a module, or ``thresholds`` not a bool.
     """
+    check_module("model", model)
+    _backend(backend)
+    check_bool("thresholds", thresholds)
     layers = {n: m for n, m in binary_layers(model).items() if m.scheme.binary_activations}
     if not layers:
         raise ValueError("model has no binary layer with binary activations to pack "

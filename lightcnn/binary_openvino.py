@@ -33,7 +33,7 @@ Taught in chapters/06_binary_networks.
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import binary_kernels as BK
+from ._checks import check_bool, check_instance, check_int, check_ints, check_module, check_path
 from .binary import BinaryConv2d, BinaryLinear, binary_layers
 
 __all__ = ["require_openvino", "binary_conv_model", "compile_model", "runtime_layer_types",
@@ -61,6 +62,19 @@ def require_openvino():
                           "(CPU wheels for Linux, macOS and Windows; it does not install "
                           "torch)") from e
     return openvino
+
+
+def _check_shape(name: str, value) -> tuple[int, ...]:
+    """``value`` is ``(B, C, H, W)`` of positive ints (a list, tuple or torch.Size)."""
+    check_ints(name, value, 1, length=4)
+    return tuple(value)
+
+
+def _check_positive_ints(name: str, value) -> None:
+    """``value`` is a non-empty sequence (not a str) of ints >= 1."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        check_ints(name, value, 1)           # raises TypeError naming the argument
+    check_ints(name, tuple(value), 1)
 
 
 def _layer_signs(layer: BinaryConv2d | BinaryLinear | BK.PackedBinaryConv2d,
@@ -151,11 +165,11 @@ def binary_conv_model(layer: BinaryConv2d | BK.PackedBinaryConv2d,
     if not isinstance(layer, (BinaryConv2d, BK.PackedBinaryConv2d)):
         raise ValueError(f"layer must be a BinaryConv2d or PackedBinaryConv2d, got "
                          f"{type(layer).__name__}")
-    shape = tuple(input_shape)
-    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape) \
-            or shape[1] != layer.in_channels:
+    shape = _check_shape("input_shape", input_shape)
+    if shape[1] != layer.in_channels:
         raise ValueError(f"input_shape must be (B, {layer.in_channels}, H, W) of positive "
                          f"ints, got {input_shape!r}")
+    check_bool("nhwc_output", nhwc_output)
     x = ov.opset8.parameter(list(shape), np.float32, name="x")
     model = ov.Model([_binary_conv(x, layer, "binary_conv")], [x], "binary_conv")
     if nhwc_output:
@@ -171,6 +185,7 @@ def compile_model(model, threads: int = 1):
     """Compile for OpenVINO's CPU plugin as deployed for latency: float32 inference (no
     bf16, which the plugin may pick on its own), ``threads`` threads, one stream."""
     ov = require_openvino()
+    check_instance("model", model, ov.Model, "an openvino.Model")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     return ov.Core().compile_model(model, "CPU", {
@@ -182,6 +197,8 @@ def runtime_layer_types(compiled) -> dict[str, str]:
     """``{node name: layerType}`` of the graph the plugin actually runs
     (``compiled.get_runtime_model()``): "BinaryConvolution" where the binary kernel ran,
     "Convolution" where it fell back to a float one."""
+    ov = require_openvino()
+    check_instance("compiled", compiled, ov.CompiledModel, "an openvino.CompiledModel")
     return {node.get_friendly_name(): node.get_rt_info()["layerType"].astype(str)
             for node in compiled.get_runtime_model().get_ordered_ops()}
 
@@ -300,12 +317,11 @@ def export_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
             channels are not a multiple of 8, or a model torch.fx cannot trace (named).
     """
     ov = require_openvino()
+    check_module("model", model)
+    shape = _check_shape("input_shape", input_shape)
+    check_path("path", path, none=True)
     if not binary_layers(model):
         raise ValueError("model has no binary layers (binarize it first)")
-    shape = tuple(input_shape)
-    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ValueError(f"input_shape must be (B, C, H, W) of positive ints, got "
-                         f"{input_shape!r}")
     try:
         graph = BK._LeafTracer().trace(model)
     except Exception as e:   # fx raises many types for untraceable control flow
@@ -342,6 +358,9 @@ def compile_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
     Raises:
         RuntimeError: some binary layer did not run as BinaryConvolution (named).
     """
+    check_module("model", model)
+    _check_shape("input_shape", input_shape)
+    check_int("threads", threads, 1)
     compiled = compile_model(export_bnn(model, input_shape), threads)
     types = runtime_layer_types(compiled)
     names = [n for n, m in binary_layers(model).items() if m.scheme.binary_activations]
@@ -378,10 +397,10 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
 
     ov = require_openvino()
     for arg, values in (("channels", channels), ("sizes", sizes), ("threads", threads)):
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                 for v in values):
-            raise ValueError(f"{arg} must be a non-empty sequence of positive ints, got "
-                             f"{values!r}")
+        _check_positive_ints(arg, values)
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
+    check_int("seed", seed, 0)
     bad = [c for c in channels if c % 8]
     if bad:
         raise ValueError(f"channels must be multiples of 8 (OpenVINO's BinaryConvolution), "

@@ -39,6 +39,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torchvision.models.shufflenetv2 import channel_shuffle as _tv_channel_shuffle
 from torchvision.ops import stochastic_depth as _stochastic_depth
 
+from ._checks import (check_callable, check_int, check_ints, check_module, check_sequence,
+                      check_str, is_int)
 from .blocks import channel_shuffle
 from .profile import _check_model, _count_flops, count_macs
 from .pruning import _is_masked
@@ -58,6 +60,7 @@ Importance = Callable[[nn.Module], "torch.Tensor | None"]
 def l1_importance(module: nn.Module) -> torch.Tensor | None:
     """L1 norm of each output filter, ``sum |W[j]|`` (Li et al. 2017): small filters make
     small activations."""
+    check_module("module", module)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return module.weight.detach().abs().flatten(1).sum(1)
     return None
@@ -65,6 +68,7 @@ def l1_importance(module: nn.Module) -> torch.Tensor | None:
 
 def l2_importance(module: nn.Module) -> torch.Tensor | None:
     """L2 norm of each output filter, ``sqrt(sum W[j]^2)``."""
+    check_module("module", module)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return module.weight.detach().flatten(1).norm(dim=1)
     return None
@@ -73,6 +77,7 @@ def l2_importance(module: nn.Module) -> torch.Tensor | None:
 def bn_scale_importance(module: nn.Module) -> torch.Tensor | None:
     """``|gamma_j|`` of each batch-norm channel (Liu et al. 2017): the BN output of a
     channel with ``gamma = 0`` is the constant ``beta``, whatever its input."""
+    check_module("module", module)
     if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
         return module.weight.detach().abs()
     return None
@@ -82,9 +87,11 @@ class RandomImportance:
     """The control: uniform random scores (seeded), for convs, linears and batch norms."""
 
     def __init__(self, seed: int = 0):
+        check_int("seed", seed, 0)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, module: nn.Module) -> torch.Tensor | None:
+        check_module("module", module)
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             return torch.rand(module.weight.shape[0], generator=self.generator)
         return None
@@ -397,6 +404,26 @@ class ChannelGroup:
     modules: list[list[tuple[str, int]]]
     channels: list[int]
 
+    def __post_init__(self) -> None:
+        check_str("layer", self.layer)
+        check_sequence("producers", self.producers, str)
+        check_int("size", self.size, 0)
+        check_sequence("prunable", self.prunable, bool)
+        check_sequence("modules", self.modules, (list, tuple),
+                       what="a list of lists of (module name, index) pairs")
+        for members in self.modules:
+            for pair in members:
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                        and isinstance(pair[0], str) and is_int(pair[1]) and pair[1] >= 0):
+                    raise TypeError(f"modules must be a list of lists of (module name, "
+                                    f"index >= 0) pairs, got an item {pair!r}")
+        check_ints("channels", self.channels, 0, nonempty=False)
+        if any(b <= a for a, b in zip(self.channels, self.channels[1:])):
+            raise ValueError(f"channels must be ascending output indices, got {self.channels!r}")
+        if self.size != len(self.channels):
+            raise ValueError(f"size must be len(channels) = {len(self.channels)}, "
+                             f"got {self.size!r}")
+
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)
                    ) -> list[ChannelGroup]:
@@ -483,6 +510,8 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    check_callable("importance", importance)
+    check_sequence("exclude", exclude, str, what="a list or tuple of layer names")
     _check_model_and_shape(model, input_shape)
     a = _analyse(model, input_shape)
     groups = _groups(a)
@@ -565,6 +594,11 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
     for name, value in (("share", share), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    check_callable("importance", importance)
+    # checked here, not left to plan_channel_pruning: the search below reads its
+    # ValueError as "this ratio empties a layer"
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     _check_model_and_shape(model, input_shape)
     target = share * _count_macs(model, input_shape)
     k = 1
@@ -744,6 +778,7 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
 
     A depthwise conv (``groups == in == out``) stays depthwise at its new width.
     """
+    check_module("model", model)
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
     for name, module in model.named_modules():
@@ -787,6 +822,7 @@ def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
     module's batch norms, and since every process holds the same scales, each adds the
     same penalty gradient, which DDP's averaging leaves unchanged.
     """
+    check_module("model", model)
     gammas = [m.weight.abs().sum() for m in model.modules()
               if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine]
     if not gammas:

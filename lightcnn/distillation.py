@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ._checks import (check_callable, check_float, check_instance, check_int, check_ints,
+                      check_module, check_str, check_tensor)
 from .train import History, fit
 
 __all__ = ["soft_targets", "distillation_loss", "attention_map", "attention_transfer_loss",
@@ -55,6 +57,13 @@ def _check_temperature(temperature: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _check_dataset(name: str, dataset) -> None:
+    # a map-style dataset: items by index, and a length (a str has both, and is refused)
+    if not isinstance(dataset, Dataset) or not hasattr(type(dataset), "__len__"):
+        raise TypeError(f"{name} must be a map-style torch Dataset (with __len__ and "
+                        f"__getitem__), got {type(dataset).__name__}")
 
 
 def _check_alpha(alpha: float) -> None:
@@ -107,6 +116,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
         ValueError: a bad temperature or alpha, or logits whose shapes differ (naming both
             class counts).
     """
+    check_tensor("student_logits", student_logits)
+    check_tensor("teacher_logits", teacher_logits)
+    check_tensor("labels", labels)
     _check_temperature(temperature)
     _check_alpha(alpha)
     if student_logits.ndim != 2 or teacher_logits.ndim != 2:
@@ -150,8 +162,7 @@ def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
         ``(B, H * W)``, each row of unit L2 norm.
     """
     _check_features(features, "features")
-    if not p > 0:
-        raise ValueError(f"p must be > 0, got {p!r}")
+    check_float("p", p, 0, low_open=True)
     # (B, C, H, W) -> (B, H, W) -> (B, H*W)
     return F.normalize(features.abs().pow(p).mean(1).flatten(1), dim=1)
 
@@ -174,6 +185,7 @@ def attention_transfer_loss(student_features: Tensor, teacher_features: Tensor,
     """
     _check_features(student_features, "student_features")
     _check_features(teacher_features, "teacher_features")
+    check_float("p", p, 0, low_open=True)
     s_size, t_size = student_features.shape[-2:], teacher_features.shape[-2:]
     if s_size != t_size:
         smaller = (min(s_size[0], t_size[0]), min(s_size[1], t_size[1]))
@@ -201,6 +213,7 @@ def hint_loss(student_features: Tensor, teacher_features: Tensor, regressor: nn.
     """
     _check_features(student_features, "student_features")
     _check_features(teacher_features, "teacher_features")
+    check_callable("regressor", regressor)
     if student_features.shape[-2:] != teacher_features.shape[-2:]:
         student_features = F.adaptive_avg_pool2d(student_features, teacher_features.shape[-2:])
     guess = regressor(student_features)
@@ -235,9 +248,14 @@ class FeatureHooks:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], argument: str = "names"):
+        check_str("argument", argument)
+        check_module("model", model)
         if isinstance(names, str):
             raise ValueError(f"{argument} must be a sequence of layer names, got the string "
                              f"{names!r} (write [{names!r}])")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"{argument} must be a list or tuple of layer names (str), got "
+                            f"{type(names).__name__}: {names!r}")
         known = dict(model.named_modules())
         unknown = [n for n in names if n not in known or n == ""]
         if unknown:
@@ -358,10 +376,13 @@ class Distiller(nn.Module):
                  hint_weight: float = 1.0, attention: Mapping[str, str] | None = None,
                  beta: float = 1000.0, input_shape: tuple[int, ...] = (1, 28, 28)):
         super().__init__()
+        check_module("student", student)
+        check_module("teacher", teacher)
         _check_temperature(temperature)
         _check_alpha(alpha)
         _check_weight(hint_weight, "hint_weight")
         _check_weight(beta, "beta")
+        check_ints("input_shape", input_shape, 1)
         self.hints = _check_layer_pairs(hints, "hints")
         self.attention = _check_layer_pairs(attention, "attention")
         for argument, pairs in (("hints", self.hints), ("attention", self.attention)):
@@ -475,6 +496,7 @@ def split_targets(y: Tensor) -> tuple[Tensor, Tensor | None]:
     (the label as a float, exact below 2**24), so that ``fit``'s ``len(y)`` still counts
     the batch; plain ``(B,)`` labels carry no logits.
     """
+    check_tensor("y", y)
     if y.ndim == 1:
         return y, None
     if y.ndim == 2 and y.shape[1] >= 2:
@@ -503,6 +525,10 @@ def cache_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int =
     Raises:
         ValueError: the dataset augments, or ``batch_size`` is not a positive int.
     """
+    check_module("teacher", teacher)
+    _check_dataset("dataset", dataset)
+    if len(dataset) == 0:
+        raise ValueError("dataset must hold at least one item, got an empty dataset")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if _augments(dataset):
@@ -517,6 +543,8 @@ class TeacherLogitsDataset(Dataset):
     the label (see :func:`split_targets`)."""
 
     def __init__(self, dataset: Dataset, logits: Tensor):
+        _check_dataset("dataset", dataset)
+        check_tensor("logits", logits)
         if logits.ndim != 2 or len(logits) != len(dataset):
             raise ValueError(f"logits must be (len(dataset), num_classes) = "
                              f"({len(dataset)}, N), got {tuple(logits.shape)}")
@@ -551,6 +579,11 @@ def with_teacher_logits(loader: DataLoader, teacher: nn.Module, batch_size: int 
             augmented batch), the loader has no fixed batch size, or ``logits`` has not
             one row per item.
     """
+    check_instance("loader", loader, DataLoader, "a torch DataLoader")
+    check_module("teacher", teacher)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_tensor("logits", logits, none=True)
     if loader.batch_size is None:
         raise ValueError("loader must have a fixed batch_size (no custom batch_sampler)")
     if logits is None:
@@ -596,6 +629,11 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, ep
         ValueError: bad distillation settings (see :class:`Distiller`), ``cache_logits=True``
             with augmented data, or a ``loss_fn`` in ``fit_kwargs``.
     """
+    check_module("student", student)
+    check_module("teacher", teacher)
+    check_instance("train_loader", train_loader, DataLoader, "a torch DataLoader")
+    check_int("epochs", epochs, 1)
+    check_instance("test_loader", test_loader, DataLoader, "a torch DataLoader", none=True)
     if "loss_fn" in fit_kwargs:
         raise ValueError("fit_kwargs: loss_fn is the distiller's; drop it")
     if cache_logits is not None and not isinstance(cache_logits, bool):
@@ -615,6 +653,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, ep
 def without_class(dataset: Dataset, class_index: int) -> Subset:
     """The items of ``dataset`` whose label is not ``class_index``: Hinton et al.'s transfer
     set with one class left out (section 3: no 3s in the MNIST transfer set)."""
+    _check_dataset("dataset", dataset)
     if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
         raise ValueError(f"class_index must be an int >= 0, got {class_index!r}")
     labels = getattr(dataset, "labels", None)
@@ -642,6 +681,8 @@ def balancing_bias(logits: Tensor, class_index: int, fraction: float | None = No
         class_index: the class whose bias to raise.
         fraction: wanted fraction of predictions of that class, in [0, 1].
     """
+    check_tensor("logits", logits)
+    check_float("fraction", fraction, none=True)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must be (n, num_classes >= 2), got {tuple(logits.shape)}")
     n, num_classes = logits.shape
@@ -676,6 +717,9 @@ def raise_class_bias(model: nn.Module, class_index: int, delta: float,
     Raises:
         ValueError: no such layer, a layer without a bias, or a class_index out of range.
     """
+    check_module("model", model)
+    check_float("delta", delta)
+    check_str("layer", layer, none=True)
     model = copy.deepcopy(model)
     if layer is None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
+from ._checks import check_instance, check_int, check_mapping, check_module, check_sequence, is_real
+
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "unwrap", "distributed_loader", "shard_dataset",
            "broadcast_buffers", "broadcast_tensors", "all_reduce_sum"]
@@ -95,6 +97,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     Layer names, masks and batch norms belong to the wrapped module: DDP's names all carry
     a ``module.`` prefix.
     """
+    check_module("model", model)
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -114,6 +117,7 @@ def distributed_loader(loader: DataLoader, seed: int = 0) -> DataLoader:
     """
     if not isinstance(loader, DataLoader):
         raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+    check_int("seed", seed, 0)
     world = get_world_size()
     if loader.batch_size is None:
         raise ValueError("loader must have a fixed batch_size (no custom batch_sampler)")
@@ -135,6 +139,7 @@ def shard_dataset(dataset: Dataset) -> Dataset:
     Unlike a ``DistributedSampler`` nothing is padded, so sums over the shards (of losses,
     of correct answers) are exactly the sums over the dataset: for scoring, not training.
     """
+    check_instance("dataset", dataset, Dataset, "a torch Dataset")
     world = get_world_size()
     return dataset if world == 1 else Subset(dataset, range(get_rank(), len(dataset), world))
 
@@ -148,6 +153,10 @@ def broadcast_tensors(tensors: Mapping[str, torch.Tensor], src: int = 0
     that a guarantee rather than an assumption about floating point. Does nothing (returns
     copies) when not distributed.
     """
+    check_mapping("tensors", tensors)
+    for key, tensor in tensors.items():
+        check_instance(f"tensors[{key!r}]", tensor, torch.Tensor)
+    _check_src(src)
     out = {}
     for name, tensor in tensors.items():
         # gloo has no bool reduction ops: send masks as uint8
@@ -168,6 +177,8 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> nn.Module:
     the last step each process still holds the statistics of its own last batch, and masks
     attached after DDP wrapped the model are not among them.
     """
+    check_module("model", model)
+    _check_src(src)
     if is_distributed():
         for buffer in unwrap(model).buffers():
             if buffer.dtype == torch.bool:
@@ -182,8 +193,22 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> nn.Module:
 def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
     """The sums of ``values`` over all processes (float64, on ``device``: a GPU for nccl);
     ``values`` as floats when not distributed."""
+    check_sequence("values", values)
+    if not all(is_real(v) for v in values):
+        raise TypeError(f"values must be a list or tuple of real numbers, got {values!r}")
+    check_instance("device", device, (str, torch.device), "a str or a torch.device")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r} ({err})") from None
     if not is_distributed():
         return [float(v) for v in values]
     total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.tolist()
+
+
+def _check_src(src) -> None:
+    """``src`` names a rank of the process group (0 when not distributed)."""
+    check_int("src", src, 0, get_world_size() - 1)

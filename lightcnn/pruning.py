@@ -65,10 +65,18 @@ def _check_int(value: int, arg: str, low: int) -> None:
         raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
 
 
-def _check_names(names: Sequence[str], model: nn.Module, arg: str) -> list[str]:
+def _check_names_type(names: Sequence[str], arg: str) -> None:
     # a bare string is a Sequence too: iterating it would test single characters
     if isinstance(names, str):
         raise TypeError(f"{arg} must be a sequence of layer names, not the string {names!r}")
+    # a dict or a set is not a Sequence: its order (or its values) would be ignored
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{arg} must be a sequence of layer names (a list or tuple of str), "
+                        f"got {type(names).__name__}: {names!r}")
+
+
+def _check_names(names: Sequence[str], model: nn.Module, arg: str) -> list[str]:
+    _check_names_type(names, arg)
     known = prunable_layers(model)
     for name in names:
         if name not in known:
@@ -426,6 +434,7 @@ def agp_sparsity(step: int, final_sparsity: float, total_steps: int,
     """
     if isinstance(step, bool) or not isinstance(step, int):
         raise TypeError(f"step must be an int, got {type(step).__name__}")
+    _check_int(step, "step", 0)
     _check_int(total_steps, "total_steps", 1)
     _check_int(start_step, "start_step", 0)
     final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
@@ -479,12 +488,13 @@ class AGPPruner:
     def __init__(self, final_sparsity: float, total_steps: int, frequency: int = 10,
                  initial_sparsity: float = 0.0, start_step: int = 0, scope: str = "global",
                  exclude: Sequence[str] = (), model: nn.Module | None = None):
+        # start_step first: agp_sparsity would report a bad one as its own "step"
+        _check_int(start_step, "start_step", 0)
         agp_sparsity(start_step, final_sparsity, total_steps, initial_sparsity, start_step)
         _check_int(frequency, "frequency", 1)
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-        if isinstance(exclude, str):
-            raise TypeError(f"exclude must be a sequence of layer names, not the string {exclude!r}")
+        _check_names_type(exclude, "exclude")
         if model is not None:
             _check_names(exclude, distributed.unwrap(model), "exclude")
         self.final_sparsity, self.total_steps, self.frequency = final_sparsity, total_steps, frequency
@@ -658,6 +668,7 @@ def random_reinit(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = N
     _check_model(model)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_int(seed, "seed", 0)
     masks = masks_of(model) if masks is None else masks
     control = _dense_copy(model)
     # fork_rng: a seeded re-init must not shift the caller's random stream

@@ -50,6 +50,8 @@ from . import distributed as _distributed
 from . import models as _models
 from . import train as _train
 from . import weights as _weights
+from ._checks import (check_bool, check_float, check_instance, check_int, check_mapping,
+                      check_module, check_path, check_sequence, check_str)
 from .budget import BUDGETS, Budget, get_budget
 from .data import get_dataloaders, user_cache_dir
 from .train import History, fit
@@ -125,6 +127,24 @@ class ZooEntry:
     pruned_from: str | None = None
     prune: dict | None = None
     minutes_per_epoch: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_str("name", self.name)
+        check_str("model", self.model)
+        check_mapping("recipe", self.recipe, nonempty=True)
+        check_int("version", self.version, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("seed", self.seed, 0)
+        check_mapping("kwargs", self.kwargs)
+        check_bool("channels_last", self.channels_last)
+        for field in ("init_from", "teacher", "pruned_from"):
+            check_str(field, getattr(self, field), none=True)
+        check_mapping("distill", self.distill, none=True)
+        check_mapping("prune", self.prune, none=True, nonempty=True)
+        if (self.prune is None) != (self.pruned_from is None):
+            raise ValueError(f"pruned_from and prune go together, got pruned_from="
+                             f"{self.pruned_from!r} and prune={self.prune!r}")
+        check_float("minutes_per_epoch", self.minutes_per_epoch, 0, low_open=True)
 
     def spec(self) -> dict:
         """Everything that decides the trained weights, as the manifest stores it."""
@@ -202,11 +222,18 @@ ENTRIES: dict[str, ZooEntry] = _entries(
           ("xnor_all_binary_e10", "xnor", False, 10),
           ("xnor_e20", "xnor", True, 20),
       )),
+    # chapter 06's control: the float baseline trained on as long with the binary recipe's
+    # optimizer and schedule (its clipping would touch no float layer), so a chapter can
+    # separate binarization from the extra epochs
+    ZooEntry("baseline_cnn+binary_recipe_e10", "baseline_cnn",
+             {k: v for k, v in RECIPES["binary_cnn"].items() if k != "after_step"},
+             version=1, epochs=10, init_from="baseline_cnn", minutes_per_epoch=1.0),
 )
 
 
 def shipped(name: str) -> bool:
     """Whether the zoo folder's manifest holds model ``name`` (its bytes are checked on load)."""
+    check_str("name", name)
     return name in _weights.read_manifest()
 
 
@@ -307,6 +334,16 @@ class TrainedModel:
     # the zoo entry it was loaded from (None: trained in this process or the user cache)
     zoo_name: str | None = None
 
+    def __post_init__(self) -> None:
+        check_module("model", self.model)
+        check_float("accuracy", self.accuracy, 0, 1)
+        check_instance("history", self.history, History)
+        check_path("path", self.path)
+        self.path = Path(self.path)
+        check_bool("trained_now", self.trained_now)
+        check_mapping("info", self.info)
+        check_str("zoo_name", self.zoo_name, none=True)
+
 
 def _after_step(path: str | None) -> Callable[[nn.Module], None] | None:
     """The function a recipe's ``after_step`` names (``"package.module.function"``)."""
@@ -333,6 +370,12 @@ def _code_modules(name: str) -> list:
                             key=lambda m: m.__name__)
 
 
+def _check_model_name(name) -> None:
+    check_str("name", name)
+    if name not in _models._REGISTRY:
+        raise ValueError(f"name must be a registered model (lc.list_models()), got {name!r}")
+
+
 def _source_hash(name: str) -> str:
     sources = [inspect.getsource(m) for m in _code_modules(name)]
     return hashlib.sha256("".join(sources).encode()).hexdigest()
@@ -346,6 +389,14 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
     ``distill`` describes a distilled student: its teacher's cache file name, the loss
     settings and the hash of ``lightcnn/distillation.py`` (see :func:`get_trained`).
     """
+    _check_model_name(name)
+    check_instance("budget", budget, Budget)
+    check_int("seed", seed, 0)
+    check_mapping("recipe", recipe, none=True)
+    check_bool("channels_last", channels_last)
+    check_str("init_from", init_from, none=True)
+    check_mapping("distill", distill, none=True)
+    check_str("device", device, ("cpu", "cuda", "mps"))
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
     budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
@@ -364,6 +415,9 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
 
 def cache_path(name: str, budget: Budget, key: str) -> Path:
     """Where the weights of one trained model live."""
+    _check_model_name(name)
+    check_instance("budget", budget, Budget)
+    check_str("key", key)
     return user_cache_dir() / "zoo" / f"{name}-{budget.name}-{key}.pt"
 
 
@@ -915,6 +969,7 @@ def check(name: str, device: str | None = None, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``python -m lightcnn.zoo build [NAMES] [-j N] [--device D]``, ``... check NAME``,
     ``... list``."""
+    check_sequence("argv", argv, str, none=True)
     parser = argparse.ArgumentParser(prog="python -m lightcnn.zoo",
                                      description="Build, check and list the shipped zoo.")
     commands = parser.add_subparsers(dest="command", required=True)

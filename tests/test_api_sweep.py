@@ -90,6 +90,8 @@ ALLOWED = {
     "channel_pruning.ChannelGroup.prunable": {"list"},
     "channel_pruning.ChannelGroup.modules": {"list"},
     "channel_pruning.ChannelGroup.channels": {"list"},
+    # free text: the caller's name for ``names`` in FeatureHooks' messages
+    "distillation.FeatureHooks.argument": {"str"},
 }
 
 # Callables that the sweep does not call, with the reason.
@@ -125,56 +127,6 @@ NO_VALID_CALL = {
 # python tests/test_api_sweep.py -v MODULE). They run as xfail(strict=False); delete an
 # entry once its function passes.
 KNOWN_FAILURES: dict[str, str] = {
-    "binary.BinaryConv2d": "4 unclear of the nonsense calls; arguments: scheme, estimator",
-    "binary.BinaryLinear": "4 unclear of the nonsense calls; arguments: scheme, estimator",
-    "binary.Scheme":
-        "35 silent of the nonsense calls; arguments: name, stochastic, weight_scale, "
-        "binary_activations, activation_scale, estimator",
-    "binary.activation_scale_map":
-        "13 crash, 4 unclear of the nonsense calls; arguments: x, kernel_size, stride, padding",
-    "binary.binarize":
-        "7 unclear, 13 silent of the nonsense calls; arguments: scheme, keep_first_last, "
-        "pointwise, skip, estimator",
-    "binary.binary_cnn":
-        "4 unclear, 6 silent of the nonsense calls; arguments: scheme, keep_first_last, estimator",
-    "binary.binary_layers": "6 crash of the nonsense calls; arguments: model",
-    "binary.binary_weight_bytes": "6 crash of the nonsense calls; arguments: model",
-    "binary.clip_latent_weights": "6 crash of the nonsense calls; arguments: model",
-    "binary_kernels.PackedBinaryConv2d":
-        "5 unclear, 6 silent of the nonsense calls; arguments: thresholds, packed_input",
-    "binary_kernels.PackedBinaryLinear":
-        "5 unclear, 6 silent of the nonsense calls; arguments: thresholds, packed_input",
-    "binary_kernels.integer_thresholds":
-        "4 unclear, 6 silent of the nonsense calls; arguments: ops, name",
-    "binary_kernels.pack_model":
-        "6 crash, 6 silent of the nonsense calls; arguments: model, thresholds",
-    "binary_kernels.popcount_peak": "5 unclear of the nonsense calls; arguments: cpuinfo",
-    "binary_kernels.xnor_gemm":
-        "3 silent, 3 unclear of the nonsense calls; arguments: b_transposed",
-    "binary_openvino.benchmark_binary_conv":
-        "6 unclear, 5 crash, 1 silent of the nonsense calls; arguments: channels, sizes, threads,"
-        " seed",
-    "binary_openvino.binary_conv_model":
-        "3 unclear, 6 silent of the nonsense calls; arguments: input_shape, nhwc_output",
-    "binary_openvino.compile_bnn":
-        "6 crash, 3 unclear of the nonsense calls; arguments: model, input_shape",
-    "binary_openvino.compile_model": "6 crash of the nonsense calls; arguments: model",
-    "binary_openvino.export_bnn":
-        "10 crash, 3 unclear of the nonsense calls; arguments: model, input_shape, path",
-    "binary_openvino.runtime_layer_types": "6 crash of the nonsense calls; arguments: compiled",
-    "channel_pruning.ChannelGroup":
-        "29 silent of the nonsense calls; arguments: layer, producers, size, prunable, modules, "
-        "channels",
-    "channel_pruning.RandomImportance": "5 crash, 1 silent of the nonsense calls; arguments: seed",
-    "channel_pruning.bn_l1_penalty": "6 crash of the nonsense calls; arguments: model",
-    "channel_pruning.bn_scale_importance": "6 silent of the nonsense calls; arguments: module",
-    "channel_pruning.l1_importance": "6 silent of the nonsense calls; arguments: module",
-    "channel_pruning.l2_importance": "6 silent of the nonsense calls; arguments: module",
-    "channel_pruning.plan_channel_pruning":
-        "9 unclear, 1 silent of the nonsense calls; arguments: importance, exclude",
-    "channel_pruning.prune_to_macs": "6 unclear of the nonsense calls; arguments: importance",
-    "channel_pruning.ratio_for_macs": "6 unclear of the nonsense calls; arguments: importance",
-    "channel_pruning.resize_to_state_dict": "6 crash of the nonsense calls; arguments: model",
     "deploy.OnnxModel": "5 unclear of the nonsense calls; arguments: path",
     "deploy.export_onnx":
         "5 unclear, 6 silent of the nonsense calls; arguments: path, dynamic_batch",
@@ -182,38 +134,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "deploy.quantize_onnx_int8":
         "16 unclear, 6 silent of the nonsense calls; arguments: fp32_path, path, calibration, "
         "per_channel",
-    "distillation.Distiller":
-        "14 crash, 4 unclear of the nonsense calls; arguments: student, teacher, input_shape",
-    "distillation.FeatureHooks":
-        "6 crash, 3 unclear, 7 silent of the nonsense calls; arguments: model, names, argument",
-    "distillation.TeacherLogitsDataset":
-        "3 unclear, 1 silent, 6 crash of the nonsense calls; arguments: dataset, logits",
-    "distillation.attention_map": "4 unclear of the nonsense calls; arguments: p",
-    "distillation.attention_transfer_loss": "4 unclear of the nonsense calls; arguments: p",
-    "distillation.balancing_bias":
-        "6 crash, 3 unclear of the nonsense calls; arguments: logits, fraction",
-    "distillation.cache_teacher_logits":
-        "6 crash, 6 unclear of the nonsense calls; arguments: teacher, dataset",
-    "distillation.distill":
-        "20 crash, 9 unclear of the nonsense calls; arguments: student, teacher, train_loader, "
-        "test_loader, input_shape",
-    "distillation.distillation_loss":
-        "18 crash of the nonsense calls; arguments: student_logits, teacher_logits, labels",
-    "distillation.hint_loss": "6 unclear of the nonsense calls; arguments: regressor",
-    "distillation.raise_class_bias":
-        "6 crash, 6 unclear, 1 silent of the nonsense calls; arguments: model, delta, layer",
-    "distillation.split_targets": "6 crash of the nonsense calls; arguments: y",
-    "distillation.with_teacher_logits":
-        "17 crash of the nonsense calls; arguments: loader, teacher, logits",
-    "distillation.without_class": "3 unclear, 1 crash of the nonsense calls; arguments: dataset",
-    "distributed.all_reduce_sum":
-        "4 unclear, 6 silent of the nonsense calls; arguments: values, device",
-    "distributed.broadcast_buffers": "12 silent of the nonsense calls; arguments: model, src",
-    "distributed.broadcast_tensors":
-        "4 crash, 6 silent of the nonsense calls; arguments: tensors, src",
-    "distributed.distributed_loader": "6 silent of the nonsense calls; arguments: seed",
-    "distributed.shard_dataset": "6 silent of the nonsense calls; arguments: dataset",
-    "distributed.unwrap": "6 silent of the nonsense calls; arguments: model",
     "int8.export_model": "6 unclear of the nonsense calls; arguments: train",
     "int8.quantize_int8": "3 unclear of the nonsense calls; arguments: calibration",
     "profile.Latency":
@@ -235,14 +155,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "12 silent, 6 unclear of the nonsense calls; arguments: accuracy, baseline, budget, "
         "batch_sizes, macs, size_bytes, size_gzip_bytes",
     "profile.speedups": "2 unclear of the nonsense calls; arguments: baseline",
-    "pruning.AGPPruner":
-        "8 unclear, 1 silent of the nonsense calls; arguments: start_step, exclude",
-    "pruning.agp_sparsity": "1 silent of the nonsense calls; arguments: step",
-    "pruning.global_masks": "3 unclear, 1 silent of the nonsense calls; arguments: exclude",
-    "pruning.iterative_prune": "3 unclear, 1 silent of the nonsense calls; arguments: exclude",
-    "pruning.layerwise_masks": "3 unclear, 1 silent of the nonsense calls; arguments: exclude",
-    "pruning.random_reinit": "1 silent of the nonsense calls; arguments: seed",
-    "pruning.sensitivity_scan": "2 unclear, 1 silent of the nonsense calls; arguments: layers",
     "runtime.cpu_name": "5 unclear of the nonsense calls; arguments: cpuinfo",
     "runtime.cpuinfo_fields": "5 unclear of the nonsense calls; arguments: cpuinfo",
     "runtime.page_faults_per_pass":
@@ -272,19 +184,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "weights.write_entry":
         "9 unclear, 9 crash, 9 silent of the nonsense calls; arguments: name, state_dict, meta, "
         "history, folder, replace",
-    "zoo.TrainedModel":
-        "38 silent of the nonsense calls; arguments: model, accuracy, history, path, trained_now,"
-        " info, zoo_name",
-    "zoo.ZooEntry":
-        "70 silent of the nonsense calls; arguments: name, model, recipe, version, epochs, seed, "
-        "kwargs, channels_last, init_from, teacher, distill, pruned_from, prune, "
-        "minutes_per_epoch",
-    "zoo.cache_key":
-        "9 crash, 2 unclear, 29 silent of the nonsense calls; arguments: name, budget, seed, "
-        "recipe, channels_last, init_from, distill, device",
-    "zoo.cache_path": "10 silent, 6 crash of the nonsense calls; arguments: name, budget, key",
-    "zoo.main": "2 unclear, 1 crash of the nonsense calls; arguments: argv",
-    "zoo.shipped": "3 silent, 2 unclear of the nonsense calls; arguments: name",
 }
 
 # Modules whose functions must pass (never listed in KNOWN_FAILURES).
@@ -884,7 +783,7 @@ EXAMPLES = {
                                      path=_TMP / "m.pt", trained_now=False),
     "zoo.cache_key": lambda: dict(name="lenet5", budget=tiny_budget()),
     "zoo.cache_path": lambda: dict(name="lenet5", budget=tiny_budget(), key="0" * 16),
-    "zoo.ZooEntry": R(name="sweep", model="lenet5", recipe={}, version=1, epochs=1),
+    "zoo.ZooEntry": R(name="sweep", model="lenet5", recipe=dict(lc.zoo.RECIPES["lenet5"]), version=1, epochs=1),
     "zoo.load": R(name="lenet5"),
     "zoo.shipped": R(name="lenet5"),
     "zoo.main": R(argv=["list"]),
