@@ -71,6 +71,7 @@ ifeq ($(NPROC),1)
 else
 	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m lightcnn.zoo build $(NAMES)
 endif
+	$(BIN)/python -m lightcnn.zoo table --write book/results/zoo.md
 
 # Open the chapters in JupyterLab (installs it into .venv on first use).
 lab: $(STAMP) data

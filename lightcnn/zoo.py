@@ -59,7 +59,7 @@ from .weights import ZooError
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
            "get_trained", "PRUNING_METHODS", "get_pruned", "ZooEntry", "ENTRIES", "ZooError",
-           "load", "shipped", "build", "check", "main"]
+           "load", "shipped", "build", "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
 # on); latency and calibration settings do not, so changing them keeps the cache valid.
@@ -926,6 +926,55 @@ def build(names: list[str] | None = None, jobs: int = 1, device: str | None = No
     return written
 
 
+def _made(entry: ZooEntry) -> str:
+    """How an entry was made, in a few words, for :func:`table`."""
+    arguments = ", ".join(f"{k}={v}" for k, v in entry.kwargs.items())
+    what = f"{entry.model}({arguments})"
+    if entry.pruned_from is not None:
+        settings = {k: v for k, v in entry.prune.items() if k not in ("epochs", "seed", "method")}
+        shown = ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}"
+                          for k, v in settings.items())
+        if entry.prune["method"] == "finetune":
+            return f"{entry.pruned_from} fine-tuned without pruning ({shown}): the control"
+        return f"{entry.pruned_from} pruned by {entry.prune['method']} ({shown}), fine-tuned"
+    recipe = f"{entry.recipe.get('optimizer')} lr {entry.recipe.get('lr')}"
+    if entry.init_from is not None:
+        return f"{what} from {entry.init_from}, {recipe}"
+    if entry.teacher is not None:
+        return f"{what} distilled from {entry.teacher}, {recipe}"
+    return f"{what}, {recipe}"
+
+
+def table() -> str:
+    """The zoo as a Markdown table, from ``zoo/manifest.json`` and :data:`ENTRIES`: every
+    entry (shipped or not) with how it was made, epochs, seed, test accuracy, bytes, the
+    minutes its training took and where; then the zoo's total size and training time.
+    ``python -m lightcnn.zoo table --write book/results/zoo.md`` writes the book's copy."""
+    manifest = _weights.read_manifest()
+    lines = ["| model | made from | epochs | seed | test accuracy | bytes | training min | trained on |",
+             "|---|---|---|---|---|---|---|---|"]
+    size = minutes = todo = 0.0
+    for name, entry in ENTRIES.items():
+        meta = manifest.get(name)
+        if meta is None:
+            todo += entry.estimated_minutes()
+            lines.append(f"| `{name}` | {_made(entry)} | {entry.epochs} | {entry.seed} | not built "
+                         f"| | about {entry.estimated_minutes():.0f} (estimate) | |")
+            continue
+        size += meta["bytes"]
+        minutes += meta["train_minutes"]
+        lines.append(f"| `{name}` | {_made(entry)} | {meta['epochs']} | {meta['seed']} "
+                     f"| {100 * meta['test_accuracy']:.2f}% | {meta['bytes']:,} "
+                     f"| {meta['train_minutes']:.1f} | {meta['trained_on']} |")
+    shipped_count = sum(name in manifest for name in ENTRIES)
+    lines += ["", f"{shipped_count} of {len(ENTRIES)} entries shipped: {size / 2**20:.2f} MiB of "
+              f"weights, {minutes:.0f} minutes of training as recorded (on a machine shared with "
+              f"other work, so longer than a quiet run)"
+              + (f"; the {len(ENTRIES) - shipped_count} not built are estimated at about "
+                 f"{todo:.0f} minutes on 2 cores." if todo else ".")]
+    return "\n".join(lines) + "\n"
+
+
 def check(name: str, device: str | None = None, progress: bool = True) -> dict:
     """Retrain shipped model ``name`` from scratch (in an empty temporary cache) and say
     whether it reproduces the manifest: the same SHA-256 (bitwise), or the test accuracy
@@ -984,6 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("name")
     check_parser.add_argument("--device", default=None)
     commands.add_parser("list", help="every entry, shipped or not")
+    table_parser = commands.add_parser("table", help="the zoo as a Markdown table")
+    table_parser.add_argument("--write", metavar="FILE", default=None,
+                              help="write the table to FILE instead of printing it")
     args = parser.parse_args(argv)
     from .runtime import setup
 
@@ -996,6 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"{100 * meta['test_accuracy']:.2f}%, {meta['bytes']:,} B, "
                          f"v{meta['recipe_version']}")
                 print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
+            return 0
+        if args.command == "table":
+            text = table()
+            if args.write is None:
+                print(text, end="")
+            else:
+                Path(args.write).write_text(text)
             return 0
         # under torchrun: join the process group, and share the machine's cores among the
         # processes it runs (a plain run: no group, every core)

@@ -787,10 +787,11 @@ EXAMPLES = {
     "zoo.load": R(name="lenet5"),
     "zoo.shipped": R(name="lenet5"),
     "zoo.main": R(argv=["list"]),
+    "zoo.table": R(),
 }
 
 # Functions that read the shipped zoo (the tests' conftest points LIGHTCNN_ZOO elsewhere).
-NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.main", "weights.rebuild_command"}
+NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.main", "zoo.table", "weights.rebuild_command"}
 
 
 def _sweep_model_factory():

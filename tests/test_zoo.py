@@ -447,3 +447,20 @@ def test_entries_are_consistent():
         zoo._entries(one, one)
     with pytest.raises(ValueError, match="needs 'b', defined later"):
         zoo._entries(dataclasses.replace(one, init_from="b"))
+
+
+def test_the_books_zoo_table_matches_the_manifest(shipped_zoo):
+    """book/results/zoo.md is what `python -m lightcnn.zoo table` writes from the shipped
+    manifest (make zoo rewrites it): a model shipped without it fails here."""
+    book_copy = shipped_zoo.parent / "book" / "results" / "zoo.md"
+    assert book_copy.read_text() == zoo.table(), (
+        "book/results/zoo.md is stale: run python -m lightcnn.zoo table --write book/results/zoo.md")
+
+
+def test_table_lists_every_entry_built_or_not(tiny_zoo):
+    zoo.build(["lenet5"], progress=False)
+    text = zoo.table()
+    assert "| `lenet5` | lenet5(), sgd lr 0.05 | 1 | 0 |" in text
+    assert "| `lenet5_seed1` |" in text and "not built" in text
+    assert "| `lenet5_more` | lenet5() from lenet5, sgd lr 0.05 |" in text
+    assert "1 of 3 entries shipped" in text
