@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_module, check_path
+
 __all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
            "quantize_onnx_int8", "max_abs_difference"]
 
@@ -53,9 +55,9 @@ def _require(module: str, user: str = "lightcnn.deploy",
         raise ImportError(f"{user} needs {module!r}: pip install {install}") from error
 
 
-def _check_example(example: torch.Tensor) -> None:
+def _check_example(example: torch.Tensor, name: str = "example") -> None:
     if not isinstance(example, torch.Tensor) or example.dim() != 4 or not example.is_floating_point():
-        raise ValueError("example must be a float tensor of shape (B, C, H, W), got "
+        raise ValueError(f"{name} must be a float tensor of shape (B, C, H, W), got "
                          f"{getattr(example, 'shape', type(example).__name__)}")
 
 
@@ -71,6 +73,8 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_example(example)
+    check_path("path", path)
+    check_bool("dynamic_batch", dynamic_batch)
     _require("onnxscript")
     path = Path(path)
     if path.suffix != ".onnx":
@@ -104,6 +108,7 @@ class OnnxModel(nn.Module):
         super().__init__()
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        check_path("path", path)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
@@ -272,12 +277,15 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: tor
     uint8 with scales from the min and max observed on ``calibration`` (normalized images
     of shape (N, C, H, W)), as in chapter 05's post-training quantization.
     """
+    check_path("fp32_path", fp32_path)
+    check_path("path", path)
+    check_bool("per_channel", per_channel)
     fp32_path, path = Path(fp32_path), Path(path)
     if not fp32_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {fp32_path}")
     if path.suffix != ".onnx" or path == fp32_path:
         raise ValueError(f"path must be a new .onnx file, got {str(path)!r}")
-    _check_example(calibration)
+    _check_example(calibration, "calibration")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     onnx = _require("onnx")
@@ -298,7 +306,9 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: tor
 
 def max_abs_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     """``max |a(x) - b(x)|`` over every logit, both models in eval mode without gradients."""
-    _check_example(x)
+    check_module("a", a)
+    check_module("b", b)
+    _check_example(x, "x")
     with torch.no_grad():
         return float((a.eval()(x) - b.eval()(x)).abs().max())
 

@@ -39,6 +39,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_bool
 from .profile import _check_model
 
 __all__ = ["export_model", "quantize_int8", "prepare_int8_qat", "convert_int8_qat",
@@ -123,6 +124,7 @@ def export_model(model: nn.Module, example: Tensor, train: bool = False) -> nn.M
     """
     _check_model(model)
     _check_example(example)
+    check_bool("train", train)
     model.train(train)
     model = _unshare_stateless(model)
     batch = torch.export.Dim.AUTO  # lets torch.export find the batch dimension dynamic
@@ -161,6 +163,10 @@ def quantize_int8(model: nn.Module, calibration: Iterable, example: Tensor | Non
         ValueError: ``calibration`` yields no batch (observers without data have no range).
     """
     _check_model(model)
+    if isinstance(calibration, (str, bytes)) or not (hasattr(calibration, "__iter__")
+                                                     or hasattr(calibration, "__getitem__")):
+        raise TypeError("calibration must be an iterable of input batches or (x, y) batches "
+                        f"(a list, a DataLoader), got {type(calibration).__name__}")
     batches = iter(_batches(calibration))
     first = next(batches, None)
     if first is None:

@@ -42,6 +42,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._checks import (check_bool, check_float, check_int, check_ints, check_mapping,
+                      check_sequence, check_str, is_real)
+
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
     "count_macs_thop", "model_size_bytes", "STABLE_RELATIVE_IQR", "MIN_SAMPLE_MS", "MAX_NUMBER",
@@ -162,6 +165,7 @@ def count_macs_thop(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE
 def model_size_bytes(model: nn.Module, compressed: bool = False) -> int:
     """Bytes of ``torch.save(model.state_dict())``; with ``compressed``, after gzip -9."""
     _check_model(model)
+    check_bool("compressed", compressed)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     data = buffer.getvalue()
@@ -232,6 +236,10 @@ def _relative(spread: float, center: float) -> float:
     return 0.0 if spread == 0 else math.inf
 
 
+# A Latency's outcome: samples taken once, or retaken until stable (or the cap).
+_OUTCOMES = ("once", "stable", "cap")
+
+
 @dataclass(frozen=True)
 class Latency:
     """Latency of one forward pass, in milliseconds, over ``repeats`` timed samples.
@@ -253,6 +261,18 @@ class Latency:
     number: int = 1
     run: int | None = None
     outcome: str = "once"
+
+    def __post_init__(self) -> None:
+        for name in ("median_ms", "q1_ms", "q3_ms"):
+            check_float(name, getattr(self, name), 0)
+        for name in ("batch_size", "threads", "repeats", "number"):
+            check_int(name, getattr(self, name), 1)
+        check_sequence("times_ms", self.times_ms, what="a tuple of sample times in ms")
+        for t in self.times_ms:
+            if not is_real(t) or not math.isfinite(t) or t < 0:
+                raise ValueError(f"times_ms must hold finite sample times >= 0 ms, got {t!r}")
+        check_int("run", self.run, 1, none=True)
+        check_str("outcome", self.outcome, _OUTCOMES)
 
     @property
     def iqr_ms(self) -> float:
@@ -293,6 +313,12 @@ class Ratio:
     q3: float
     median: float
     paired: bool
+
+    def __post_init__(self) -> None:
+        # ratios of positive times: positive (infinite only if a time underflows)
+        for name in ("value", "q1", "q3", "median"):
+            check_float(name, getattr(self, name), 0, low_open=True, finite=False)
+        check_bool("paired", self.paired)
 
     @property
     def iqr(self) -> float:
@@ -355,6 +381,7 @@ def speedups(latency: Mapping[str, Latency], baseline: str) -> dict[str, Ratio]:
     the one named ``baseline`` (its own ratio is 1)."""
     if not isinstance(latency, Mapping) or not latency:
         raise ValueError("latency must be a non-empty dict of name -> Latency")
+    check_str("baseline", baseline)
     if baseline not in latency:
         raise ValueError(f"baseline {baseline!r} is not among {list(latency)}")
     return {name: speedup(latency[baseline], lat) for name, lat in latency.items()}
@@ -376,10 +403,23 @@ def measure_latency(model: nn.Module, batch_size: int = 1, input_shape: tuple[in
             the samples until they are stable (see :func:`time_interleaved`).
     """
     _check_run(model, input_shape, batch_size, threads, warmup, repeats)
+    _check_example(example)
     x = example if example is not None else torch.randn(batch_size, *input_shape)
     with _inference(model, threads):
         return time_interleaved({"model": lambda: model(x)}, threads, warmup, repeats,
                                 len(x), number, until_stable, max_number)["model"]
+
+
+def _check_example(example: torch.Tensor | None) -> None:
+    """``example`` is None or a batch: a tensor with a batch dimension of at least one."""
+    if example is None:
+        return
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"example must be a torch.Tensor (a batch of inputs) or None, got "
+                        f"{type(example).__name__}")
+    if example.dim() == 0 or len(example) == 0:
+        raise ValueError(f"example must be a batch of at least one input, got shape "
+                         f"{tuple(example.shape)}")
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -514,6 +554,7 @@ def compare_latency(models: dict[str, nn.Module], batch_size: int = 1,
         raise ValueError("models must be a non-empty dict of name -> nn.Module")
     for model in models.values():
         _check_run(model, input_shape, batch_size, threads, warmup, repeats)
+    _check_example(example)
     x = example if example is not None else torch.randn(batch_size, *input_shape)
     with contextlib.ExitStack() as stack:
         for model in models.values():
@@ -550,6 +591,13 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
         number, until_stable: passes per timed sample, and whether to retake the samples
             until they are stable (see :func:`time_interleaved`).
     """
+    _check_model(model)
+    check_str("name", name)
+    check_float("accuracy", accuracy, 0, 1, none=True)
+    _check_row_args(baseline, budget, batch_sizes)
+    for arg, value in (("macs", macs), ("size_bytes", size_bytes),
+                       ("size_gzip_bytes", size_gzip_bytes)):
+        _check_count(arg, value)
     row = _counts_row(model, name, accuracy, baseline, input_shape, macs, size_bytes,
                       size_gzip_bytes)
     for b in batch_sizes:
@@ -559,6 +607,23 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
     row["threads"] = threads
     row["budget"] = budget
     return row
+
+
+def _check_row_args(baseline, budget, batch_sizes) -> None:
+    """The arguments :func:`profile_model` and :func:`profile_models` share."""
+    check_str("baseline", baseline, none=True)
+    check_str("budget", budget, none=True)
+    # empty: a row of counts only, without latency (for models timed elsewhere)
+    check_ints("batch_sizes", batch_sizes, 1, nonempty=False)
+
+
+def _check_count(name: str, value) -> None:
+    """A count given instead of the measured one: None, or a finite number >= 0 (a float
+    is fine: the row stores ``int(value)``)."""
+    if value is not None and not is_real(value):
+        raise TypeError(f"{name} must be a number >= 0 or None, got {type(value).__name__}")
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
 
 def _latency_fields(row: dict, b: int, lat: Latency, ratio: Ratio | None) -> None:
@@ -620,14 +685,22 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
     """
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict of name -> nn.Module")
-    per_row = {"accuracy": accuracy or {}, "macs": macs or {}, "size_bytes": size_bytes or {},
-               "size_gzip_bytes": size_gzip_bytes or {}}
+    for model in models.values():
+        _check_model(model)
+    per_row = {"accuracy": accuracy, "macs": macs, "size_bytes": size_bytes,
+               "size_gzip_bytes": size_gzip_bytes}
     for arg, values in per_row.items():
-        if not isinstance(values, dict):
-            raise TypeError(f"{arg} must be a dict of row name -> value, got {type(values).__name__}")
+        check_mapping(arg, values, none=True, what="a dict of row name -> value")
+        values = per_row[arg] = values or {}
         unknown = sorted(set(values) - set(models))
         if unknown:
             raise ValueError(f"{arg} names rows that are not in models: {unknown}")
+        for name, value in values.items():
+            if arg == "accuracy":
+                check_float(f"accuracy[{name!r}]", value, 0, 1, none=True)
+            else:
+                _check_count(f"{arg}[{name!r}]", value)
+    _check_row_args(baseline, budget, batch_sizes)
     rows = {name: _counts_row(model, name, per_row["accuracy"].get(name),
                               None if name == baseline else baseline, input_shape,
                               per_row["macs"].get(name), per_row["size_bytes"].get(name),
@@ -672,6 +745,14 @@ class Table:
 
     def __init__(self, rows: list[dict], columns: list[tuple[str, str, callable]],
                  notes: tuple[str, ...] = ()):
+        _check_rows(rows)
+        check_sequence("columns", columns, what="a list of (key, header, formatter) tuples")
+        for column in columns:
+            if not (isinstance(column, (tuple, list)) and len(column) == 3
+                    and callable(column[2])):
+                raise TypeError(f"columns must be a list of (key, header, formatter) tuples "
+                                f"with a callable formatter, got an item {column!r}")
+        check_sequence("notes", notes, str, what="a tuple of str (lines under the table)")
         self.rows = rows
         self.columns = columns  # (key, header, formatter)
         marked = any(key in row.get(UNSTABLE, ()) and row.get(key) is not None
@@ -705,6 +786,17 @@ class Table:
                        for r in self.cells())
         notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+def _check_rows(rows: list[dict], named: bool = False) -> None:
+    """``rows`` is a list of dicts; each with a ``"name"`` if ``named``."""
+    check_sequence("rows", rows, what="a list of row dicts")
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise TypeError(f"rows must be a list of row dicts, got an item of type "
+                            f"{type(row).__name__}")
+        if named and "name" not in row:
+            raise ValueError(f"rows must each have a 'name', got a row with keys {list(row)}")
 
 
 def _unstable_latencies(row: dict, ref: dict | None) -> set[str]:
@@ -745,6 +837,7 @@ def compare(rows: list[dict]) -> Table:
     Raises:
         ValueError: a row names a baseline that is not among the rows.
     """
+    _check_rows(rows, named=True)
     by_name = {r["name"]: r for r in rows}
     enriched = []
     for row in rows:
@@ -789,10 +882,13 @@ def pareto_front(rows: list[dict], cost: str = "macs", quality: str = "accuracy"
     Raises:
         ValueError: a row lacks ``cost`` or ``quality``.
     """
+    _check_rows(rows)
+    check_str("cost", cost)
+    check_str("quality", quality)
     for row in rows:
-        for key in (cost, quality):
+        for arg, key in (("cost", cost), ("quality", quality)):
             if row.get(key) is None:
-                raise ValueError(f"row {row.get('name')!r} has no value for {key!r}")
+                raise ValueError(f"row {row.get('name')!r} has no value for {arg}={key!r}")
     front, best = [], -math.inf
     # cheapest first; among equal costs the most accurate first, so only it can enter
     for row in sorted(rows, key=lambda r: (r[cost], -r[quality])):

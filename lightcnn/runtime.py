@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_float, check_ints, check_module, check_path
 from .budget import Budget, get_budget
 from .models import create_model
 from .profile import Latency, _latency, measure_latency
@@ -72,6 +73,7 @@ def set_threads(threads: int) -> None:
 def cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     """The first processor's fields in ``/proc/cpuinfo`` (``"model name"``, ``"cpu MHz"``,
     ``"flags"``, ...), whitespace collapsed; empty where the file cannot be read."""
+    check_path("cpuinfo", cpuinfo)
     fields: dict[str, str] = {}
     try:
         with open(cpuinfo) as f:
@@ -92,6 +94,7 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     Latencies are only comparable on the same processor, so :func:`setup` prints it: a
     chapter's output then says which machine measured its numbers.
     """
+    check_path("cpuinfo", cpuinfo)
     return cpuinfo_fields(cpuinfo).get("model name") or platform.processor() or "unknown"
 
 
@@ -144,6 +147,7 @@ def page_faults_per_pass(model: nn.Module, batch_size: int = 256,
                              ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    check_ints("input_shape", input_shape, 1)
     try:
         import resource
     except ImportError as error:
@@ -175,6 +179,8 @@ def setup(seed: int = 0, threads: int = DEFAULT_THREADS, plots: bool = True,
     Returns:
         The budget read from ``LIGHTCNN_BUDGET`` (printed, so every notebook shows it).
     """
+    check_bool("plots", plots)
+    check_bool("pin_allocator", pin_allocator)
     seed_everything(seed)
     set_threads(threads)
     # the module-level function, looked up at call time (the argument shadows its name)
@@ -510,6 +516,8 @@ def thread_levels(model: nn.Module, rounds: int = 12, batch_size: int = 1,
     """``rounds`` pairs of medians of ``model`` at 2 threads and at 1 thread, each pair
     measured back to back after a pause: when the 2-thread median jumps between levels
     while the 1-thread one holds, the second thread's CPU is what changes speed."""
+    check_module("model", model)
+    check_float("pause_s", pause_s, 0)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     pairs = []

@@ -23,9 +23,11 @@ Taught in chapters/01_cnn_basics.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,6 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
+from ._checks import (check_bool, check_callable, check_float, check_int, check_module,
+                      check_str, check_tensor, is_real)
 
 __all__ = ["History", "fit", "evaluate", "predict", "confusion_matrix", "make_optimizer",
            "resolve_device"]
@@ -52,6 +56,15 @@ class History:
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # losses may be NaN or infinite (a diverged run records what it saw); the rest
+        # are in range
+        _check_series("train_loss", self.train_loss, finite=False)
+        _check_series("test_loss", self.test_loss, finite=False)
+        _check_series("test_accuracy", self.test_accuracy, 0.0, 1.0)
+        _check_series("lr", self.lr, 0.0)
+        _check_series("seconds", self.seconds, 0.0)
+
     def as_dict(self) -> dict[str, list[float]]:
         """The history as a plain dict of lists (JSON-serializable)."""
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -59,6 +72,47 @@ class History:
     @classmethod
     def from_dict(cls, d: dict[str, list[float]]) -> "History":
         return cls(**{k: list(v) for k, v in d.items()})
+
+
+def _check_series(name: str, values, low: float | None = None, high: float | None = None,
+                  finite: bool = True) -> None:
+    """``values`` is a list (or tuple) of numbers in ``[low, high]``; NaN and infinities
+    pass only where not ``finite``."""
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list of numbers, one per epoch, got "
+                        f"{type(values).__name__}")
+    for v in values:
+        if not is_real(v):
+            raise TypeError(f"{name} must be a list of numbers, got an item of type "
+                            f"{type(v).__name__}")
+        if not finite and not math.isfinite(v):
+            continue
+        if (not math.isfinite(v) or (low is not None and v < low)
+                or (high is not None and v > high)):
+            bounds = ("" if low is None and high is None else f" >= {low}" if high is None
+                      else f" in [{low}, {high}]")
+            raise ValueError(f"{name} must hold finite numbers{bounds}, got {v!r}")
+
+
+def _check_loader(name: str, loader, sized: bool = False) -> None:
+    """``loader`` yields ``(x, y)`` batches: a DataLoader or another iterable (with a
+    length if ``sized``); not empty when it has a length. A str, a dict (its keys) or a
+    tensor (its rows) iterate, but not over batches."""
+    iterable = hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
+    if not iterable or isinstance(loader, (str, bytes, Mapping, torch.Tensor)):
+        raise TypeError(f"{name} must be a DataLoader (or another iterable) of (x, y) "
+                        f"batches, got {type(loader).__name__}")
+    try:
+        empty = len(loader) == 0
+    except TypeError:   # no length (a loader of an IterableDataset)
+        if sized:
+            raise TypeError(f"{name} must have a length (fit schedules the learning rate "
+                            f"over epochs * len({name}) steps), got a "
+                            f"{type(loader).__name__} without one") from None
+        empty = False
+    if empty:
+        raise ValueError(f"{name} must yield at least one batch, got an empty "
+                         f"{type(loader).__name__}")
 
 
 def _live_bar_available() -> bool:
@@ -164,6 +218,11 @@ def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: fl
     Decaying BatchNorm scales and biases only shrinks them towards zero without reducing
     capacity, so only weights with two or more dimensions are decayed.
     """
+    check_module("model", model)
+    check_str("optimizer", optimizer, ("sgd", "adamw"))
+    check_float("lr", lr, 0, low_open=True)
+    check_float("weight_decay", weight_decay, 0)
+    check_float("momentum", momentum, 0, 1)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay},
@@ -237,14 +296,20 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
       ``seconds`` are each process's own). Saving is the caller's: do it on rank 0
       (:func:`lightcnn.distributed.is_main_process`).
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    check_module("model", model)
+    _check_loader("train_loader", train_loader, sized=True)
+    check_int("epochs", epochs, 1)
+    if test_loader is not None:
+        _check_loader("test_loader", test_loader)
+    check_float("lr", lr, 0, low_open=True)
+    check_float("weight_decay", weight_decay, 0)
+    check_str("optimizer", optimizer, ("sgd", "adamw"))
     if schedule not in ("onecycle", "cosine", None):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or None, got {schedule!r}")
+    check_int("seed", seed, 0)
+    check_callable("loss_fn", loss_fn, none=True)
+    check_bool("progress", progress)
+    check_callable("after_step", after_step, none=True)
     parallel, rank = distributed.is_distributed(), distributed.get_rank()
     device = resolve_device(device)
     if parallel and device.type == "cuda" and device.index is None:
@@ -333,18 +398,29 @@ def _evaluate_all_reduced(model: nn.Module, loader: DataLoader, device: torch.de
 def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(logits, labels)`` for every batch of ``loader``, model in eval mode, on
     the device the model is on; both returned on the CPU."""
+    check_module("model", model)
+    _check_loader("loader", loader)
     model.eval()
     device = _model_device(model)
     all_logits, all_labels = [], []
-    for x, y in loader:
+    for batch in loader:
+        try:
+            x, y = batch
+        except (TypeError, ValueError):
+            raise ValueError(f"loader must yield (x, y) batches, got a "
+                             f"{type(batch).__name__}") from None
         all_logits.append(model(x.to(device)).cpu())
         all_labels.append(y)
+    if not all_logits:
+        raise ValueError("loader yielded no batch")
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
 def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     """Mean cross-entropy and accuracy (fraction correct) of ``model`` on ``loader``, run
     on the device the model is on."""
+    check_module("model", model)
+    _check_loader("loader", loader)
     logits, labels = predict(model, loader)
     return {"loss": nn.functional.cross_entropy(logits, labels).item(),
             "accuracy": (logits.argmax(1) == labels).float().mean().item()}
@@ -352,7 +428,29 @@ def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
 
 def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
                      ) -> torch.Tensor:
-    """``C[i, j]`` = number of images of true class ``i`` predicted as class ``j``."""
+    """``C[i, j]`` = number of images of true class ``i`` predicted as class ``j``.
+
+    Args:
+        logits: ``(N, K)`` scores; the prediction is the argmax over the K classes.
+        labels: ``(N,)`` true classes.
+        num_classes: the matrix's size; ``K`` by default.
+    """
+    check_tensor("logits", logits, 2)
+    if logits.shape[1] < 1:
+        raise ValueError(f"logits must hold at least one class score per row, got shape "
+                         f"{tuple(logits.shape)}")
+    check_tensor("labels", labels, 1, integer=True)
+    check_int("num_classes", num_classes, 1, none=True)
+    if len(labels) != len(logits):
+        raise ValueError(f"labels must hold one class per row of logits ({len(logits)}), "
+                         f"got {len(labels)}")
     num_classes = num_classes or logits.shape[1]
-    index = labels * num_classes + logits.argmax(1)
+    predicted = logits.argmax(1)
+    for name, values in (("labels", labels), ("logits", predicted)):
+        if len(values) and not 0 <= int(values.min()) <= int(values.max()) < num_classes:
+            what = "classes" if name == "labels" else "predicted classes (argmax)"
+            raise ValueError(f"{name} must hold {what} in [0, {num_classes - 1}] "
+                             f"(num_classes={num_classes}), got "
+                             f"[{int(values.min())}, {int(values.max())}]")
+    index = labels * num_classes + predicted
     return torch.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)

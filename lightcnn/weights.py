@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_bool, check_mapping, check_path, check_str
+
 __all__ = ["ZooError", "MANIFEST", "zoo_dir", "read_manifest", "check_store", "load_state_dict",
            "read_history", "write_entry", "sha256_file", "rebuild_command"]
 
@@ -52,11 +54,13 @@ def zoo_dir() -> Path:
 
 def rebuild_command(name: str) -> str:
     """The command that trains ``name`` again and writes it into the zoo."""
+    check_str("name", name)
     return f"python -m lightcnn.zoo build {name}  (or: make zoo NAMES={name})"
 
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    check_path("path", path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):
@@ -70,6 +74,7 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict]:
     Raises:
         ZooError: the manifest is not valid JSON or not in this module's format.
     """
+    check_path("folder", folder, none=True)
     folder = zoo_dir() if folder is None else Path(folder)
     path = folder / MANIFEST
     if not path.exists():
@@ -91,6 +96,7 @@ def check_store(folder: Path | None = None) -> None:
 
     Only presence is checked here; :func:`load_state_dict` checks each file's bytes.
     """
+    check_path("folder", folder, none=True)
     folder = zoo_dir() if folder is None else Path(folder)
     models = read_manifest(folder)
     for name, entry in models.items():
@@ -124,6 +130,8 @@ def load_state_dict(name: str, folder: Path | None = None) -> tuple[dict[str, to
     """
     from safetensors.torch import load as _load_safetensors
 
+    check_str("name", name)
+    check_path("folder", folder, none=True)
     folder = zoo_dir() if folder is None else Path(folder)
     models = read_manifest(folder)
     if name not in models:
@@ -153,6 +161,8 @@ def load_state_dict(name: str, folder: Path | None = None) -> tuple[dict[str, to
 
 def read_history(name: str, folder: Path | None = None) -> dict[str, list[float]]:
     """The per-epoch training history shipped beside model ``name`` (empty if none)."""
+    check_str("name", name)
+    check_path("folder", folder, none=True)
     folder = zoo_dir() if folder is None else Path(folder)
     entry = read_manifest(folder).get(name)
     if entry is None or not entry.get("history"):
@@ -188,7 +198,22 @@ def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
 
     Raises:
         ZooError: ``name`` is already shipped and ``replace`` is false.
+        TypeError, ValueError: an argument of the wrong type, or a ``name`` that is not a
+            plain file name.
     """
+    check_str("name", name)
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"name must be a file name without a folder, got {name!r}")
+    check_mapping("state_dict", state_dict, what="a dict of name -> tensor")
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str)
+           or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"state_dict must map str names to tensors, got {bad[0]!r} -> "
+                        f"{type(state_dict[bad[0]]).__name__}")
+    check_mapping("meta", meta)
+    check_mapping("history", history, what="a dict of metric -> per-epoch values")
+    check_path("folder", folder, none=True)
+    check_bool("replace", replace)
     folder = zoo_dir() if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = read_manifest(folder)
