@@ -79,6 +79,10 @@ RECIPES: dict[str, dict] = {
                        after_step="lightcnn.binary.clip_latent_weights"),
 }
 DEFAULT_RECIPE = RECIPES["baseline_cnn"]
+# chapter 07's students: the baseline's optimizer and schedule without augmentation (the
+# same images every epoch, so a teacher's logits are computed once per training set)
+STUDENT_RECIPE = dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle",
+                      batch_size=128, augment=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,6 +232,20 @@ ENTRIES: dict[str, ZooEntry] = _entries(
     ZooEntry("baseline_cnn+binary_recipe_e10", "baseline_cnn",
              {k: v for k, v in RECIPES["binary_cnn"].items() if k != "after_step"},
              version=1, epochs=10, init_from="baseline_cnn", minutes_per_epoch=1.0),
+    # chapter 07: three students from scratch, 3 seeds each, alone, distilled from the
+    # baseline (T = 4, alpha = 0.1, RepDistiller's setting) and with label smoothing (the
+    # regularization control: soft targets without a teacher); no augmentation, so the
+    # teacher's logits are computed once. Minutes per epoch are estimates until built.
+    *(ZooEntry(f"{student}+{kind}_s{seed}", model, dict(STUDENT_RECIPE, label_smoothing=0.1)
+               if kind == "smooth" else STUDENT_RECIPE, version=1, epochs=20, seed=seed,
+               kwargs=kwargs, teacher="baseline_cnn" if kind == "kd" else None,
+               distill=dict(temperature=4.0, alpha=0.1) if kind == "kd" else None,
+               minutes_per_epoch=minutes)
+      for student, model, kwargs, minutes in (
+          ("cnn_x0.25", "baseline_cnn", dict(widths=[8, 16, 32]), 0.2),
+          ("cnn_x0.5", "baseline_cnn", dict(widths=[16, 32, 64]), 0.35),
+          ("squeezenet1_1_x0.25", "squeezenet1_1", dict(width_mult=0.25), 0.45))
+      for seed in (0, 1, 2) for kind in ("alone", "kd", "smooth")),
 )
 
 
@@ -296,8 +314,10 @@ _BUILDING: set[str] = set()   # entries being built in this process: never loade
 
 def _zoo_budget(budget: Budget) -> bool:
     """Whether a call at ``budget`` may be served by the zoo: every training image (the
-    zoo's models saw them all), or the ``ci`` budget, which shrinks only test subsets."""
-    return budget.train_size is None or budget == BUDGETS_CI
+    zoo's models saw them all), or the ``ci`` budget, which shrinks only test subsets
+    (with any ``epochs``: a call's ``epochs=`` is folded into the budget before this)."""
+    return (budget.train_size is None
+            or dataclasses.replace(budget, epochs=BUDGETS_CI.epochs) == BUDGETS_CI)
 
 
 def _match(spec: dict, epochs: int | None) -> ZooEntry | None:
@@ -484,7 +504,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         progress: show progress bars while training.
         recipe: overrides ``RECIPES[name]`` (keys: optimizer, lr, weight_decay, schedule,
             batch_size, augment, and optionally after_step: the dotted name of a function
-            called with the model after every optimizer step, part of the cache key).
+            called with the model after every optimizer step, and label_smoothing: the
+            cross-entropy's smoothing ``eps`` in [0, 1); both part of the cache key).
         epochs: train for this many epochs instead of ``budget.epochs``; pass another of
             the budget's fields (e.g. ``budget.survey_epochs``), never a literal.
         channels_last: train with the weights in channels-last (NHWC) memory format, which
@@ -516,6 +537,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         budget = dataclasses.replace(budget, epochs=epochs)  # part of the cache key
     recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
     after_step = _after_step(recipe.get("after_step"))
+    smoothing = recipe.get("label_smoothing", 0.0)
+    check_float("recipe's label_smoothing", smoothing, 0, 1, high_open=True)
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = _models.create_model(name, **model_kwargs)
     if not isinstance(channels_last, bool):
@@ -571,6 +594,14 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
         # NCHW inputs meet NHWC weights: oneDNN then runs the convolutions in NHWC
         model.to(memory_format=torch.channels_last)
     trainee, loss_fn = model, None
+    if smoothing and distiller is not None:
+        raise ValueError("recipe's label_smoothing does not apply to a distilled student "
+                         "(the Distiller's loss replaces cross-entropy)")
+    if smoothing:
+        # the regularization control of chapter 07: soft targets without a teacher,
+        # (1 - eps) on the label and eps / K on every class (Szegedy et al. 2016)
+        def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(net(x), y, label_smoothing=smoothing)
     if distiller is not None:
         # fit optimizes the distiller: the student and its hint regressors (the teacher
         # is outside it); only the student is stored

@@ -274,6 +274,7 @@ import dataclasses
 import os
 
 from lightcnn import weights
+from pathlib import Path
 from lightcnn.weights import ZooError
 
 
@@ -464,3 +465,78 @@ def test_table_lists_every_entry_built_or_not(tiny_zoo):
     assert "| `lenet5_seed1` |" in text and "not built" in text
     assert "| `lenet5_more` | lenet5() from lenet5, sgd lr 0.05 |" in text
     assert "1 of 3 entries shipped" in text
+
+
+def test_label_smoothing_recipe_trains_with_smoothed_targets(isolated_cache, tiny_budget, monkeypatch):
+    """A recipe's label_smoothing reaches the loss: the first batch's loss equals
+    F.cross_entropy(..., label_smoothing=eps) of the untrained model, and the key changes."""
+    import torch.nn.functional as F
+
+    recipe = dict(zoo.RECIPES["lenet5"], label_smoothing=0.1)
+    assert zoo.cache_key("lenet5", tiny_budget, recipe=recipe) != zoo.cache_key("lenet5", tiny_budget)
+    seen = {}
+    real_fit = zoo.fit
+
+    def spy(model, loader, epochs, *args, loss_fn=None, **kwargs):
+        x, y = next(iter(loader))
+        seen["got"] = loss_fn(model, x, y).item()
+        seen["want"] = F.cross_entropy(model(x), y, label_smoothing=0.1).item()
+        seen["plain"] = F.cross_entropy(model(x), y).item()
+        return real_fit(model, loader, epochs, *args, loss_fn=loss_fn, **kwargs)
+
+    monkeypatch.setattr(zoo, "fit", spy)
+    zoo.get_trained("lenet5", tiny_budget, progress=False, recipe=recipe)
+    assert seen["got"] == pytest.approx(seen["want"]) and seen["got"] != pytest.approx(seen["plain"])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        zoo.get_trained("lenet5", tiny_budget, recipe=dict(recipe, label_smoothing=1.5))
+
+
+class _Matched(Exception):
+    pass
+
+
+@pytest.mark.parametrize("call, expected", [
+    # chapter 06: a binary network fine-tuned from the shipped baseline
+    (dict(name="binary_cnn", epochs=10, init="baseline_cnn", scheme="xnor", keep_first_last=True),
+     "binary_cnn+xnor_e10"),
+    (dict(name="binary_cnn", epochs=20, init="baseline_cnn", scheme="xnor", keep_first_last=True),
+     "binary_cnn+xnor_e20"),
+    (dict(name="binary_cnn", epochs=10, init="baseline_cnn", scheme="xnor", keep_first_last=False),
+     "binary_cnn+xnor_all_binary_e10"),
+    # chapter 07: students alone, distilled, smoothed (widths as the chapter writes them)
+    (dict(name="baseline_cnn", epochs=20, seed=1, recipe="student", widths=(8, 16, 32)),
+     "cnn_x0.25+alone_s1"),
+    (dict(name="squeezenet1_1", epochs=20, seed=2, recipe="student", width_mult=0.25,
+          teacher="baseline_cnn", distill=dict(temperature=4.0, alpha=0.1)),
+     "squeezenet1_1_x0.25+kd_s2"),
+    (dict(name="baseline_cnn", epochs=20, seed=0, recipe="smooth", widths=(16, 32, 64)),
+     "cnn_x0.5+smooth_s0"),
+    # another schedule or setting matches no entry
+    (dict(name="baseline_cnn", epochs=2, seed=0, recipe="student", widths=(8, 16, 32)), None),
+    (dict(name="squeezenet1_1", epochs=20, seed=0, recipe="student", width_mult=0.25,
+          teacher="baseline_cnn", distill=dict(temperature=2.0, alpha=0.1)), None),
+])
+def test_the_chapters_calls_match_their_zoo_entries(call, expected, monkeypatch, tiny_budget):
+    """get_trained called as chapters 06 and 07 call it finds the entry that ships it."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    shipped = lambda name, arch="baseline_cnn": zoo.TrainedModel(   # noqa: E731
+        lc.create_model(arch), 0.9, lc.train.History(), Path(f"{name}.safetensors"), False,
+        zoo_name=name)
+    call = dict(call)
+    name, epochs, seed = call.pop("name"), call.pop("epochs"), call.pop("seed", 0)
+    recipe = {"student": zoo.STUDENT_RECIPE, "smooth": dict(zoo.STUDENT_RECIPE, label_smoothing=0.1),
+              None: None}[call.pop("recipe", None)]
+    init = call.pop("init", None)
+    teacher = call.pop("teacher", None)
+    with pytest.raises(_Matched):
+        zoo.get_trained(name, lc.get_budget("ci"), seed=seed, epochs=epochs, recipe=recipe,
+                        init_from=None if init is None else shipped(init),
+                        teacher=None if teacher is None else shipped(teacher),
+                        progress=False, **call)
+    assert seen == [expected]
