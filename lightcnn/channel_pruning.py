@@ -483,9 +483,17 @@ def _check_model_and_shape(model: nn.Module, input_shape: tuple[int, ...]) -> No
                          "torch.nn.utils.prune.remove (or lc.pruning.remove_masks) first")
 
 
+def _rounded_width(kept: int, width: int, round_to: int) -> int:
+    """``kept`` channels rounded to the nearest multiple of ``round_to`` (a tie goes to the
+    larger), at least ``round_to``; the original ``width`` if that would exceed it."""
+    rounded = max(round_to, (2 * kept + round_to) // (2 * round_to) * round_to)
+    return width if rounded > width else rounded
+
+
 def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance = l1_importance,
                          input_shape: tuple[int, ...] = (1, 28, 28), scope: str = "layer",
-                         exclude: Sequence[str] = ()) -> dict[str, list[int]]:
+                         exclude: Sequence[str] = (), round_to: int | None = None
+                         ) -> dict[str, list[int]]:
     """Which channels to remove: ``{layer: [output indices]}``, least important first.
 
     ``scope="layer"`` removes ``round(ratio * n)`` of the ``n`` prunable channels of every
@@ -497,6 +505,17 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
     channel's score is the sum of ``importance(module)[index]`` over the modules of its
     group.
 
+    ``round_to`` (Torch-Pruning's option of that name) then rounds the width every pruned
+    group keeps, ``n - removed`` of its ``n`` channels, to the nearest multiple of
+    ``round_to`` (a tie to the larger), at least ``round_to``, and keeps the group whole if
+    that would exceed ``n`` (possible only when ``n`` is not a multiple); the group loses
+    its lowest-scored channels down to that width. CPU kernels work on channels in blocks
+    (oneDNN's ``nChw8c``/``nChw16c`` layouts: 8 float32 per AVX2 register, 16 per
+    AVX-512), so 22 channels cost about what 24 do, or more. Torch-Pruning (1.6) rounds
+    the kept width *down* instead (``kept - kept % round_to``, zero below ``round_to``);
+    nearest rounding stays closer to the requested ratio. A group the ratio leaves
+    untouched stays whole whatever its width.
+
     Args:
         model: the network; left unchanged.
         ratio: fraction of channels to remove, in ``[0, 1)``.
@@ -505,6 +524,8 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
             ``(features,)`` for an MLP.
         scope: ``"layer"`` or ``"global"``.
         exclude: layers (as named by :func:`channel_groups`) to leave whole.
+        round_to: keep a multiple of this many channels (an int >= 1) in every pruned
+            group; ``None`` keeps exactly what the ratio says.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
@@ -512,6 +533,7 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     check_callable("importance", importance)
     check_sequence("exclude", exclude, str, what="a list or tuple of layer names")
+    check_int("round_to", round_to, 1, none=True)
     _check_model_and_shape(model, input_shape)
     a = _analyse(model, input_shape)
     groups = _groups(a)
@@ -550,33 +572,58 @@ def plan_channel_pruning(model: nn.Module, ratio: float, importance: Importance 
         plan.setdefault(layer, []).append(j)
         return True
 
-    if scope == "layer":
-        for layer, scored in candidates.items():
-            k = round(ratio * len(scored))
-            if k >= len(scored) and k > 0:
-                raise ValueError(f"ratio {ratio} would remove every channel of {layer!r}")
-            for _, j in sorted(scored):
+    def take_lowest(counts: dict[str, int]) -> None:
+        # each layer loses its counts[layer] lowest-scored channels that may go
+        for layer, k in counts.items():
+            for _, j in sorted(candidates[layer]):
                 if len(plan.get(layer, ())) == k:
                     break
                 take(layer, j)
-        return {layer: sorted(js) for layer, js in plan.items()}
-    everything = sorted((s, layer, j) for layer, scored in candidates.items() for s, j in scored)
-    budget = round(ratio * len(everything))
-    left = {layer: len(scored) for layer, scored in candidates.items()}
-    for _, layer, j in everything:
-        if budget == 0:
-            break
-        if left[layer] > 1 and take(layer, j):   # never empty a group either
-            left[layer] -= 1
-            budget -= 1
-    return {layer: sorted(js) for layer, js in plan.items()}
+
+    if scope == "layer":
+        counts = {}
+        for layer, scored in candidates.items():
+            counts[layer] = round(ratio * len(scored))
+            if counts[layer] >= len(scored) and counts[layer] > 0:
+                raise ValueError(f"ratio {ratio} would remove every channel of {layer!r}")
+        take_lowest(counts)
+    else:
+        everything = sorted((s, layer, j) for layer, scored in candidates.items()
+                            for s, j in scored)
+        budget = round(ratio * len(everything))
+        left = {layer: len(scored) for layer, scored in candidates.items()}
+        for _, layer, j in everything:
+            if budget == 0:
+                break
+            if left[layer] > 1 and take(layer, j):   # never empty a group either
+                left[layer] -= 1
+                budget -= 1
+    if round_to is not None and plan:
+        # the ratio chose how many channels each group loses; round what it keeps, then
+        # choose again, lowest scores first (the same channels a global threshold takes)
+        size = {g.layer: g.size for g in groups}
+        counts = {}
+        for layer, removed in plan.items():
+            n = size[layer]
+            width = _rounded_width(n - len(removed), n, round_to)
+            # channels that reach the output or a split stay: keep at least those
+            fixed = n - len(candidates[layer])
+            if width < fixed:
+                width = min(n, -(-fixed // round_to) * round_to)
+            counts[layer] = n - width
+        plan.clear()
+        kept.update({name: len(a.slots_out[name]) for name in a.order})
+        take_lowest(counts)
+    return {layer: sorted(js) for layer, js in plan.items() if js}
 
 
 def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, share: float = 0.5,
                    scope: str = "layer", step: float = 0.05,
-                   input_shape: tuple[int, ...] = (1, 28, 28)) -> float:
+                   input_shape: tuple[int, ...] = (1, 28, 28),
+                   round_to: int | None = None) -> float:
     """The smallest pruning ratio, in steps of ``step``, whose channel removal leaves at
-    most ``share`` of the model's MACs.
+    most ``share`` of the model's MACs; with ``round_to``, the ratio whose rounded widths
+    leave the share nearest ``share`` (below).
 
     A convolution loses input and output channels together, so its MACs fall roughly with
     the square of the kept fraction, ``MACs ~ (1 - ratio)^2``: expect ``1 - sqrt(share)``
@@ -587,9 +634,20 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
     ``input_shape`` is one sample's shape: ``(C, H, W)`` for a CNN, ``(features,)`` for an
     MLP (whose linear layers cost ``in * out`` MACs each).
 
+    With ``round_to`` (see :func:`plan_channel_pruning`), widths move in whole multiples of
+    ``round_to``, so the MACs left move in steps, and the first ratio ``r`` at or below
+    ``share`` can land far below it. The MACs left never grow with the ratio, so the share
+    nearest ``share`` on the grid is at ``r`` or at ``r - step`` (above ``share``); the
+    nearer of the two is returned (a tie: ``r``). The tolerance is therefore half the step
+    that rounding makes there, ``|left - share| <= (left(r - step) - left(r)) / 2``, in
+    shares of the MACs; ``left`` may exceed ``share``. On the baseline CNN at
+    ``share=0.5`` (layer scope): widths 22/45/45/90/90 and 0.495 of the MACs unrounded;
+    24/48/48/88/88 and 0.527 with ``round_to=8`` (the next step, 24/40/40/80/80, leaves
+    0.407); 16/48/48/96/96 and 0.531 with ``round_to=16`` (next: 0.459).
+
     Raises:
-        ValueError: ``share`` or ``step`` outside ``(0, 1)``, or no ratio below 1 leaves
-            ``share`` of the MACs.
+        ValueError: ``share`` or ``step`` outside ``(0, 1)``, ``round_to`` below 1, or no
+            ratio below 1 leaves ``share`` of the MACs.
     """
     for name, value in (("share", share), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -599,32 +657,45 @@ def ratio_for_macs(model: nn.Module, importance: Importance = l1_importance, sha
     # ValueError as "this ratio empties a layer"
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    check_int("round_to", round_to, 1, none=True)
     _check_model_and_shape(model, input_shape)
     target = share * _count_macs(model, input_shape)
-    k = 1
+    k, above = 1, None               # above: (ratio, MACs) of the last step over the target
     while k * step < 1:
         ratio = round(k * step, 6)
         try:
-            plan = plan_channel_pruning(model, ratio, importance, input_shape, scope)
+            plan = plan_channel_pruning(model, ratio, importance, input_shape, scope,
+                                        round_to=round_to)
         except ValueError:           # this ratio empties a layer; so would every larger one
             break
-        if _count_macs(remove_channels(model, plan, input_shape), input_shape) <= target:
+        left = _count_macs(remove_channels(model, plan, input_shape), input_shape)
+        if left <= target:
+            # rounded widths: the step before may be nearer the target, from above
+            if round_to is not None and above is not None and above[1] - target < target - left:
+                return above[0]
             return ratio
+        above = (ratio, left)
         k += 1
     raise ValueError(f"no pruning ratio below 1 leaves {share} of the MACs "
                      f"(scope={scope!r}, step={step})")
 
 
 def prune_to_macs(model: nn.Module, importance: Importance = l1_importance, share: float = 0.5,
-                  scope: str = "layer", input_shape: tuple[int, ...] = (1, 28, 28)
-                  ) -> tuple[nn.Module, float]:
+                  scope: str = "layer", input_shape: tuple[int, ...] = (1, 28, 28),
+                  round_to: int | None = None) -> tuple[nn.Module, float]:
     """A copy of ``model`` with channels removed at :func:`ratio_for_macs`'s ratio: at most
-    ``share`` of its MACs left. Returns ``(smaller model, ratio)``.
+    ``share`` of its MACs left (without ``round_to``). Returns ``(smaller model, ratio)``.
+
+    With ``round_to``, every pruned group keeps a multiple of ``round_to`` channels, and
+    the MACs left are the nearest to ``share`` that the rounded widths reach on the ratio
+    grid, from either side, within half a rounding step (:func:`ratio_for_macs` says how
+    it resolves it).
 
     ``input_shape`` is one sample's shape: ``(C, H, W)`` for a CNN, ``(features,)`` for an
     MLP."""
-    ratio = ratio_for_macs(model, importance, share=share, scope=scope, input_shape=input_shape)
-    plan = plan_channel_pruning(model, ratio, importance, input_shape, scope)
+    ratio = ratio_for_macs(model, importance, share=share, scope=scope, input_shape=input_shape,
+                           round_to=round_to)
+    plan = plan_channel_pruning(model, ratio, importance, input_shape, scope, round_to=round_to)
     return remove_channels(model, plan, input_shape), ratio
 
 

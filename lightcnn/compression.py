@@ -16,9 +16,19 @@ the codewords follow from the code lengths alone (sorted by length, then symbol)
 file stores one length per symbol, not the codewords.
 
 The file (``save_compressed``) holds, after a magic number and a JSON header of names and
-shapes: per shared layer its float32 codebook, the Huffman tables and bit streams of its
-cluster indices and of its gaps; every other tensor raw; and the SHA-256 of all of it. A
-truncated or corrupted file fails the checksum and is never decoded.
+shapes: per shared layer its float32 codebook, then its cluster indices and its gaps; every
+other tensor raw; and the SHA-256 of all of it. A truncated or corrupted file fails the
+checksum and is never decoded. The two streams are stored one of two ways (``coding``):
+
+- ``"fixed"``: the paper's P+Q format. Each cluster index in ``b = ceil(log2 K)`` bits
+  (``K`` centroids), each relative index (gap or filler) in ``gap_bits`` bits, packed most
+  significant bit first. Han et al. store the index difference "in 8 bits for conv layer
+  and 5 bits for fc layer" (section 2) and report 5-bit indices for LeNet-300-100, LeNet-5
+  and VGG-16, 4-bit ones for AlexNet (tables 2-5).
+- ``"huffman"``: P+Q+H, the same two streams Huffman-coded, each with its code table.
+
+Both code the same symbols, so the difference between the two files (code tables
+included) is Huffman coding's own saving (20-30% of the storage in the paper, section 4), not a change of index format.
 
 The codec is written here rather than taken from a library (dahuffman, huffman on PyPI)
 because it is the technique taught, it must be canonical (lengths-only tables, which
@@ -50,10 +60,11 @@ from .weight_sharing import shared_layers, unshare
 __all__ = ["huffman_code_lengths", "canonical_codes", "huffman_encode", "huffman_decode",
            "entropy_bits", "relative_indices", "absolute_indices", "LayerStreams",
            "layer_streams", "save_compressed", "load_compressed", "compressed_size_bytes",
-           "CompressedFileError", "MAGIC"]
+           "CompressedFileError", "MAGIC", "CODINGS"]
 
 MAGIC = b"LCDC\x01"           # lightcnn Deep Compression, format version 1
 _DIGEST = 32                   # SHA-256 bytes at the end of the file
+CODINGS = ("huffman", "fixed")  # how the index and gap streams are stored
 
 
 class CompressedFileError(ValueError):
@@ -217,7 +228,9 @@ def relative_indices(positions: np.ndarray | torch.Tensor, bits: int) -> np.ndar
 
     Symbol ``g < E = 2^bits - 1`` means: skip ``g`` zeros, then the next survivor. A gap
     of ``E`` or more zeros is first cut by *filler* symbols ``E`` (skip ``E`` zeros, no
-    survivor), Han et al.'s filler zero without a stored value.
+    survivor), Han et al.'s filler zero without a stored value: their filler is an entry
+    whose weight is zero, so it also costs a cluster index; here it costs its ``bits``
+    only, and the largest jump one symbol makes is ``2^bits - 1`` positions, not ``2^bits``.
     """
     check_array("positions", positions)
     if isinstance(positions, torch.Tensor):
@@ -254,6 +267,30 @@ def absolute_indices(gaps: np.ndarray, bits: int) -> np.ndarray:
     return ends[gaps != escape]
 
 
+# ------------------------------------------------------------------- fixed-width codes
+
+def _pack_fixed(symbols: np.ndarray, width: int) -> bytes:
+    """``symbols`` (each below ``2^width``) as ``width``-bit codes, most significant bit
+    first, packed into ``ceil(n * width / 8)`` bytes (the last one padded with zeros)."""
+    # (n,) -> (n, width) bit matrix, row i the binary digits of symbol i -> one bit stream
+    shifts = np.arange(width - 1, -1, -1, dtype=np.int64)
+    bits = (symbols.astype(np.int64)[:, None] >> shifts[None, :]) & 1
+    return np.packbits(bits.reshape(-1).astype(np.uint8)).tobytes()
+
+
+def _unpack_fixed(payload: bytes, width: int, count: int) -> np.ndarray:
+    """The ``count`` symbols :func:`_pack_fixed` wrote at ``width`` bits each."""
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), count=count * width)
+    # (count, width) bits -> integers: sum_k bit_k * 2^(width - 1 - k)
+    weights = 1 << np.arange(width - 1, -1, -1, dtype=np.int64)
+    return bits.reshape(count, width).astype(np.int64) @ weights
+
+
+def _index_bits(codebook_size: int) -> int:
+    # b = ceil(log2 K) bits name one of K centroids (at least 1)
+    return max(1, (codebook_size - 1).bit_length())
+
+
 # ------------------------------------------------------------------------- the file
 
 @dataclass
@@ -287,7 +324,7 @@ class LayerStreams:
         """Huffman bits of each stream against its entropy and its fixed-width size."""
         index_bits = huffman_encode(self.indices)[1]
         gap_bits = huffman_encode(self.gaps)[1]
-        b = max(1, (self.codebook.size - 1).bit_length())
+        b = _index_bits(self.codebook.size)
         return {"survivors": int(self.indices.size), "index_huffman": index_bits,
                 "index_entropy": entropy_bits(self.indices) * self.indices.size,
                 "index_fixed": b * self.indices.size, "gap_huffman": gap_bits,
@@ -339,21 +376,29 @@ def _read_table(data: memoryview, at: int) -> tuple[dict[int, int], int]:
     return lengths, at
 
 
-def _encode(model: nn.Module, gap_bits: int) -> bytes:
+def _encode(model: nn.Module, gap_bits: int, coding: str = "huffman") -> bytes:
     streams = layer_streams(model, gap_bits)
     plain = unshare(model).state_dict()
     shared_keys = {f"{s.name}.weight" for s in streams}
     header = {"layers": [], "tensors": []}
+    if coding != "huffman":            # absent means Huffman: files from before the option
+        header["coding"] = coding
     body = io.BytesIO()
     for s in streams:
-        index_payload, index_nbits, index_lengths = huffman_encode(s.indices)
-        gap_payload, gap_nbits, gap_lengths = huffman_encode(s.gaps)
+        if coding == "huffman":        # per stream: code table, then the codewords
+            index_payload, index_nbits, index_lengths = huffman_encode(s.indices)
+            gap_payload, gap_nbits, gap_lengths = huffman_encode(s.gaps)
+            body_parts = [_table(index_lengths), index_payload, _table(gap_lengths), gap_payload]
+        else:                          # per stream: n symbols of a fixed width, no table
+            b = _index_bits(s.codebook.size)
+            index_nbits, gap_nbits = b * s.indices.size, s.gap_bits * s.gaps.size
+            body_parts = [_pack_fixed(s.indices, b), _pack_fixed(s.gaps, s.gap_bits)]
         header["layers"].append([s.name, list(s.shape), int(s.codebook.size), s.gap_bits,
-                                 int(s.indices.size), index_nbits, int(s.gaps.size), gap_nbits])
+                                 int(s.indices.size), int(index_nbits), int(s.gaps.size),
+                                 int(gap_nbits)])
         body.write(s.codebook.astype("<f4").tobytes())
-        for lengths, payload in ((index_lengths, index_payload), (gap_lengths, gap_payload)):
-            body.write(_table(lengths))
-            body.write(payload)
+        for part in body_parts:
+            body.write(part)
     for key, t in plain.items():
         if key in shared_keys:
             continue
@@ -366,18 +411,39 @@ def _encode(model: nn.Module, gap_bits: int) -> bytes:
 
 
 def save_compressed(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO,
-                    gap_bits: int = 5) -> int:
+                    gap_bits: int = 5, coding: str = "huffman") -> int:
     """Write ``model`` (pruned, then shared with ``keep_zeros=True``) as one compressed
     file; returns the bytes written, every header and table included.
 
+    The file's size, with ``H`` the bytes of its JSON header and, per shared layer, ``K``
+    centroids, ``n`` survivors, ``g`` relative indices (``n`` plus the fillers) and
+    ``b = ceil(log2 K)`` index bits::
+
+        bytes = 5 (magic) + 4 (header length) + H
+                + sum over shared layers of (4 K + index stream + gap stream)
+                + bytes of every other tensor (as stored: 4 per float32 entry)
+                + 32 (SHA-256)
+
+        coding="fixed":   index stream = ceil(n b / 8),   gap stream = ceil(g gap_bits / 8)
+        coding="huffman": each stream = 2 + 3 s + ceil(L / 8), with s distinct symbols
+                          (its canonical code table) and L the bits of its codewords
+
+    A shared layer's weight is stored only as these streams; its positions past the last
+    survivor cost nothing (the header's shape gives the size).
+
     Args:
         gap_bits: relative indices take symbols in ``[0, 2^gap_bits)``; longer gaps use
-            filler symbols (Han et al. use 8 bits for conv layers, 5 for fully connected).
+            filler symbols. Han et al. use 8 bits for conv layers and 5 for fully
+            connected ones in section 2, and 5 (LeNets, VGG-16) or 4 (AlexNet) in their
+            tables.
+        coding: ``"fixed"`` stores both streams at fixed width (the paper's P+Q),
+            ``"huffman"`` Huffman-codes them (P+Q+H). :func:`load_compressed` reads either.
     """
     check_module("model", model)
     check_file("path_or_file", path_or_file, "write")
     check_int("gap_bits", gap_bits, 1, 16)
-    blob = _encode(model, gap_bits)
+    check_str("coding", coding, CODINGS)
+    blob = _encode(model, gap_bits, coding)
     if isinstance(path_or_file, (str, os.PathLike)):
         with open(path_or_file, "wb") as f:
             f.write(blob)
@@ -386,19 +452,23 @@ def save_compressed(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO
     return len(blob)
 
 
-def compressed_size_bytes(model: nn.Module, gap_bits: int = 5) -> int:
-    """Bytes :func:`save_compressed` writes for ``model``."""
+def compressed_size_bytes(model: nn.Module, gap_bits: int = 5, coding: str = "huffman") -> int:
+    """Bytes :func:`save_compressed` writes for ``model`` with the same arguments."""
     check_module("model", model)
     check_int("gap_bits", gap_bits, 1, 16)
-    return len(_encode(model, gap_bits))
+    check_str("coding", coding, CODINGS)
+    return len(_encode(model, gap_bits, coding))
 
 
 def load_compressed(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, torch.Tensor]:
     """The state dict stored by :func:`save_compressed` (plain weights, zeros included),
-    after checking the file's SHA-256: a damaged file is never decoded.
+    after checking the file's SHA-256: a damaged file is never decoded. Either coding is
+    read; the header says which.
 
     Raises:
-        CompressedFileError: not a compressed file, truncated, or its checksum fails.
+        CompressedFileError: not a compressed file, truncated, its checksum fails, or its
+            content does not add up (an unknown coding, a stream longer than the file,
+            positions outside the layer).
     """
     check_file("path_or_file", path_or_file, "read")
     if isinstance(path_or_file, (str, os.PathLike)):
@@ -417,19 +487,41 @@ def load_compressed(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, tor
     at = len(MAGIC) + 4
     header = json.loads(bytes(data[at:at + head_len]))
     at += head_len
+    coding = header.get("coding", "huffman")
+    if coding not in CODINGS:
+        raise CompressedFileError(f"unknown coding {coding!r} in the header; "
+                                  f"known: {list(CODINGS)}")
     state = {}
     for name, shape, k, gap_bits, survivors, index_nbits, n_gaps, gap_nbits in header["layers"]:
         codebook = np.frombuffer(data, dtype="<f4", count=k, offset=at).copy()
         at += 4 * k
         streams = []
-        for count, nbits in ((survivors, index_nbits), (n_gaps, gap_nbits)):
-            lengths, at = _read_table(data, at)
+        widths = (_index_bits(k), gap_bits)
+        for count, nbits, width in ((survivors, index_nbits, widths[0]),
+                                    (n_gaps, gap_nbits, widths[1])):
+            if coding == "huffman":
+                lengths, at = _read_table(data, at)
+            elif nbits != count * width:
+                raise CompressedFileError(f"layer {name!r}: {nbits} bits for {count} "
+                                          f"symbols of {width} bits")
             size = math.ceil(nbits / 8)
-            streams.append(huffman_decode(bytes(data[at:at + size]), nbits, lengths, count))
+            if at + size > len(data):
+                raise CompressedFileError(f"layer {name!r}: a stream of {size} bytes runs "
+                                          "past the end of the file")
+            payload = bytes(data[at:at + size])
+            streams.append(huffman_decode(payload, nbits, lengths, count) if coding == "huffman"
+                           else _unpack_fixed(payload, width, count))
             at += size
         indices, gaps = streams
-        weight = np.zeros(int(np.prod(shape)), dtype=np.float32)
-        weight[absolute_indices(gaps, gap_bits)] = codebook[indices]
+        numel = int(np.prod(shape))
+        positions = absolute_indices(gaps, gap_bits)
+        if positions.size != indices.size or (positions.size and positions[-1] >= numel) \
+                or (indices.size and indices.max() >= k):
+            raise CompressedFileError(f"layer {name!r}: its streams do not describe "
+                                      f"{survivors} weights of a {shape} tensor with {k} "
+                                      "centroids")
+        weight = np.zeros(numel, dtype=np.float32)
+        weight[positions] = codebook[indices]
         state[f"{name}.weight"] = torch.from_numpy(weight.reshape(shape))
     for key, shape, dtype in header["tensors"]:
         dt = np.dtype(dtype).newbyteorder("<")

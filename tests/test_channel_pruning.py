@@ -4,10 +4,12 @@ import io
 import pytest
 import torch
 import torch.nn.utils.prune
+import torchvision
 from torch import nn
 
 import lightcnn as lc
 from lightcnn import channel_pruning as cp
+from helpers import randomize_bn
 
 # every model the pruner supports, with how many of its layers it may shrink at least
 SUPPORTED = [("baseline_cnn", {}), ("lenet5", {}), ("mobilenet_v1", {"width_mult": 0.25}),
@@ -581,3 +583,171 @@ def test_linear_after_flatten_is_pruned():
 def test_bad_input_shapes_are_rejected(shape):
     with pytest.raises(ValueError, match="input_shape"):
         cp.plan_channel_pruning(_mlp(), 0.25, input_shape=shape)
+
+
+# ---------------------------------------------------------------------------------------
+# round_to: widths in multiples of 8 or 16 (Torch-Pruning's option of that name)
+# ---------------------------------------------------------------------------------------
+
+def _nearest_multiple(kept, width, r):
+    """The documented rule, written out: nearest multiple of r (a tie to the larger), at
+    least r, the original width if that exceeds it."""
+    below, above = kept // r * r, -(-kept // r) * r
+    rounded = above if above - kept <= kept - below else below
+    rounded = max(rounded, r)
+    return width if rounded > width else rounded
+
+
+def _conv_widths(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("round_to,widths", [(8, [24, 48, 48, 88, 88]), (16, [16, 48, 48, 96, 96]),
+                                             (48, [32, 48, 48, 96, 96])])
+def test_round_to_keeps_multiples_on_the_baseline(round_to, widths):
+    model = _random_model("baseline_cnn", {})
+    plan = cp.plan_channel_pruning(model, 0.3, round_to=round_to)
+    smaller = cp.remove_channels(model, plan)
+    # unrounded: 22/45/45/90/90 kept (round(0.3 n) removed); 32 is no multiple of 48 and
+    # rounding 22 up to 48 would exceed it, so that layer stays whole
+    assert _conv_widths(smaller) == widths
+    original = (32, 64, 64, 128, 128)
+    assert widths == [_nearest_multiple(n - round(0.3 * n), n, round_to) for n in original]
+    assert all(w % round_to == 0 or w == n for w, n in zip(widths, original))
+    # the rounded layers lose their lowest-scored channels, and the result computes what
+    # silencing those channels computes
+    conv = model.features[2][0]
+    lowest = cp.l1_importance(conv).argsort()[:64 - widths[1]]
+    assert plan["features.2.0"] == sorted(lowest.tolist())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(smaller(x), cp.zero_channels(model, plan)(x), atol=1e-5)
+
+
+def test_round_to_rounds_to_the_nearest_multiple_and_never_widens():
+    model = _mlp()                                        # 20 -> 16 -> 12 -> 3
+    # ratio 0.25 keeps 12 of 16 (a tie between 8 and 16: the larger, the whole layer) and
+    # 9 of 12 (nearest: 8)
+    plan = cp.plan_channel_pruning(model, 0.25, input_shape=(20,), round_to=8)
+    assert list(plan) == ["3"] and len(plan["3"]) == 4
+    # at 16: 9 of 12 would round to 16 > 12, so both layers stay whole
+    assert cp.plan_channel_pruning(model, 0.25, input_shape=(20,), round_to=16) == {}
+    assert cp.plan_channel_pruning(model, 0.25, input_shape=(20,), round_to=1) == \
+        cp.plan_channel_pruning(model, 0.25, input_shape=(20,))
+    for kept, width, r, expected in [(22, 32, 8, 24), (20, 32, 8, 24), (19, 32, 8, 16),
+                                     (3, 32, 8, 8), (9, 12, 16, 12), (45, 64, 24, 48),
+                                     (179, 256, 24, 168)]:
+        assert cp._rounded_width(kept, width, r) == _nearest_multiple(kept, width, r) == expected
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_round_to_on_a_residual_network(scope):
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    shape = (3, 64, 64)
+    # 24 divides none of 64/128/256/512: every pruned residual stage must still land on it
+    plan = cp.plan_channel_pruning(model, 0.3, input_shape=shape, scope=scope, round_to=24)
+    smaller = cp.remove_channels(model, plan, input_shape=shape)
+    groups = cp.channel_groups(model, shape)
+    widths = {n: m.out_channels for n, m in smaller.named_modules() if isinstance(m, nn.Conv2d)}
+    coupled = [g for g in groups if len(g.producers) > 1]
+    assert coupled                                       # the residual chains
+    for g in groups:
+        if g.layer not in plan:
+            continue
+        kept = g.size - len(plan[g.layer])
+        assert kept % 24 == 0
+        for producer in g.producers:                     # every conv of a chain shrank alike
+            if producer in widths:
+                assert widths[producer] == kept
+        if scope == "layer":
+            assert kept == _nearest_multiple(g.size - round(0.3 * g.size), g.size, 24)
+    # a conv is a multiple of 24 or, in a group the plan left whole, as wide as before
+    original = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(w % 24 == 0 or w == original[n] for n, w in widths.items())
+    assert len(plan) >= 5
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        a, b = smaller(x), cp.zero_channels(model, plan, shape)(x)
+    assert torch.allclose(a, b, atol=1e-4 * max(1.0, b.abs().max().item()))
+    assert lc.count_macs(smaller, shape) < lc.count_macs(model, shape)
+
+
+@pytest.mark.parametrize("how", ["split", "slice"])
+def test_round_to_follows_a_split(how):
+    torch.manual_seed(0)
+    model = _SplitMerge(how).eval()
+    plan = cp.plan_channel_pruning(model, 0.5, round_to=4)   # 6 -> 3 -> 4 in stem and conv_c
+    assert {k: len(v) for k, v in plan.items()} == {"stem": 2, "conv_c": 2}
+    smaller = cp.remove_channels(model, plan)
+    assert (smaller.stem.out_channels, smaller.conv_c.out_channels) == (4, 4)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(smaller(x), cp.zero_channels(model, plan)(x), atol=1e-5)
+
+
+def test_round_to_against_torch_pruning():
+    tp = pytest.importorskip("torch_pruning")
+    model = _random_model("baseline_cnn", {})
+
+    def theirs(round_to):
+        copy_ = copy.deepcopy(model)
+        pruner = tp.pruner.MetaPruner(copy_, torch.randn(1, 1, 28, 28),
+                                      importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=0.3, ignored_layers=[copy_.classifier[2]],
+                                      round_to=round_to)
+        pruner.step()
+        return _conv_widths(copy_)
+
+    ours_plain = _conv_widths(cp.remove_channels(model, cp.plan_channel_pruning(model, 0.3)))
+    theirs_plain = theirs(None)
+    # unrounded, Torch-Pruning keeps int(n * 0.7) (22/44/44/89/89), we keep n - round(0.3 n)
+    assert theirs_plain == [int(n * 0.7) for n in (32, 64, 64, 128, 128)]
+    assert ours_plain == [22, 45, 45, 90, 90]
+    for r in (8, 16):
+        plan = cp.plan_channel_pruning(model, 0.3, round_to=r)
+        ours = _conv_widths(cp.remove_channels(model, plan))
+        other = theirs(r)
+        assert all(w % r == 0 for w in ours + other)
+        # Torch-Pruning rounds the kept width down, we round it to the nearest multiple:
+        # the two differ by at most one multiple, ours never the narrower
+        assert other == [w - w % r for w in theirs_plain]
+        assert ours == [_nearest_multiple(w, n, r)
+                        for w, n in zip(ours_plain, (32, 64, 64, 128, 128))]
+        assert all(0 <= a - b <= r for a, b in zip(ours, other))
+
+
+@pytest.mark.parametrize("round_to,widths,ratio", [(8, [24, 48, 48, 88, 88], 0.3),
+                                                   (16, [16, 48, 48, 96, 96], 0.3)])
+def test_prune_to_macs_with_round_to_lands_nearest_the_target(round_to, widths, ratio):
+    torch.manual_seed(0)
+    model = lc.create_model("baseline_cnn").eval()
+    macs = lc.count_macs(model)
+    smaller, found = cp.prune_to_macs(model, share=0.5, round_to=round_to)
+    assert found == ratio and _conv_widths(smaller) == widths
+    assert smaller(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+    def left(r):
+        plan = cp.plan_channel_pruning(model, r, round_to=round_to)
+        return lc.count_macs(cp.remove_channels(model, plan)) / macs
+
+    share = lc.count_macs(smaller) / macs
+    assert share == left(found)
+    # the documented tolerance: half the step rounding makes around the target, where r
+    # is the first ratio at or below it (here the next step, which overshoots further)
+    first_below = found if share <= 0.5 else round(found + 0.05, 6)
+    step = left(round(first_below - 0.05, 6)) - left(first_below)
+    assert abs(share - 0.5) <= step / 2
+    assert abs(share - 0.5) < 0.05                      # 0.527 and 0.531 of the MACs
+
+
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-8, ValueError), (8.0, TypeError),
+                                       ("8", TypeError), (True, TypeError)])
+def test_bad_round_to_is_rejected(bad, error):
+    model = lc.create_model("baseline_cnn")
+    with pytest.raises(error, match="round_to must be an int >= 1 or None"):
+        cp.plan_channel_pruning(model, 0.3, round_to=bad)
+    with pytest.raises(error, match="round_to"):
+        cp.ratio_for_macs(model, round_to=bad)
+    with pytest.raises(error, match="round_to"):
+        cp.prune_to_macs(model, round_to=bad)

@@ -1,7 +1,10 @@
 """Tests for lightcnn.compression: Huffman codec, relative indices, the compressed file."""
 
+import hashlib
 import io
+import json
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -136,3 +139,151 @@ def test_layer_streams_need_masked_shared_layers():
         C.layer_streams(model)
     with pytest.raises(ValueError, match="without keep_zeros=True"):
         C.layer_streams(W.share_weights(model, 2))
+
+
+# ---------------------------------------------------------------------------------------
+# coding="fixed": the paper's P+Q (fixed-width cluster and relative indices), then Huffman
+# on the same streams
+# ---------------------------------------------------------------------------------------
+
+def _sparse_model(seed, density, long_gap, bits=2):
+    """A conv (144 weights) and a linear layer (640), random weights with ``density``
+    nonzero, ``long_gap`` zeros in a row inside the linear one, shared at ``bits``."""
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, bias=False), torch.nn.Flatten(),
+                                torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            w = layer.weight.view(-1)
+            keep = torch.rand(w.numel(), generator=g) < density
+            w.copy_(torch.randn(w.numel(), generator=g) * keep)
+            w[0], w[-1] = 0.5, -0.5                    # a survivor at each end, at least
+        model[2].weight.view(-1)[1:1 + long_gap] = 0.0
+    return W.share_weights(model, bits, keep_zeros=True)
+
+
+def _header_bytes(blob):
+    return struct.unpack_from("<I", blob, len(C.MAGIC))[0]
+
+
+def _formula_bytes(shared, blob, gap_bits, coding):
+    """The size save_compressed's docstring states, computed from the masks (not from the
+    package's streams) and the file's own header length."""
+    total = len(C.MAGIC) + 4 + _header_bytes(blob) + 32
+    books = W.shared_layers(shared)
+    for name, book in books.items():
+        k = book.codebook.numel()
+        b = math.ceil(math.log2(k))
+        mask = book.mask.reshape(-1).bool()
+        positions = mask.nonzero().reshape(-1).numpy()
+        skips = np.diff(positions, prepend=-1) - 1            # zeros before each survivor
+        n = positions.size
+        g = n + int((skips // (2**gap_bits - 1)).sum())       # plus one filler per 2^b - 1 zeros
+        if coding == "fixed":
+            total += 4 * k + math.ceil(n * b / 8) + math.ceil(g * gap_bits / 8)
+        else:
+            streams = next(s for s in C.layer_streams(shared, gap_bits) if s.name == name)
+            assert streams.gaps.size == g
+            total += 4 * k
+            for symbols in (streams.indices, streams.gaps):
+                _, nbits, lengths = C.huffman_encode(symbols)
+                total += 2 + 3 * len(lengths) + math.ceil(nbits / 8)
+    shared_keys = {f"{name}.weight" for name in books}
+    total += sum(t.numel() * t.element_size() for key, t in W.unshare(shared).state_dict().items()
+                 if key not in shared_keys)
+    return total
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.floats(0.01, 0.6), st.integers(0, 600), st.integers(1, 8),
+       st.sampled_from(["fixed", "huffman"]))
+def test_fixed_and_huffman_files_round_trip_bit_exact_and_match_the_size_formula(
+        seed, density, long_gap, gap_bits, coding):
+    shared = _sparse_model(seed, density, long_gap)
+    buffer = io.BytesIO()
+    written = C.save_compressed(shared, buffer, gap_bits=gap_bits, coding=coding)
+    blob = buffer.getvalue()
+    assert written == len(blob) == C.compressed_size_bytes(shared, gap_bits, coding)
+    assert written == _formula_bytes(shared, blob, gap_bits, coding)
+    state = C.load_compressed(io.BytesIO(blob))
+    reference = W.unshare(shared).state_dict()
+    assert state.keys() == reference.keys()
+    for key, t in reference.items():                    # bit-exact: same dtype, same bits
+        assert state[key].dtype == t.dtype and torch.equal(state[key], t)
+    if long_gap >= 2**gap_bits - 1:                      # the gap needed fillers
+        gaps = next(s.gaps for s in C.layer_streams(shared, gap_bits) if s.name == "2")
+        assert (gaps == 2**gap_bits - 1).sum() >= long_gap // (2**gap_bits - 1)
+
+
+def test_a_gap_longer_than_the_index_width_is_cut_by_fillers_in_the_fixed_file():
+    shared = _sparse_model(0, 0.0, 638, bits=1)          # linear: survivors at 0 and 639 only
+    streams = {s.name: s for s in C.layer_streams(shared, gap_bits=3)}
+    # 638 zeros between them at 3 bits: 91 fillers of 7, then a gap symbol of 638 - 637 = 1
+    assert streams["2"].gaps.tolist() == [0] + [7] * 91 + [1]
+    buffer = io.BytesIO()
+    C.save_compressed(shared, buffer, gap_bits=3, coding="fixed")
+    blob = buffer.getvalue()
+    head = json.loads(blob[len(C.MAGIC) + 4:len(C.MAGIC) + 4 + _header_bytes(blob)])
+    assert head["coding"] == "fixed"
+    linear = next(layer for layer in head["layers"] if layer[0] == "2")
+    # 2 survivors at 1 bit, 93 relative indices at 3 bits
+    assert linear[4:] == [2, 2, 93, 93 * 3]
+    state = C.load_compressed(io.BytesIO(blob))
+    assert torch.equal(state["2.weight"], W.unshare(shared)[2].weight)
+    assert state["2.weight"].count_nonzero() == 2
+
+
+def test_huffman_saves_on_the_same_streams_that_the_fixed_file_stores():
+    shared = _compressed_lenet()
+    fixed = C.compressed_size_bytes(shared, coding="fixed")
+    huffman = C.compressed_size_bytes(shared, coding="huffman")
+    assert huffman == C.compressed_size_bytes(shared)   # the default is unchanged
+    streams = C.layer_streams(shared)
+    stream_fixed = sum(math.ceil(s.bits()["index_fixed"] / 8) + math.ceil(s.bits()["gap_fixed"] / 8)
+                       for s in streams)
+    # everything but the streams (codebooks, other tensors, checksum) is the same in both
+    # files; the headers differ only in the "coding" key and the numbers of bits
+    assert 0 < fixed - huffman < stream_fixed
+    for s in streams:
+        bits = s.bits()
+        assert bits["index_huffman"] <= bits["index_fixed"]
+        assert bits["gap_huffman"] <= bits["gap_fixed"]
+
+
+def _forge(blob, edit):
+    """``blob`` with its JSON header edited and a valid checksum: a well-formed file whose
+    content is wrong."""
+    n = _header_bytes(blob)
+    start = len(C.MAGIC) + 4
+    header = json.loads(blob[start:start + n])
+    edit(header)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    out = C.MAGIC + struct.pack("<I", len(head)) + head + blob[start + n:-32]
+    return out + hashlib.sha256(out).digest()
+
+
+def test_bad_codings_and_inconsistent_fixed_files_are_refused():
+    shared = _sparse_model(0, 0.3, 40)
+    for coding, error in (("zip", ValueError), ("", ValueError), (None, TypeError), (1, TypeError)):
+        with pytest.raises(error, match="coding must be one of"):
+            C.save_compressed(shared, io.BytesIO(), coding=coding)
+        with pytest.raises(error, match="coding"):
+            C.compressed_size_bytes(shared, coding=coding)
+    buffer = io.BytesIO()
+    C.save_compressed(shared, buffer, gap_bits=4, coding="fixed")
+    blob = buffer.getvalue()
+
+    def unknown(h):
+        h["coding"] = "zip"
+
+    def wrong_bits(h):
+        h["layers"][0][5] += 1                         # index bits != survivors * b
+
+    def more_survivors(h):
+        h["layers"][0][4] += 8                          # streams longer than the file holds
+        h["layers"][0][5] += 8 * 2
+
+    for edit, message in ((unknown, "unknown coding 'zip'"), (wrong_bits, "bits for"),
+                          (more_survivors, "do not describe|past the end")):
+        with pytest.raises(C.CompressedFileError, match=message):
+            C.load_compressed(io.BytesIO(_forge(blob, edit)))
