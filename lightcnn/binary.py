@@ -331,7 +331,9 @@ def binarize(model: nn.Module, scheme: str, keep_first_last: bool = True,
         keep_first_last: leave the first conv and the last linear layer in full precision.
             The first sees the raw image (one or three channels: ``sign`` of the pixels
             destroys most of it, and it holds few weights and MACs); the last decides the
-            class from a few hundred features (XNOR-Net and BNN keep both real).
+            class from a few hundred features. XNOR-Net's released AlexNet keeps both real;
+            BNN binarizes every layer's weights, the first and last included, and keeps only
+            the first layer's input non-binary (8-bit fixed point).
         pointwise: also binarize 1x1 convs. A 1x1 conv has only ``C_in`` inputs per
             output, so by ``S = 64 c N_W / (c N_W + 64)`` it gains less speed than a 3x3
             one and its +-1 dot products are the coarsest; networks built of 1x1 layers

@@ -7,7 +7,9 @@ word and counts with ``vpopcntd`` where AVX-512 VPOPCNTDQ exists. This module bu
 layers and whole binary networks with OpenVINO's opset API (no ONNX file needed), checks in
 the compiled model's runtime graph (``compiled.get_runtime_model()``, each node's
 ``layerType``) that BinaryConvolution ran, and times it against
-:class:`lightcnn.binary_kernels.PackedBinaryConv2d`.
+:class:`lightcnn.binary_kernels.PackedBinaryConv2d` (:func:`benchmark_binary_conv`) and a
+whole packed network against float32 in three engines and the same network in OpenVINO
+(:func:`benchmark_bnn`).
 
 Conventions, checked by the tests against openvino 2026.4:
 
@@ -32,6 +34,7 @@ Taught in chapters/06_binary_networks.
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Sequence
 
@@ -41,11 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import binary_kernels as BK
-from ._checks import check_bool, check_instance, check_int, check_ints, check_module, check_path
+from ._checks import (check_bool, check_instance, check_int, check_ints, check_module,
+                      check_path, check_tensor)
 from .binary import BinaryConv2d, BinaryLinear, binary_layers
 
 __all__ = ["require_openvino", "binary_conv_model", "compile_model", "runtime_layer_types",
-           "run_binary_conv", "export_bnn", "compile_bnn", "benchmark_binary_conv"]
+           "run_binary_conv", "export_bnn", "compile_bnn", "benchmark_binary_conv",
+           "benchmark_bnn"]
 
 # FakeQuantize sets the bit where x > t: with t the largest float32 below 0, -2**-149,
 # that is x >= 0, the book's sign
@@ -183,14 +188,17 @@ def binary_conv_model(layer: BinaryConv2d | BK.PackedBinaryConv2d,
 
 def compile_model(model, threads: int = 1):
     """Compile for OpenVINO's CPU plugin as deployed for latency: float32 inference (no
-    bf16, which the plugin may pick on its own), ``threads`` threads, one stream."""
+    bf16, which the plugin may pick on its own), ``threads`` threads, one stream, threads
+    not pinned to cores (as :class:`lightcnn.deploy.OpenVinoModel`: a pinned thread cannot
+    move off a core another process holds, and PyTorch's threads are not pinned either)."""
+    from .deploy import _openvino_core   # one Core per process: see _openvino_core
     ov = require_openvino()
     check_instance("model", model, ov.Model, "an openvino.Model")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
-    return ov.Core().compile_model(model, "CPU", {
+    return _openvino_core().compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
 
 
 def runtime_layer_types(compiled) -> dict[str, str]:
@@ -316,16 +324,23 @@ def export_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
         ValueError: a module or function without an export here, a binary layer whose input
             channels are not a multiple of 8, or a model torch.fx cannot trace (named).
     """
-    ov = require_openvino()
+    require_openvino()
     check_module("model", model)
     shape = _check_shape("input_shape", input_shape)
     check_path("path", path, none=True)
     if not binary_layers(model):
         raise ValueError("model has no binary layers (binarize it first)")
+    return _export(model, shape, path)
+
+
+def _export(model: nn.Module, shape: tuple[int, ...], path: str | None = None):
+    """The fx graph of ``model`` as an OpenVINO model (a float network too: every module
+    :class:`_Exporter` knows), for a fixed input ``shape``."""
+    ov = require_openvino()
     try:
         graph = BK._LeafTracer().trace(model)
     except Exception as e:   # fx raises many types for untraceable control flow
-        raise ValueError(f"export_bnn needs a model torch.fx can trace: {e}") from e
+        raise ValueError(f"the OpenVINO export needs a model torch.fx can trace: {e}") from e
     exporter = _Exporter(model)
     values, parameters, results = {}, [], []
     for node in graph.nodes:
@@ -457,3 +472,145 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
                      "book_fraction_of_peak": None if peak is None
                      else macs / (ours.median_ms / 1e3) / peak})
     return rows
+
+
+class _OpenVinoNet(nn.Module):
+    """OpenVINO models compiled for fixed batch sizes (``{batch: CompiledModel}``), called
+    like a PyTorch model, so :func:`lightcnn.compare_latency` times them beside PyTorch's:
+    the input is read in place (``share_inputs``), the logits copied out, as
+    :class:`lightcnn.deploy.OpenVinoModel` does."""
+
+    def __init__(self, compiled: dict):
+        super().__init__()
+        self.requests = {b: c.create_infer_request() for b, c in compiled.items()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        request = self.requests.get(len(x))
+        if request is None:
+            raise ValueError(f"compiled for batch sizes {sorted(self.requests)}, got {len(x)}")
+        out = request.infer({0: x.detach().float().contiguous().numpy()}, share_inputs=True)
+        return torch.from_numpy(out[0])
+
+
+# benchmark_bnn's rows: model and engine; each engine's float32 row is its reference
+_ENGINES = {"fp32 eager": "eager", "fp32 compiled": "inductor", "fp32 OpenVINO": "openvino",
+            "BNN simulated": "eager", "BNN packed": "eager", "BNN OpenVINO": "openvino"}
+_FP32 = {"eager": "fp32 eager", "inductor": "fp32 compiled", "openvino": "fp32 OpenVINO"}
+# the ratios the chapter quotes: (faster model, slower reference)
+_RATIOS = {"packed vs eager fp32": ("BNN packed", "fp32 eager"),
+           "packed vs compiled fp32": ("BNN packed", "fp32 compiled"),
+           "OpenVINO BNN vs OpenVINO fp32": ("BNN OpenVINO", "fp32 OpenVINO"),
+           "packed vs OpenVINO BNN": ("BNN packed", "BNN OpenVINO")}
+
+
+def _agreement(reference: Tensor, other: Tensor) -> dict:
+    """How often ``other``'s predicted class is ``reference``'s, and the largest logit
+    difference."""
+    return {"agreement": (reference.argmax(1) == other.argmax(1)).float().mean().item(),
+            "max_abs_logit_difference": (reference - other).abs().max().item()}
+
+
+def benchmark_bnn(fp32: nn.Module, bnn: nn.Module, example: Tensor,
+                  batch_sizes: Sequence[int] = (1, 256), threads: int = 2, warmup: int = 10,
+                  repeats: int = 50, thresholds: bool = True, number: int | None = 1,
+                  until_stable: bool = False) -> dict:
+    """A float network and its binarized twin in every engine, timed in ONE interleaved run
+    per batch size (:func:`lightcnn.report.compare_engines`), each binary engine against
+    float32 in the same engine (book/benchmarking.md).
+
+    The rows (model, engine):
+
+    * ``fp32 eager``, ``fp32 compiled`` (Inductor with frozen weights,
+      :func:`lightcnn.int8.compile_cpu`), ``fp32 OpenVINO`` (the same graph exported with
+      this module's exporter, :func:`compile_model`: f32, ``threads``, one stream);
+    * ``BNN simulated``: ``bnn`` itself, binary arithmetic simulated in float32 (eager);
+    * ``BNN packed``: :func:`lightcnn.binary_kernels.pack_model` (``thresholds``: FINN's
+      integer thresholds between binary layers), eager PyTorch with the XNOR-popcount
+      kernel, so its "same engine" reference is eager float32;
+    * ``BNN OpenVINO``: :func:`compile_bnn`, after checking in the runtime graph that every
+      binary layer ran as BinaryConvolution.
+
+    Every model is compiled for each batch size before timing. The OpenVINO BNN's and the
+    packed network's predictions are compared with the float simulation's on
+    ``example[:max(batch_sizes)]``, and OpenVINO float32's with eager float32's: reported
+    in ``agreement``, not assumed (OpenVINO rounds the float layers in another order, so a
+    value at a sign's threshold can flip).
+
+    Args:
+        fp32: the float network; ``bnn``: its binarized twin (a layer with binary weights
+            and activations, ``bnn`` or ``xnor``; with ``thresholds``, ``bnn`` only).
+        example: real inputs ``(N, C, H, W)``, ``N >= max(batch_sizes)``; batch ``b`` times
+            ``example[:b]``.
+        number, until_stable: see :func:`lightcnn.time_interleaved`.
+
+    Returns:
+        dict with ``rows`` (:func:`lightcnn.report.compare_engines`' rows, which
+        :func:`lightcnn.report.engine_table` shows, each with ``vs_compiled_fp32_b{b}``
+        added), ``ratios`` (``{"packed vs eager fp32", "packed vs compiled fp32",
+        "OpenVINO BNN vs OpenVINO fp32", "packed vs OpenVINO BNN"} -> {b: Ratio}``, above 1
+        the first is faster), ``agreement`` (``{"BNN packed", "BNN OpenVINO", "fp32
+        OpenVINO"} -> {"agreement", "max_abs_logit_difference"}``, and ``images``),
+        ``runtime_layers`` (``{binary layer: "BinaryConvolution"}``) and ``threads``.
+
+    Raises:
+        RuntimeError: a binary layer did not run as BinaryConvolution in OpenVINO.
+    """
+    from . import int8               # local: torchao and Inductor only for this benchmark
+    from .profile import _inference, speedup
+    from .report import compare_engines
+
+    check_module("fp32", fp32)
+    check_module("bnn", bnn)
+    if not any(m.scheme.binary_activations for m in binary_layers(bnn).values()):
+        raise ValueError("bnn has no binary layer with binary activations (binarize it "
+                         "with scheme 'bnn' or 'xnor')")
+    check_tensor("example", example, 4, floating=True, nonempty=True)
+    _check_positive_ints("batch_sizes", batch_sizes)
+    if len(example) < max(batch_sizes):
+        raise ValueError(f"example must hold at least max(batch_sizes) = {max(batch_sizes)} "
+                         f"inputs, got {len(example)}")
+    check_int("threads", threads, 1)
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
+    check_bool("thresholds", thresholds)
+    check_int("number", number, 1, none=True)
+    check_bool("until_stable", until_stable)
+    require_openvino()
+    batch_sizes = tuple(dict.fromkeys(batch_sizes))
+    shape = tuple(example.shape[1:])
+    x = example[:max(batch_sizes)].detach().float().contiguous()
+    fp32, bnn = copy.deepcopy(fp32).eval(), copy.deepcopy(bnn).eval()
+    packed = BK.pack_model(bnn, thresholds=thresholds)
+    ov_fp32, ov_bnn, layers = {}, {}, {}
+    for b in batch_sizes:
+        ov_fp32[b] = compile_model(_export(fp32, (b, *shape)), threads)
+        ov_bnn[b], layers = compile_bnn(bnn, (b, *shape), threads)
+    compiled = int8.compile_cpu(copy.deepcopy(fp32))
+    with _inference(compiled, threads):   # Inductor's kernels are built for this thread count
+        for b in batch_sizes:
+            compiled(x[:b])               # compiles for this batch size
+    models = {"fp32 eager": fp32, "fp32 compiled": compiled,
+              "fp32 OpenVINO": _OpenVinoNet(ov_fp32), "BNN simulated": bnn,
+              "BNN packed": packed, "BNN OpenVINO": _OpenVinoNet(ov_bnn)}
+    with _inference(fp32, threads):
+        logits = {name: models[name](x) for name in ("fp32 eager", "fp32 OpenVINO",
+                                                      "BNN simulated", "BNN packed",
+                                                      "BNN OpenVINO")}
+    agreement = {name: _agreement(logits[reference], logits[name])
+                 for name, reference in (("BNN packed", "BNN simulated"),
+                                         ("BNN OpenVINO", "BNN simulated"),
+                                         ("fp32 OpenVINO", "fp32 eager"))}
+    agreement["images"] = len(x)
+    rows = compare_engines({name: (model, _ENGINES[name]) for name, model in models.items()},
+                           _FP32, batch_sizes, shape, threads, warmup, repeats, example=x,
+                           number=number, until_stable=until_stable)
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        for b in batch_sizes:
+            row[f"vs_compiled_fp32_b{b}"] = speedup(by_name["fp32 compiled"][f"latency_b{b}"],
+                                                    row[f"latency_b{b}"])
+    ratios = {key: {b: speedup(by_name[slow][f"latency_b{b}"], by_name[fast][f"latency_b{b}"])
+                    for b in batch_sizes}
+              for key, (fast, slow) in _RATIOS.items()}
+    return {"rows": rows, "ratios": ratios, "agreement": agreement, "runtime_layers": layers,
+            "threads": threads}

@@ -35,6 +35,7 @@ Taught in chapters/09_putting_it_together.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -53,6 +54,24 @@ def _require(module: str, user: str = "lightcnn.deploy",
         return __import__(module, fromlist=["_"])
     except ImportError as error:
         raise ImportError(f"{user} needs {module!r}: pip install {install}") from error
+
+
+@functools.cache
+def _openvino_core():
+    """The process's one ``openvino.Core``, made on first use (openvino must import).
+
+    One Core for every model, not one each: each Core loads its own instance of the CPU
+    plugin, and on Linux each instance gives the thread that made it an alternate signal
+    stack of its own (room for AMX state) and, when freed, puts back the stack that was
+    current before it, even if that one has been unmapped since. Two models with Cores of
+    their own, freed in the order they were made, so left the main thread's signal stack
+    pointing at unmapped memory, and the next signal handled there (CPython runs every
+    Python signal handler there: Ctrl-C, a SIGALRM timeout; faulthandler too) killed the
+    process with SIGSEGV, with no traceback. One Core, kept until exit, frees its stack
+    last. (OpenVINO's ``SigAltStackSetup`` in the intel_cpu plugin, 2026.4.)
+    """
+    import openvino
+    return openvino.Core()
 
 
 def _check_example(example: torch.Tensor, name: str = "example") -> None:
@@ -198,8 +217,8 @@ class OpenVinoModel(nn.Module):
             raise ValueError(f"path must be an .onnx file, got {str(path)!r}")
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
-        ov = _require("openvino", "lightcnn.deploy.OpenVinoModel", "openvino")
-        core = ov.Core()
+        _require("openvino", "lightcnn.deploy.OpenVinoModel", "openvino")
+        core = _openvino_core()   # shared: see _openvino_core
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                   "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
         if precision is not None:

@@ -532,8 +532,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     device_kind = train_device.type
     budget = budget or get_budget()
     if epochs is not None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        check_int("epochs", epochs, 1)
         budget = dataclasses.replace(budget, epochs=epochs)  # part of the cache key
     recipe = dict(recipe or RECIPES.get(name, DEFAULT_RECIPE))
     after_step = _after_step(recipe.get("after_step"))
@@ -541,8 +540,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     check_float("recipe's label_smoothing", smoothing, 0, 1, high_open=True)
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = _models.create_model(name, **model_kwargs)
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
+    check_bool("channels_last", channels_last)
     if init_from is not None:
         if not isinstance(init_from, TrainedModel):
             raise TypeError(f"init_from must be a TrainedModel from get_trained, got "
@@ -794,13 +792,13 @@ def _trained_on(device: torch.device) -> str:
     from .runtime import cpu_name
 
     if device.type == "cuda":
-        world = _distributed.get_world_size()
-        gpus = "" if world == 1 else f"{world} x "
-        return f"{gpus}{torch.cuda.get_device_name(device)} (cuda)"
-    if device.type == "mps":
-        return "Apple GPU (mps)"
-    where = f"{cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} threads (cpu)"
-    world = _distributed.get_world_size()
+        where = f"{torch.cuda.get_device_name(device)} (cuda)"
+    elif device.type == "mps":
+        where = "Apple GPU (mps)"
+    else:
+        where = (f"{cpu_name()}, {os.cpu_count()} logical cores, "
+                 f"{torch.get_num_threads()} threads (cpu)")
+    world = _distributed.get_world_size()   # one process per GPU, or per CPU share
     return where if world == 1 else f"{world} processes (DDP) x {where}"
 
 

@@ -1,8 +1,11 @@
 """lightcnn.binary_openvino: OpenVINO's BinaryConvolution against the book's packed binary
 conv (exact equality), the exported whole network (BinaryConvolution for every binary
-layer), the benchmark's rows, and the errors: no openvino, channels OpenVINO computes wrong."""
+layer), the benchmarks' rows (one layer; a whole network in every engine, one interleaved run),
+and the errors: no openvino, channels OpenVINO computes wrong, bad benchmark arguments."""
 
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +57,35 @@ def test_binary_convolution_ran_and_xnor_scales_agree():
     nhwc = BO.compile_model(BO.binary_conv_model(layer, (1, 32, 8, 8), nhwc_output=True))
     assert torch.allclose(torch.from_numpy(np.array(nhwc(x.numpy())[0])).permute(0, 3, 1, 2),
                           ours, rtol=1e-5, atol=1e-5)
+
+
+# compile_model shares deploy's one openvino.Core: a Core per model left the main thread's
+# alternate signal stack unmapped once two were freed in order, and the next Python signal
+# killed the process (see lightcnn.deploy._openvino_core); in a subprocess, as that kills it
+_SIGNAL_AFTER_TWO_COMPILES = """
+import gc, os, signal
+from lightcnn import binary as B, binary_openvino as BO
+layer = B.BinaryConv2d(8, 8, 3, scheme="bnn").eval()
+first = BO.compile_model(BO.binary_conv_model(layer, (1, 8, 6, 6)))
+second = BO.compile_model(BO.binary_conv_model(layer, (1, 8, 6, 6)))
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the plugin sets up its signal stack on Linux only")
+def test_compiled_models_leave_python_signal_handlers_working():
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_COMPILES],
+                            capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert (result.returncode, result.stdout.split()) == (0, ["handled", "alive"]), \
+        result.stderr[-2000:]
 
 
 def test_binary_conv_model_refuses_what_openvino_gets_wrong():
@@ -121,3 +153,86 @@ def test_benchmark_rows_on_a_tiny_case():
         BO.benchmark_binary_conv(channels=(12,), sizes=(3,), threads=(1,))
     with pytest.raises(ValueError, match="sizes"):
         BO.benchmark_binary_conv(channels=(8,), sizes=(), threads=(1,))
+
+
+class _Compiled(nn.Module):
+    """Stands in for Inductor (compiling takes minutes on a busy 2-core machine; test_int8
+    tests compile_cpu): records the batch sizes and thread counts of its calls."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x):
+        self.calls.append((len(x), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        return self.model(x)
+
+
+def test_benchmark_bnn_times_every_engine_and_checks_openvino_against_the_simulation(monkeypatch):
+    compiled = []
+
+    def compile_cpu(model):
+        compiled.append(_Compiled(model))
+        return compiled[-1]
+    monkeypatch.setattr(lc.int8, "compile_cpu", compile_cpu)
+    torch.manual_seed(0)
+    fp32 = lc.create_model("baseline_cnn")           # in training mode
+    bnn = randomize_bn(lc.binary.binary_cnn(scheme="bnn"))
+    example = torch.randn(4, 1, 28, 28)
+    result = BO.benchmark_bnn(fp32, bnn, example, batch_sizes=(1, 4), threads=1, warmup=1,
+                              repeats=2)
+    # compiled for each batch size at the benchmark's thread count, before the timing
+    assert compiled[0].calls[:2] == [(1, 1, True), (4, 1, True)]
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["fp32 eager", "fp32 compiled", "fp32 OpenVINO", "BNN simulated",
+                          "BNN packed", "BNN OpenVINO"]
+    assert [r["engine"] for r in rows.values()] == ["eager", "inductor", "openvino", "eager",
+                                                   "eager", "openvino"]
+    for b in (1, 4):
+        for r in rows.values():
+            assert r[f"latency_b{b}"].batch_size == b and r[f"latency_b{b}"].repeats == 2
+            assert isinstance(r[f"vs_compiled_fp32_b{b}"], lc.profile.Ratio)
+        # one interleaved run per batch size: every ratio pairs the samples round by round
+        assert len({r[f"latency_b{b}"].run for r in rows.values()}) == 1
+        ratios = {k: v[b] for k, v in result["ratios"].items()}
+        assert all(r.paired for r in ratios.values())
+        packed, ov = rows["BNN packed"], rows["BNN OpenVINO"]
+        assert ratios["packed vs eager fp32"].value == pytest.approx(
+            rows["fp32 eager"][f"latency_b{b}"].median_ms / packed[f"latency_b{b}"].median_ms)
+        assert ratios["packed vs compiled fp32"].value == packed[f"vs_compiled_fp32_b{b}"].value
+        # each binary engine against float32 in the same engine
+        assert ov[f"vs_engine_fp32_b{b}"].value == ratios["OpenVINO BNN vs OpenVINO fp32"].value
+        assert packed[f"vs_engine_fp32_b{b}"].value == packed[f"vs_eager_fp32_b{b}"].value
+    assert sorted(result["ratios"]) == sorted(["packed vs eager fp32", "packed vs compiled fp32",
+                                               "OpenVINO BNN vs OpenVINO fp32",
+                                               "packed vs OpenVINO BNN"])
+    # BinaryConvolution ran for every binary layer, and the predictions were compared
+    binary = [n for n, m in B.binary_layers(bnn).items() if m.scheme.binary_activations]
+    assert sorted(result["runtime_layers"]) == sorted(binary)
+    assert set(result["runtime_layers"].values()) == {"BinaryConvolution"}
+    agreement = result["agreement"]
+    assert agreement["images"] == 4
+    assert agreement["BNN packed"]["agreement"] == 1.0          # bit-exact kernel
+    assert agreement["BNN OpenVINO"]["agreement"] == 1.0
+    assert agreement["fp32 OpenVINO"]["agreement"] == 1.0
+    assert agreement["fp32 OpenVINO"]["max_abs_logit_difference"] < 1e-3
+    table = str(lc.report.engine_table(result["rows"]))
+    assert "BNN OpenVINO" in table and "ms b=4" in table
+    assert fp32.training and not bnn.training     # it ran copies: the callers' modes stay
+
+
+def test_benchmark_bnn_refuses_bad_arguments_before_compiling_anything():
+    fp32, bnn = lc.create_model("baseline_cnn"), lc.binary.binary_cnn(scheme="bnn")
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="example must hold at least max\\(batch_sizes\\) = 4"):
+        BO.benchmark_bnn(fp32, bnn, x, batch_sizes=(1, 4))
+    with pytest.raises(ValueError, match="bnn has no binary layer with binary activations"):
+        BO.benchmark_bnn(fp32, lc.binary.binary_cnn(scheme="bwn"), x, batch_sizes=(1,))
+    with pytest.raises(TypeError, match="fp32 must be an nn.Module"):
+        BO.benchmark_bnn(None, bnn, x, batch_sizes=(1,))
+    with pytest.raises(ValueError, match="example must be a 4-D tensor"):
+        BO.benchmark_bnn(fp32, bnn, x[0], batch_sizes=(1,))
+    with pytest.raises(ValueError, match="batch_sizes"):
+        BO.benchmark_bnn(fp32, bnn, x, batch_sizes=(0,))
+    with pytest.raises(ValueError, match="threads"):
+        BO.benchmark_bnn(fp32, bnn, x, batch_sizes=(1,), threads=0)

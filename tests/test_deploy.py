@@ -1,7 +1,9 @@
 """lightcnn.deploy: ONNX export (dynamo), ONNX Runtime and OpenVINO, checked against PyTorch."""
 
 import importlib.util
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,6 +201,38 @@ def test_openvino_bad_inputs_are_rejected(baseline, exported, tmp_path):
                                dynamic_batch=False)
     with pytest.raises(ValueError, match="exported for batch size 2, got 3"):
         deploy.OpenVinoModel(fixed)(torch.randn(3, 1, 28, 28))
+
+
+# A script that makes two OpenVinoModels, frees them in the order it made them, then
+# handles a signal in Python: with a Core per model, OpenVINO's CPU plugin (one instance per
+# Core, each putting back the alternate signal stack it found, unmapped or not) left the
+# main thread's signal stack unmapped, and the signal killed the process (SIGSEGV, no
+# traceback). That killed the API sweep at its next SIGALRM timeout; Ctrl-C would too.
+_SIGNAL_AFTER_TWO_MODELS = """
+import gc, os, signal, sys
+from lightcnn import deploy
+first = deploy.OpenVinoModel(sys.argv[1])
+second = deploy.OpenVinoModel(sys.argv[1])
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive", flush=True)
+"""
+
+
+@needs_openvino
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the plugin sets up its signal stack on Linux only")
+def test_openvino_models_leave_python_signal_handlers_working(exported):
+    # in a subprocess: the failure kills the process
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_MODELS, str(exported)],
+                            capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert (result.returncode, result.stdout.split()) == (0, ["handled", "alive"]), \
+        result.stderr[-2000:]
 
 
 def test_openvino_missing_says_how_to_install_it(exported, monkeypatch):
