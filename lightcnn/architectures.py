@@ -485,15 +485,19 @@ class SqueezeNet(_Classifier):
         stem_stride: stride of the first conv; 1 also pads it ("same" output size).
         dropout: before the classifier conv.
         norm: batch norm after the stem and every Fire conv (not in the paper).
+        relu_head: a ReLU after the classifier conv, as in the paper and torchvision, so
+            every class score is >= 0; False leaves the scores linear (chapter 07 tests
+            what the ReLU does to a distilled student). Same parameters either way.
     """
 
     def __init__(self, version: str = "1_0", num_classes: int = 1000, width_mult: float = 1.0,
                  in_channels: int = 3, stem_stride: int = 2, dropout: float = 0.5,
-                 norm: bool = False):
+                 norm: bool = False, relu_head: bool = True):
         super().__init__()
         check_str("version", version, SQUEEZENET_STAGES)
         _check_model(num_classes, width_mult, in_channels, stem_stride, dropout)
         check_bool("norm", norm)
+        check_bool("relu_head", relu_head)
         (stem, kernel), table = SQUEEZENET_STAGES[version]
         channels = make_divisible(stem * width_mult)
 
@@ -514,7 +518,8 @@ class SqueezeNet(_Classifier):
         self.features = nn.Sequential(*layers)
         # a 1x1 conv as classifier, then pooling: (B, num_classes, H, W) -> (B, num_classes)
         self.classifier = nn.Sequential(nn.Dropout(dropout),
-                                        ConvBNAct(channels, num_classes, 1, norm=False),
+                                        ConvBNAct(channels, num_classes, 1, norm=False,
+                                                  activation=nn.ReLU if relu_head else None),
                                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.pool = nn.Identity()
         _init_weights(self)
@@ -690,21 +695,23 @@ def shufflenet_v2(num_classes: int = 10, width_mult: float = 1.0, config: str = 
 
 
 @register_model
-def squeezenet1_0(num_classes: int = 10, width_mult: float = 1.0, config: str = "fmnist"
-                  ) -> nn.Module:
-    """SqueezeNet 1.0 (see :class:`SqueezeNet`)."""
+def squeezenet1_0(num_classes: int = 10, width_mult: float = 1.0, config: str = "fmnist",
+                  relu_head: bool = True) -> nn.Module:
+    """SqueezeNet 1.0 (see :class:`SqueezeNet`; ``relu_head=False``: linear class
+    scores)."""
     _check_args(num_classes, width_mult, config)
     return SqueezeNet("1_0", num_classes, width_mult, CONFIGS[config], _stem_stride(config),
-                      norm=config == "fmnist")
+                      norm=config == "fmnist", relu_head=relu_head)
 
 
 @register_model
-def squeezenet1_1(num_classes: int = 10, width_mult: float = 1.0, config: str = "fmnist"
-                  ) -> nn.Module:
-    """SqueezeNet 1.1 (see :class:`SqueezeNet`)."""
+def squeezenet1_1(num_classes: int = 10, width_mult: float = 1.0, config: str = "fmnist",
+                  relu_head: bool = True) -> nn.Module:
+    """SqueezeNet 1.1 (see :class:`SqueezeNet`; ``relu_head=False``: linear class
+    scores)."""
     _check_args(num_classes, width_mult, config)
     return SqueezeNet("1_1", num_classes, width_mult, CONFIGS[config], _stem_stride(config),
-                      norm=config == "fmnist")
+                      norm=config == "fmnist", relu_head=relu_head)
 
 
 @register_model

@@ -246,6 +246,15 @@ ENTRIES: dict[str, ZooEntry] = _entries(
           ("cnn_x0.5", "baseline_cnn", dict(widths=[16, 32, 64]), 0.35),
           ("squeezenet1_1_x0.25", "squeezenet1_1", dict(width_mult=0.25), 0.45))
       for seed in (0, 1, 2) for kind in ("alone", "kd", "smooth")),
+    # chapter 07's test of the ReLU head: the SqueezeNet student with linear class scores,
+    # alone and distilled as above, 3 seeds (same parameters; only the ReLU is gone)
+    *(ZooEntry(f"squeezenet1_1_x0.25_linear_head+{kind}_s{seed}", "squeezenet1_1",
+               STUDENT_RECIPE, version=1, epochs=20, seed=seed,
+               kwargs=dict(width_mult=0.25, relu_head=False),
+               teacher="baseline_cnn" if kind == "kd" else None,
+               distill=dict(temperature=4.0, alpha=0.1) if kind == "kd" else None,
+               minutes_per_epoch=0.45)
+      for seed in (0, 1, 2) for kind in ("alone", "kd")),
 )
 
 

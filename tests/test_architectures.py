@@ -155,3 +155,22 @@ def test_squeezenet_has_batch_norm_only_in_the_fashion_mnist_config(name):
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in small.modules())
     assert norms(small) == convs - 1          # every conv but the classifier
     assert norms(lc.create_model(name, num_classes=1000, config="imagenet")) == 0
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1"])
+def test_squeezenet_without_its_relu_head_gives_the_classifier_conv_output_itself(name):
+    torch.manual_seed(0)
+    relu = lc.create_model(name, width_mult=0.25).eval()
+    linear = lc.create_model(name, width_mult=0.25, relu_head=False).eval()
+    linear.load_state_dict(relu.state_dict())        # same parameters, same names
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        scores = linear(x)
+        # the head by hand: the classifier conv, then global average pooling
+        conv = relu.classifier[1][0]
+        maps = conv(relu.features(x))
+        assert torch.allclose(scores, maps.mean((2, 3)), atol=1e-5)
+        assert torch.allclose(relu(x), maps.relu().mean((2, 3)), atol=1e-5)   # ReLU, then pool
+    assert (scores < 0).any() and (relu(x) >= 0).all()
+    with pytest.raises(TypeError, match="relu_head"):
+        lc.create_model(name, relu_head="no")
