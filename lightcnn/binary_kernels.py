@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_module, check_path, check_sequence, check_str
+from ._checks import check_bool, check_int, check_module, check_path, check_sequence, check_str
 from .binary import BinaryConv2d, BinaryLinear, activation_scale_map, binary_layers
 from .runtime import cpuinfo_fields
 
@@ -598,7 +598,9 @@ def xnor_gemm(a: Tensor, b: Tensor, n_bits: int, backend: str = "auto",
 
 
 def measure_xnor_gemm(m: int = 256, k: int = 2304, n: int = 256, threads: int = 1,
-                      warmup: int = 10, repeats: int = 50, backend: str = "auto") -> dict:
+                      warmup: int = 10, repeats: int = 50, backend: str = "auto",
+                      number: int | None = 1, until_stable: bool = False,
+                      max_number: int = 64) -> dict:
     """Achieved binary MACs per second of :func:`xnor_gemm` at ``M x K x N`` (K in bits),
     against this CPU's popcount peak.
 
@@ -609,8 +611,13 @@ def measure_xnor_gemm(m: int = 256, k: int = 2304, n: int = 256, threads: int = 
     in the layout the packed layers use (``b`` as ``(W, N)``); timed with
     :func:`lightcnn.profile.time_interleaved` at ``threads`` threads.
 
+    ``number``, ``until_stable`` and ``max_number`` are :func:`lightcnn.time_interleaved`'s:
+    the smallest shape takes well under a millisecond, so ``number=None`` (samples of at
+    least 1 ms) keeps the clock's granularity out of its spread.
+
     Returns:
-        dict with ``shape``, ``threads``, ``median_ms``, ``iqr_ms``, ``binary_macs``,
+        dict with ``shape``, ``threads``, ``median_ms``, ``iqr_ms``, ``stable`` (the IQR
+        at most 20% of the median: else not a result), ``binary_macs``,
         ``binary_macs_per_s``, ``peak_binary_macs_per_s`` and ``fraction_of_peak`` (None
         where the clock is unknown).
     """
@@ -619,15 +626,20 @@ def measure_xnor_gemm(m: int = 256, k: int = 2304, n: int = 256, threads: int = 
     for arg, value in (("m", m), ("k", k), ("n", n), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    check_int("number", number, 1, none=True)
+    check_bool("until_stable", until_stable)
+    check_int("max_number", max_number, 1)
     g = torch.Generator().manual_seed(0)
     a = _pack_bits(torch.rand(m, k, generator=g) < 0.5)
     bt = _pack_bits(torch.rand(n, k, generator=g) < 0.5).t().contiguous()
     t = time_interleaved({"xnor_gemm": lambda: xnor_gemm(a, bt, k, backend, b_transposed=True)},
-                         threads, warmup, repeats)["xnor_gemm"]
+                         threads, warmup, repeats, 1, number, until_stable,
+                         max_number)["xnor_gemm"]
     macs = m * n * k
     achieved = macs / (t.median_ms / 1e3)
     peak = popcount_peak(threads)["peak_binary_macs_per_s"]
     return {"shape": f"{m}x{k}x{n}", "threads": threads, "median_ms": t.median_ms,
+            "stable": t.stable,
             "iqr_ms": t.iqr_ms, "binary_macs": macs, "binary_macs_per_s": achieved,
             "peak_binary_macs_per_s": peak,
             "fraction_of_peak": None if peak is None else achieved / peak}

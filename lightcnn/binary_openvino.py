@@ -385,7 +385,9 @@ def compile_bnn(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28),
 
 def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
                           sizes: Sequence[int] = (7, 14, 28), threads: Sequence[int] = (1, 2),
-                          warmup: int = 10, repeats: int = 50, seed: int = 0) -> list[dict]:
+                          warmup: int = 10, repeats: int = 50, seed: int = 0,
+                          number: int | None = 1, until_stable: bool = False,
+                          max_number: int = 64) -> list[dict]:
     """The book's packed binary conv against OpenVINO's BinaryConvolution, all in ONE
     interleaved run (:func:`lightcnn.profile.time_interleaved`).
 
@@ -404,9 +406,21 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
         One row per (channels, size, threads): ``channels``, ``size``, ``threads``,
         ``binary_macs`` (``9 c^2 s^2``), ``book_ms``, ``openvino_ms`` (medians),
         ``book_iqr_ms``, ``openvino_iqr_ms``, ``speedup`` (OpenVINO's median over the
-        book's: above 1, the book's layer is faster) and ``book_fraction_of_peak``
-        (binary MACs per second over :func:`lightcnn.binary_kernels.popcount_peak` at that
-        many cores; None where the clock is unknown).
+        book's: above 1, the book's layer is faster), ``speedup_ratio`` (the same as a
+        :class:`lightcnn.profile.Ratio`, paired round by round; ``.stable`` False when its
+        sample ratios spread by more than 20% of their median: not a result),
+        ``book_outcome`` / ``openvino_outcome`` (each latency's ``outcome``),
+        ``book_latency`` / ``openvino_latency`` (the :class:`lightcnn.profile.Latency`
+        objects: all from one run, so any two pair round by round) and
+        ``book_fraction_of_peak`` (binary MACs per second over
+        :func:`lightcnn.binary_kernels.popcount_peak` at that many cores; None where the
+        clock is unknown).
+
+    Args:
+        number, until_stable, max_number: passes per timed sample, and whether to retake
+            the samples until they are stable (see :func:`lightcnn.time_interleaved`);
+            a 7x7 layer takes well under a millisecond, so ``number=None`` (samples of at
+            least 1 ms) keeps the clock's granularity out of its spread.
     """
     from .profile import time_interleaved  # local: only the benchmark needs it
 
@@ -416,6 +430,9 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
     check_int("warmup", warmup, 0)
     check_int("repeats", repeats, 1)
     check_int("seed", seed, 0)
+    check_int("number", number, 1, none=True)
+    check_bool("until_stable", until_stable)
+    check_int("max_number", max_number, 1)
     bad = [c for c in channels if c % 8]
     if bad:
         raise ValueError(f"channels must be multiples of 8 (OpenVINO's BinaryConvolution), "
@@ -457,9 +474,11 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
         # call always follows the same one; after a long OpenVINO call on 2 threads, its
         # workers still spin for a while and slow whatever comes next)
         order = sorted(fns, key=lambda k: -9 * int(k.split()[1]) ** 2 * int(k.split()[2]) ** 2)
-        times = time_interleaved({k: fns[k] for k in order}, max(threads), warmup, repeats)
+        times = time_interleaved({k: fns[k] for k in order}, max(threads), warmup, repeats,
+                                 1, number, until_stable, max_number)
     finally:
         torch.set_num_threads(previous)
+    from .profile import speedup
     rows = []
     for c, s, t in configs:
         ours, theirs = times[f"book {c} {s} {t}"], times[f"openvino {c} {s} {t}"]
@@ -469,6 +488,9 @@ def benchmark_binary_conv(channels: Sequence[int] = (64, 128, 256, 512),
                      "book_ms": ours.median_ms, "openvino_ms": theirs.median_ms,
                      "book_iqr_ms": ours.iqr_ms, "openvino_iqr_ms": theirs.iqr_ms,
                      "speedup": theirs.median_ms / ours.median_ms,
+                     "speedup_ratio": speedup(theirs, ours),
+                     "book_outcome": ours.outcome, "openvino_outcome": theirs.outcome,
+                     "book_latency": ours, "openvino_latency": theirs,
                      "book_fraction_of_peak": None if peak is None
                      else macs / (ours.median_ms / 1e3) / peak})
     return rows
@@ -513,7 +535,7 @@ def _agreement(reference: Tensor, other: Tensor) -> dict:
 def benchmark_bnn(fp32: nn.Module, bnn: nn.Module, example: Tensor,
                   batch_sizes: Sequence[int] = (1, 256), threads: int = 2, warmup: int = 10,
                   repeats: int = 50, thresholds: bool = True, number: int | None = 1,
-                  until_stable: bool = False) -> dict:
+                  until_stable: bool = False, max_number: int = 64) -> dict:
     """A float network and its binarized twin in every engine, timed in ONE interleaved run
     per batch size (:func:`lightcnn.report.compare_engines`), each binary engine against
     float32 in the same engine (book/benchmarking.md).
@@ -541,7 +563,7 @@ def benchmark_bnn(fp32: nn.Module, bnn: nn.Module, example: Tensor,
             and activations, ``bnn`` or ``xnor``; with ``thresholds``, ``bnn`` only).
         example: real inputs ``(N, C, H, W)``, ``N >= max(batch_sizes)``; batch ``b`` times
             ``example[:b]``.
-        number, until_stable: see :func:`lightcnn.time_interleaved`.
+        number, until_stable, max_number: see :func:`lightcnn.time_interleaved`.
 
     Returns:
         dict with ``rows`` (:func:`lightcnn.report.compare_engines`' rows, which
@@ -575,6 +597,7 @@ def benchmark_bnn(fp32: nn.Module, bnn: nn.Module, example: Tensor,
     check_bool("thresholds", thresholds)
     check_int("number", number, 1, none=True)
     check_bool("until_stable", until_stable)
+    check_int("max_number", max_number, 1)
     require_openvino()
     batch_sizes = tuple(dict.fromkeys(batch_sizes))
     shape = tuple(example.shape[1:])
@@ -603,7 +626,8 @@ def benchmark_bnn(fp32: nn.Module, bnn: nn.Module, example: Tensor,
     agreement["images"] = len(x)
     rows = compare_engines({name: (model, _ENGINES[name]) for name, model in models.items()},
                            _FP32, batch_sizes, shape, threads, warmup, repeats, example=x,
-                           number=number, until_stable=until_stable)
+                           number=number, until_stable=until_stable,
+                           max_number=max_number)
     by_name = {row["name"]: row for row in rows}
     for row in rows:
         for b in batch_sizes:

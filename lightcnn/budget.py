@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, asdict, fields
 
-from ._checks import check_int, check_ints, check_str
+from ._checks import check_bool, check_int, check_ints, check_str
 
 __all__ = ["Budget", "BUDGETS", "get_budget"]
 
@@ -49,6 +49,10 @@ class Budget:
         latency_warmup: untimed forward passes before timing.
         latency_repeats: timed forward passes; the median is reported.
         latency_batch_sizes: batch sizes at which latency is reported.
+        latency_until_stable: retake a timing's samples, longer each time, until their
+            spread is at most 20% of the median (``until_stable`` of
+            :func:`lightcnn.time_interleaved`); off at ``ci``, whose five samples cannot
+            judge a spread and whose timings are no result.
         binary_epochs: epochs for each network of chapter 6's binary comparison (the fp32
             reference and five binarized twins, trained from scratch): fewer than
             ``epochs``, because six networks trained for ``epochs`` would not fit a
@@ -91,6 +95,7 @@ class Budget:
     latency_warmup: int
     latency_repeats: int
     latency_batch_sizes: tuple[int, ...] = (1, 256)
+    latency_until_stable: bool = True
     binary_epochs: int = 1
     distill_epochs: int = 1
     distill_long_epochs: int = 1
@@ -105,6 +110,8 @@ class Budget:
             value = getattr(self, f.name)
             if f.name == "latency_batch_sizes":
                 check_ints(f.name, value, 1)
+            elif f.name == "latency_until_stable":
+                check_bool(f.name, value)
             else:
                 # image counts and timed passes need one at least; epochs and warm-up
                 # passes may be zero
@@ -127,7 +134,8 @@ BUDGETS: dict[str, Budget] = {
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
-                 latency_warmup=2, latency_repeats=5, binary_epochs=1,
+                 latency_warmup=2, latency_repeats=5, latency_until_stable=False,
+                 binary_epochs=1,
                  distill_epochs=1, distill_long_epochs=1, distill_sweep_size=500,
                  distill_sweep_epochs=1, prune_epochs=1, slim_penalty_epochs=1),
 }

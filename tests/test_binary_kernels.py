@@ -248,7 +248,9 @@ def test_measure_xnor_gemm_reports_throughput_against_the_peak():
     if row["peak_binary_macs_per_s"] is not None:
         assert row["fraction_of_peak"] == pytest.approx(
             row["binary_macs_per_s"] / row["peak_binary_macs_per_s"])
-    for bad in ({"m": 0}, {"k": -1}, {"threads": 0}, {"n": 2.5}):
+    assert row["stable"] == (row["iqr_ms"] <= 0.2 * row["median_ms"])
+    for bad in ({"m": 0}, {"k": -1}, {"threads": 0}, {"n": 2.5}, {"number": 0},
+                {"max_number": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             K.measure_xnor_gemm(**bad)
 

@@ -149,6 +149,17 @@ def test_benchmark_rows_on_a_tiny_case():
         assert r["binary_macs"] == 9 * r["channels"] ** 2 * 9
         assert r["speedup"] == pytest.approx(r["openvino_ms"] / r["book_ms"])
         assert r["book_ms"] > 0 and r["openvino_ms"] > 0
+        ratio = r["speedup_ratio"]          # the same ratio, paired round by round
+        assert ratio.value == pytest.approx(r["speedup"]) and ratio.paired
+        assert r["book_outcome"] == r["openvino_outcome"] == "once"
+    # retaken until stable: samples of at least 1 ms, each latency says how it ended
+    rows = BO.benchmark_binary_conv(channels=(8,), sizes=(3,), threads=(1,), warmup=2,
+                                    repeats=3, number=None, until_stable=True, max_number=4)
+    assert rows[0]["book_outcome"] in ("stable", "cap")
+    assert rows[0]["speedup_ratio"].stable or "cap" in (rows[0]["book_outcome"],
+                                                        rows[0]["openvino_outcome"])
+    with pytest.raises(ValueError, match="max_number"):
+        BO.benchmark_binary_conv(channels=(8,), sizes=(3,), threads=(1,), max_number=0)
     with pytest.raises(ValueError, match="multiples of 8"):
         BO.benchmark_binary_conv(channels=(12,), sizes=(3,), threads=(1,))
     with pytest.raises(ValueError, match="sizes"):
