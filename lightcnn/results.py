@@ -40,6 +40,9 @@ REQUIRED_KEYS = ("name", "baseline", "accuracy", "params", "nonzero_params", "ma
 # stamped on every row by save_results (see the module docstring)
 CONTRACT_KEYS = REQUIRED_KEYS + ("chapter", "technique", "cpu")
 
+# rows that are not a technique's result: the front page's summary skips them
+NOT_COMPETING = ("reference", "control")
+
 # each chapter's technique, by chapter number
 TECHNIQUES = {"01": "baseline", "02": "design", "03": "architecture", "04": "pruning",
               "05": "quantization", "06": "binarization", "07": "distillation",
@@ -164,7 +167,10 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
 
     A chapter with no such variant (or no latency measured) gets ``None`` in that column.
     Ties (e.g. a student trained alone and distilled: same bytes, same latency) go to the
-    more accurate variant.
+    more accurate variant. Rows whose ``technique`` is ``"control"`` (the baseline trained
+    on as long as a compressed model, to separate the technique from the extra epochs) or
+    ``"reference"`` compete for neither column: they are the same network as the baseline,
+    and their speed-up, if any, is timing noise.
     """
     _check_results(results, max_drop)
     out = []
@@ -173,7 +179,8 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
         smallest = fastest = None
         for row in rows:
             base = by_name.get(row["baseline"]) if row["baseline"] else None
-            if base is None or row["accuracy"] is None or base["accuracy"] is None:
+            if base is None or row["accuracy"] is None or base["accuracy"] is None \
+                    or row.get("technique") in NOT_COMPETING:
                 continue
             drop = base["accuracy"] - row["accuracy"]
             if drop > max_drop:

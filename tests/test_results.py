@@ -92,6 +92,21 @@ def test_summary_picks_the_smallest_and_fastest_within_the_allowed_drop():
         assert row["smallest"]["name"] == row["fastest"]["name"] == "distilled"
 
 
+def test_controls_and_references_compete_for_no_column():
+    # a control (the baseline trained on as long) is the baseline's network: a faster
+    # median is timing noise, and it is not a technique's result
+    rows = [ROW, dict(ROW, name="control", baseline="base", accuracy=0.935, size_bytes=10,
+                      latency_ms_b256=1.0, technique="control"),
+            dict(ROW, name="again", baseline="base", size_bytes=10, latency_ms_b256=1.0,
+                 technique="reference"),
+            dict(ROW, name="pruned", baseline="base", accuracy=0.925, size_bytes=20,
+                 latency_ms_b256=6.0)]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["smallest"]["name"] == row["fastest"]["name"] == "pruned"
+    (row,) = lc.results.summary_rows({"99_test": rows[:3]})
+    assert row["smallest"] is None and row["fastest"] is None
+
+
 def test_the_front_page_summary_matches_the_published_results(tmp_path):
     book = Path(__file__).resolve().parents[1] / "book" / "results"
     for f in book.glob("*.json"):
