@@ -83,6 +83,7 @@ ALLOWED = {
     "quantization.PercentileObserver.per_channel_axis": {"-1"},
     "quantization.MSEObserver.per_channel_axis": {"-1"},
     "quantization.FakeQuantize.per_channel_axis": {"-1"},
+    "quantization.quantization_mse.axis": {"-1"},
     "distillation.raise_class_bias.delta": {"-1"},         # lowering a class's bias
     "search.Trial.score": {"-1"},                          # any finite score
     "plotting.plot_curves.reference": {"-1"},              # a reference line below zero
@@ -650,6 +651,7 @@ EXAMPLES = {
     "quantization.uniform_model_bytes": R(bits=8),
     "quantization.kmeans_bytes": R(numel=100, bits=4),
     "quantization.product_bytes": R(rows=8, cols=8, subvector_dim=2, bits=4),
+    "quantization.quantization_mse": R(bits=4, symmetric=True),
     # report
     "report.engine_speedups": lambda: dict(latency={"a": latency()}, engines={"a": "eager"},
                                            fp32={"eager": "a"}),
