@@ -96,6 +96,7 @@ ALLOWED = {
     # () or []: a row of counts only, no latency (chapters 06 and 09 time those elsewhere)
     "profile.profile_model.batch_sizes": {"list"},
     "profile.profile_models.batch_sizes": {"list"},
+    "profile.simulated_row.batch_sizes": {"list"},
     # free text: the caller's name for ``names`` in FeatureHooks' messages
     "distillation.FeatureHooks.argument": {"str"},
 }
@@ -599,6 +600,7 @@ EXAMPLES = {
     "profile.compare_latency": lambda: dict(models={"a": tiny_cnn()}),
     "profile.profile_model": R(name="a"),
     "profile.profile_models": lambda: dict(models={"a": tiny_cnn()}),
+    "profile.simulated_row": R(name="a", accuracy=0.9, size_bytes=1000),
     "profile.Table": lambda: dict(rows=[{"a": 1}], columns=[("a", "A", str)]),
     "profile.compare": lambda: dict(rows=[lc.profile_model(
         tiny_cnn(), "a", batch_sizes=(1,), warmup=1, repeats=2, threads=1)]),
