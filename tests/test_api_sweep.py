@@ -140,7 +140,8 @@ KNOWN_FAILURES: dict[str, str] = {}
 # Modules whose functions must pass (never listed in KNOWN_FAILURES).
 OWNED = {"data", "budget", "models", "blocks", "architectures", "design", "search",
          "fusion", "quantization", "sparse", "lowrank", "weight_sharing", "compression",
-         "leaderboard", "pipeline", "plotting", "results", "claims", "launch"}
+         "leaderboard", "pipeline", "plotting", "results", "claims", "launch",
+         "equalization"}
 
 # lightcnn's own errors that a function may raise for a bad argument, besides
 # TypeError/ValueError (and their subclasses such as CompressedFileError).
@@ -510,6 +511,18 @@ EXAMPLES = {
         "distributed_loader", "shard_dataset", "broadcast_buffers")},
     "distributed.broadcast_tensors": lambda: dict(tensors={"a": torch.zeros(2)}),
     "distributed.all_reduce_sum": R(values=[1.0, 2.0]),
+    # equalization
+    "equalization.channel_ranges": lambda: dict(layer=nn.Conv2d(2, 4, 3)),
+    "equalization.equalization_scales": lambda: dict(r1=torch.ones(4), r2=torch.full((4,), 2.0)),
+    "equalization.equalize_pair": lambda: dict(first=nn.Conv2d(2, 4, 3),
+                                               second=nn.Conv2d(4, 3, 1)),
+    "equalization.find_pairs": {},
+    "equalization.replace_relu6": {},
+    "equalization.cross_layer_equalize": {},
+    "equalization.quantize_weight": {},
+    "equalization.output_error": lambda: dict(layer=nn.Conv2d(1, 4, 3),
+                                              quantized_weight=randn(4, 1, 3, 3)),
+    "equalization.correct_bias": lambda: dict(calibration=[randn(2, 1, 28, 28)]),
     # fusion
     "fusion.FusionReport": R(max_diff=0.0, batch_norms_before=1, batch_norms_after=0,
                              ms_before={1: 1.0}, ms_after={1: 0.5}),
