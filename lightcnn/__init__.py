@@ -23,7 +23,7 @@ from .train import History, confusion_matrix, evaluate, fit, predict
 from . import weights, zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
-from . import equalization
+from . import equalization, integer
 from . import binary, binary_kernels
 from . import distillation
 from .distillation import distill

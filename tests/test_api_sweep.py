@@ -84,6 +84,10 @@ ALLOWED = {
     "quantization.MSEObserver.per_channel_axis": {"-1"},
     "quantization.FakeQuantize.per_channel_axis": {"-1"},
     "quantization.quantization_mse.axis": {"-1"},
+    "integer.fixed_point_multiply.n": {"-1"},              # a shift left: M in [1, 2)
+    "integer.accumulate.w_zero_point": {"-1"},             # int8 zero points are signed
+    "integer.accumulate_terms.w_zero_point": {"-1"},
+    "integer.integer_forward.w_zero_point": {"-1"},
     "distillation.raise_class_bias.delta": {"-1"},         # lowering a class's bias
     "search.Trial.score": {"-1"},                          # any finite score
     "plotting.plot_curves.reference": {"-1"},              # a reference line below zero
@@ -141,7 +145,7 @@ KNOWN_FAILURES: dict[str, str] = {}
 OWNED = {"data", "budget", "models", "blocks", "architectures", "design", "search",
          "fusion", "quantization", "sparse", "lowrank", "weight_sharing", "compression",
          "leaderboard", "pipeline", "plotting", "results", "claims", "launch",
-         "equalization"}
+         "equalization", "integer"}
 
 # lightcnn's own errors that a function may raise for a bad argument, besides
 # TypeError/ValueError (and their subclasses such as CompressedFileError).
@@ -300,6 +304,14 @@ def symbols() -> np.ndarray:
 def huffman_args() -> dict:
     payload, nbits, lengths = lc.compression.huffman_encode(symbols())
     return dict(payload=payload, nbits=nbits, lengths=lengths, count=len(symbols()))
+
+
+def integer_layer() -> dict:
+    """A conv layer with uint8 input codes and int8 weight codes (lightcnn.integer)."""
+    g = torch.Generator().manual_seed(0)
+    return dict(layer=nn.Conv2d(2, 4, 3), q_x=torch.randint(0, 256, (1, 2, 5, 5), generator=g),
+                x_zero_point=3, q_w=torch.randint(-128, 128, (4, 2, 3, 3), generator=g),
+                w_zero_point=0)
 
 
 def sparse_weight() -> torch.Tensor:
@@ -535,6 +547,14 @@ EXAMPLES = {
     "int8.convert_int8_qat": lambda: dict(prepared=copy.deepcopy(qat_prepared())),
     "int8.compile_cpu": lambda: dict(model=tiny_net()),
     "int8.saved_size_bytes": lambda: dict(model=tiny_net()),
+    # integer
+    "integer.quantize_multiplier": R(multiplier=0.25),
+    "integer.fixed_point_multiply": lambda: dict(values=torch.arange(-4, 4), m0=2**30, n=1),
+    "integer.quantize_bias": lambda: dict(bias=randn(4), x_scale=0.1, w_scale=0.01),
+    "integer.accumulate": lambda: integer_layer(),
+    "integer.accumulate_terms": lambda: integer_layer(),
+    "integer.integer_forward": lambda: dict(integer_layer(), x_scale=0.05, w_scale=0.01,
+                                            y_scale=0.1, y_zero_point=128),
     # launch
     "launch.install_commands": lambda: dict(importable=True, cwd=_TMP, repo_url=URL),
     "launch.ensure_lightcnn": R(repo_url=URL),
