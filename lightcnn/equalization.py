@@ -414,22 +414,27 @@ def output_error(layer: nn.Conv2d | nn.Linear, x: torch.Tensor,
 
     Args:
         layer: an ``nn.Conv2d`` or ``nn.Linear`` (its float weight is ``W``).
-        x: a batch of inputs, ``(N, C_in, H, W)`` or ``(N, in_features)``.
+        x: a batch of inputs, ``(N, C_in, H, W)``, or ``(..., in_features)`` for a Linear
+            layer (the mean is over every leading position).
         quantized_weight: ``W_q``, shaped like ``layer.weight``.
 
     Returns:
         A tensor ``(C_out,)``.
     """
     _check_layer("layer", layer)
-    check_tensor("x", x, 4 if isinstance(layer, nn.Conv2d) else 2, floating=True, nonempty=True)
+    conv = isinstance(layer, nn.Conv2d)
+    check_tensor("x", x, 4 if conv else None, floating=True, nonempty=True)
+    if not conv and x.dim() < 2:
+        raise ValueError(f"x must be a batch (N, ..., in_features), got shape {tuple(x.shape)}")
     check_tensor("quantized_weight", quantized_weight, floating=True)
     if quantized_weight.shape != layer.weight.shape:
         raise ValueError(f"quantized_weight must be shaped like layer.weight "
                          f"{tuple(layer.weight.shape)}, got {tuple(quantized_weight.shape)}")
     with torch.no_grad():
         error = _layer_op(layer, x, quantized_weight - layer.weight)
-    # (N, C, H, W) -> (C,) or (N, C) -> (C,): the mean of each output channel
-    return error.transpose(0, 1).reshape(error.shape[1], -1).mean(1)
+    if conv:  # (N, C, H, W) -> (C, N*H*W) -> (C,): the mean of each output channel
+        return error.transpose(0, 1).reshape(error.shape[1], -1).mean(1)
+    return error.reshape(-1, error.shape[-1]).mean(0)  # (..., C) -> (C,)
 
 
 def correct_bias(model: nn.Module, calibration: Iterable, bits: int = 8,

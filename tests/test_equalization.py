@@ -274,6 +274,8 @@ def test_output_error_is_the_weight_error_times_the_mean_input():
     w_q = E.quantize_weight(linear.weight, 3)
     expected = (w_q - linear.weight.detach()) @ x.mean(0)
     torch.testing.assert_close(E.output_error(linear, x, w_q), expected)
+    # a sequence of tokens (N, T, features): the mean over every token
+    torch.testing.assert_close(E.output_error(linear, x.reshape(10, 10, 6), w_q), expected)
     # a convolution: per-channel mean of conv(x, W_q) - conv(x, W), zero padding included
     conv = nn.Conv2d(3, 4, 3, padding=1)
     xc = _randn(8, 3, 6, 6).relu()
