@@ -74,7 +74,8 @@ def _check_scale(name: str, value: float | torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _check_zero_point(name: str, value: int | torch.Tensor, bounds: tuple[int, int]) -> torch.Tensor:
+def _check_zero_point(name: str, value: int | torch.Tensor,
+                      bounds: tuple[int, int]) -> torch.Tensor:
     """An integer zero point in ``bounds``, an int or a 0-d / 1-d integer tensor, as int64."""
     if isinstance(value, torch.Tensor):
         check_tensor(name, value, (0, 1), integer=True, nonempty=True)
@@ -220,7 +221,8 @@ def _patches(layer: nn.Conv2d | nn.Linear, q_x: torch.Tensor, pad_value: int) ->
     return cols.long().reshape(q_x.shape[0], layer.groups, -1, cols.shape[-1])
 
 
-def _output_shape(layer: nn.Conv2d | nn.Linear, q_x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+def _output_shape(layer: nn.Conv2d | nn.Linear, q_x: torch.Tensor,
+                  flat: torch.Tensor) -> torch.Tensor:
     """``(N, groups, out/groups, L)`` -> the layer's output shape."""
     n = q_x.shape[0]
     if isinstance(layer, nn.Linear):
@@ -250,7 +252,8 @@ def _prepare(layer, q_x, x_zero_point, q_w, w_zero_point):
         raise ValueError("x_zero_point must be one integer (per-tensor activations), got "
                          f"{z_x.numel()}")
     out = q_w.shape[0]
-    z_w = _per_channel("w_zero_point", _check_zero_point("w_zero_point", w_zero_point, W_RANGE), out)
+    z_w = _check_zero_point("w_zero_point", w_zero_point, W_RANGE)
+    z_w = _per_channel("w_zero_point", z_w, out)
     groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
     z_x = int(z_x)
     # (out, in/g, kh, kw) -> (g, out/g, K)
