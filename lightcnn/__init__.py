@@ -16,13 +16,14 @@ from .models import BaselineCNN, LeNet5, create_model, list_models, register_mod
 from .profile import (Latency, Table, compare, compare_latency, count_macs,
                       count_macs_by_module, count_macs_thop, count_nonzero_params, count_params, measure_latency,
                       model_size_bytes, pareto_front, profile_model, profile_models,
-                      time_by_op_category, time_interleaved)
+                      simulated_row, time_by_op_category, time_interleaved)
 from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
 from .train import History, confusion_matrix, evaluate, fit, predict
 from . import weights, zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
+from . import equalization, integer
 from . import binary, binary_kernels
 from . import distillation
 from .distillation import distill

@@ -49,7 +49,7 @@ __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
     "count_macs_thop", "model_size_bytes", "STABLE_RELATIVE_IQR", "MIN_SAMPLE_MS", "MAX_NUMBER",
     "Latency", "Ratio", "speedup", "speedups", "measure_latency", "time_interleaved",
-    "compare_latency", "profile_model", "profile_models",
+    "compare_latency", "profile_model", "profile_models", "simulated_row",
     "Table", "UNSTABLE", "UNSTABLE_NOTE", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
 ]
 
@@ -606,6 +606,37 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
         _latency_fields(row, b, lat, None)
     row["threads"] = threads
     row["budget"] = budget
+    return row
+
+
+def simulated_row(model: nn.Module, name: str, accuracy: float | None, size_bytes: int,
+                  baseline: str | None = None, budget: str | None = None,
+                  input_shape: tuple[int, ...] = INPUT_SHAPE, macs: int | None = None,
+                  batch_sizes: tuple[int, ...] = (1, 256)) -> dict:
+    """A row of :func:`profile_model` for a model whose arithmetic is simulated in float32
+    (fake quantization, weights shared through a codebook), with no latency.
+
+    Counts come from ``model``; ``size_bytes`` is the stored size of the format it stands
+    for (bit-packed codes, a codebook), which ``torch.save`` of the float model is not.
+    ``latency_ms_b{b}`` is ``None`` at each of ``batch_sizes`` (the results contract needs
+    the keys): timing float kernels measures nothing of the integer or codebook kernels the
+    format would run on, so the table shows "-" rather than a number that looks like one.
+
+    Args:
+        model: the simulated model (its float parameters give the counts).
+        name, accuracy, baseline, budget, input_shape, macs: as in :func:`profile_model`.
+        size_bytes: the stored bytes, a number >= 0.
+        batch_sizes: the batch sizes whose ``latency_ms_b{b}`` the row holds (as ``None``).
+    """
+    if size_bytes is None:
+        raise TypeError("size_bytes must be a number >= 0 (the stored size of the simulated "
+                        "format), got None")
+    row = profile_model(model, name, accuracy=accuracy, baseline=baseline, budget=budget,
+                        input_shape=input_shape, batch_sizes=(), macs=macs,
+                        size_bytes=size_bytes)
+    check_ints("batch_sizes", batch_sizes, 1, nonempty=False)
+    for b in batch_sizes:
+        row[f"latency_ms_b{b}"] = None
     return row
 
 

@@ -42,6 +42,7 @@ from ._checks import check_bool, check_ints, check_module, check_str
 __all__ = [
     "UNIFORM_BITS", "CODE_BITS", "qrange", "qparams", "quantize", "dequantize", "fake_quantize",
     "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "OBSERVERS",
+    "quantization_mse",
     "FakeQuantize", "QuantWrapper", "prepare_qat", "ptq_simulate", "pack_bits", "unpack_bits",
     "kmeans_codebook", "kmeans_quantize", "finetune_centroids_grad", "product_quantize",
     "product_dequantize", "uniform_bytes", "uniform_model_bytes", "kmeans_bytes", "product_bytes",
@@ -434,6 +435,37 @@ class MSEObserver(_SampleObserver):
 
 OBSERVERS: dict[str, type[Observer]] = {
     "minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
+
+
+def quantization_mse(x: torch.Tensor, bits: int, symmetric: bool, axis: int | None = None,
+                     observer: str = "minmax") -> tuple[float, torch.Tensor]:
+    """``mean((x - x_hat)^2)`` with ``x_hat = dequantize(quantize(x))`` at the scale that an
+    observer picks from ``x`` itself, and that scale.
+
+    For rounding alone (no clipping) and values spread over many steps the error is
+    uniform on ``[-s/2, s/2]``, so the MSE is close to ``s^2 / 12``; every extra bit halves
+    ``s`` and divides the MSE by about 4.
+
+    Args:
+        x: the tensor to quantize (a weight, or a batch of activations).
+        bits: code width, in ``UNIFORM_BITS``.
+        symmetric: symmetric signed codes (weights) or asymmetric unsigned (activations).
+        axis: the channel dimension for one scale per channel, or None for one in all.
+        observer: how the range is chosen: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+
+    Returns:
+        ``(mse, scale)``: a float, and the scale (0-d, or ``(C,)`` per channel).
+    """
+    check_str("observer", observer, OBSERVERS)
+    _check_tensor(x, "x")
+    if axis is not None:
+        _check_axis(axis, x.dim(), "axis")
+    obs = OBSERVERS[observer](bits, symmetric, per_channel_axis=axis)
+    obs.update(x)
+    scale, zero_point = obs.scale_zero_point()
+    q = quantize(x, scale, zero_point, bits, signed=obs.signed, axis=axis)
+    x_hat = dequantize(q, scale, zero_point, axis=axis)
+    return (x.detach().float() - x_hat).pow(2).mean().item(), scale
 
 
 # ---------------------------------------------------------------- simulated quantization

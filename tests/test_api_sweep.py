@@ -83,6 +83,11 @@ ALLOWED = {
     "quantization.PercentileObserver.per_channel_axis": {"-1"},
     "quantization.MSEObserver.per_channel_axis": {"-1"},
     "quantization.FakeQuantize.per_channel_axis": {"-1"},
+    "quantization.quantization_mse.axis": {"-1"},
+    "integer.fixed_point_multiply.n": {"-1"},              # a shift left: M in [1, 2)
+    "integer.accumulate.w_zero_point": {"-1"},             # int8 zero points are signed
+    "integer.accumulate_terms.w_zero_point": {"-1"},
+    "integer.integer_forward.w_zero_point": {"-1"},
     "distillation.raise_class_bias.delta": {"-1"},         # lowering a class's bias
     "search.Trial.score": {"-1"},                          # any finite score
     "plotting.plot_curves.reference": {"-1"},              # a reference line below zero
@@ -95,6 +100,7 @@ ALLOWED = {
     # () or []: a row of counts only, no latency (chapters 06 and 09 time those elsewhere)
     "profile.profile_model.batch_sizes": {"list"},
     "profile.profile_models.batch_sizes": {"list"},
+    "profile.simulated_row.batch_sizes": {"list"},
     # free text: the caller's name for ``names`` in FeatureHooks' messages
     "distillation.FeatureHooks.argument": {"str"},
 }
@@ -138,7 +144,8 @@ KNOWN_FAILURES: dict[str, str] = {}
 # Modules whose functions must pass (never listed in KNOWN_FAILURES).
 OWNED = {"data", "budget", "models", "blocks", "architectures", "design", "search",
          "fusion", "quantization", "sparse", "lowrank", "weight_sharing", "compression",
-         "leaderboard", "pipeline", "plotting", "results", "claims", "launch"}
+         "leaderboard", "pipeline", "plotting", "results", "claims", "launch",
+         "equalization", "integer"}
 
 # lightcnn's own errors that a function may raise for a bad argument, besides
 # TypeError/ValueError (and their subclasses such as CompressedFileError).
@@ -297,6 +304,14 @@ def symbols() -> np.ndarray:
 def huffman_args() -> dict:
     payload, nbits, lengths = lc.compression.huffman_encode(symbols())
     return dict(payload=payload, nbits=nbits, lengths=lengths, count=len(symbols()))
+
+
+def integer_layer() -> dict:
+    """A conv layer with uint8 input codes and int8 weight codes (lightcnn.integer)."""
+    g = torch.Generator().manual_seed(0)
+    return dict(layer=nn.Conv2d(2, 4, 3), q_x=torch.randint(0, 256, (1, 2, 5, 5), generator=g),
+                x_zero_point=3, q_w=torch.randint(-128, 128, (4, 2, 3, 3), generator=g),
+                w_zero_point=0)
 
 
 def sparse_weight() -> torch.Tensor:
@@ -508,6 +523,18 @@ EXAMPLES = {
         "distributed_loader", "shard_dataset", "broadcast_buffers")},
     "distributed.broadcast_tensors": lambda: dict(tensors={"a": torch.zeros(2)}),
     "distributed.all_reduce_sum": R(values=[1.0, 2.0]),
+    # equalization
+    "equalization.channel_ranges": lambda: dict(layer=nn.Conv2d(2, 4, 3)),
+    "equalization.equalization_scales": lambda: dict(r1=torch.ones(4), r2=torch.full((4,), 2.0)),
+    "equalization.equalize_pair": lambda: dict(first=nn.Conv2d(2, 4, 3),
+                                               second=nn.Conv2d(4, 3, 1)),
+    "equalization.find_pairs": {},
+    "equalization.replace_relu6": {},
+    "equalization.cross_layer_equalize": {},
+    "equalization.quantize_weight": {},
+    "equalization.output_error": lambda: dict(layer=nn.Conv2d(1, 4, 3),
+                                              quantized_weight=randn(4, 1, 3, 3)),
+    "equalization.correct_bias": lambda: dict(calibration=[randn(2, 1, 28, 28)]),
     # fusion
     "fusion.FusionReport": R(max_diff=0.0, batch_norms_before=1, batch_norms_after=0,
                              ms_before={1: 1.0}, ms_after={1: 0.5}),
@@ -520,6 +547,14 @@ EXAMPLES = {
     "int8.convert_int8_qat": lambda: dict(prepared=copy.deepcopy(qat_prepared())),
     "int8.compile_cpu": lambda: dict(model=tiny_net()),
     "int8.saved_size_bytes": lambda: dict(model=tiny_net()),
+    # integer
+    "integer.quantize_multiplier": R(multiplier=0.25),
+    "integer.fixed_point_multiply": lambda: dict(values=torch.arange(-4, 4), m0=2**30, n=1),
+    "integer.quantize_bias": lambda: dict(bias=randn(4), x_scale=0.1, w_scale=0.01),
+    "integer.accumulate": lambda: integer_layer(),
+    "integer.accumulate_terms": lambda: integer_layer(),
+    "integer.integer_forward": lambda: dict(integer_layer(), x_scale=0.05, w_scale=0.01,
+                                            y_scale=0.1, y_zero_point=128),
     # launch
     "launch.install_commands": lambda: dict(importable=True, cwd=_TMP, repo_url=URL),
     "launch.ensure_lightcnn": R(repo_url=URL),
@@ -598,6 +633,7 @@ EXAMPLES = {
     "profile.compare_latency": lambda: dict(models={"a": tiny_cnn()}),
     "profile.profile_model": R(name="a"),
     "profile.profile_models": lambda: dict(models={"a": tiny_cnn()}),
+    "profile.simulated_row": R(name="a", accuracy=0.9, size_bytes=1000),
     "profile.Table": lambda: dict(rows=[{"a": 1}], columns=[("a", "A", str)]),
     "profile.compare": lambda: dict(rows=[lc.profile_model(
         tiny_cnn(), "a", batch_sizes=(1,), warmup=1, repeats=2, threads=1)]),
@@ -650,6 +686,7 @@ EXAMPLES = {
     "quantization.uniform_model_bytes": R(bits=8),
     "quantization.kmeans_bytes": R(numel=100, bits=4),
     "quantization.product_bytes": R(rows=8, cols=8, subvector_dim=2, bits=4),
+    "quantization.quantization_mse": R(bits=4, symmetric=True),
     # report
     "report.engine_speedups": lambda: dict(latency={"a": latency()}, engines={"a": "eager"},
                                            fp32={"eager": "a"}),

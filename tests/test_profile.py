@@ -196,6 +196,21 @@ def test_profile_model_takes_the_stored_size_from_the_caller():
     assert dense["size_bytes"] == lc.model_size_bytes(model)
 
 
+def test_simulated_row_counts_the_model_stores_the_given_size_and_times_nothing():
+    model = lc.create_model("lenet5")
+    row = lc.simulated_row(model, "W4A4 simulated", 0.9, 1234, baseline="fp32", budget="ci")
+    counted = lc.profile_model(model, "W4A4 simulated", accuracy=0.9, baseline="fp32",
+                               budget="ci", batch_sizes=(), size_bytes=1234)
+    assert row == dict(counted, latency_ms_b1=None, latency_ms_b256=None)
+    # a valid results row: the leaderboard keys are all there, latency shown as "-"
+    base = lc.profile_model(model, "fp32", accuracy=0.9, budget="ci", batch_sizes=())
+    base.update(latency_ms_b1=1.0, latency_ms_b256=10.0)
+    lc.results._validate([base, row])
+    assert "-" in str(lc.compare([base, row])).splitlines()[-1]
+    with pytest.raises(TypeError, match="size_bytes must be a number"):
+        lc.simulated_row(model, "no size", 0.9, None)
+
+
 def test_time_interleaved_runs_round_robin_with_a_rotating_order():
     calls = []
     fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}

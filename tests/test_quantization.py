@@ -131,6 +131,37 @@ def test_ste_gradient_per_channel():
     assert torch.equal(grad, ((w >= -8 * s) & (w <= 7 * s)).float())
 
 
+@pytest.mark.parametrize("symmetric, axis", [(True, None), (True, 0), (False, None)])
+def test_quantization_mse_is_the_round_trip_error_at_the_observers_scale(symmetric, axis):
+    w = _randn(8, 4, 3, 3) * torch.linspace(0.1, 2, 8).reshape(-1, 1, 1, 1)
+    mse, scale = Q.quantization_mse(w, 4, symmetric, axis=axis)
+    # the reference: torch's fake quantization at the min-max scale, computed by hand
+    qmin, qmax = Q.qrange(4, signed=symmetric)
+    if axis is None:
+        s, z = Q.qparams(w.min(), w.max(), 4, symmetric)
+        ref = torch.fake_quantize_per_tensor_affine(w, float(s), int(z), qmin, qmax)
+    else:
+        rows = w.reshape(8, -1)
+        s, z = Q.qparams(rows.min(1).values, rows.max(1).values, 4, symmetric)
+        ref = torch.fake_quantize_per_channel_affine(w, s, z.int(), 0, qmin, qmax)
+    assert torch.equal(scale, s.reshape(scale.shape))
+    assert mse == pytest.approx((w - ref).pow(2).mean().item(), rel=1e-6)
+
+
+def test_quantization_mse_of_spread_values_is_a_twelfth_of_the_squared_step():
+    # uniform rounding error on [-s/2, s/2]: variance s^2 / 12
+    x = torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 10 - 5
+    for bits in (4, 6, 8):
+        mse, scale = Q.quantization_mse(x, bits, symmetric=True)
+        assert mse == pytest.approx(scale.item() ** 2 / 12, rel=0.03)
+    # the MSE observer never does worse than min/max on the data it saw
+    heavy = torch.cat([_randn(5000), torch.tensor([40.0])])
+    assert Q.quantization_mse(heavy, 4, False, observer="mse")[0] \
+        <= Q.quantization_mse(heavy, 4, False)[0]
+    with pytest.raises(ValueError, match="observer must be one of"):
+        Q.quantization_mse(x, 4, True, observer="max")
+
+
 # ---------------------------------------------------------------- observers
 
 def test_minmax_observer_tracks_the_running_range_and_the_ema():
