@@ -537,6 +537,10 @@ EXAMPLES = {
         rows=lc.leaderboard.leaderboard_rows({"01_sweep": contract_rows()})),
     # lowrank
     "lowrank.break_even_rank": R(m=8, n=8),
+    "lowrank.build_decomposed": lambda: dict(model=tiny_cnn(), method="tucker2",
+                                             ranks={"features.2.0": (2, 2)}),
+    "lowrank.error_curve": lambda: dict(weight=randn(8, 4, 3, 3), fractions=[0.5, 1.0]),
+    "lowrank.round_rank": R(rank=19, high=64, round_to=8),
     "lowrank.cp_conv": lambda: dict(conv=nn.Conv2d(4, 4, 3), rank=2, n_iter_max=5),
     "lowrank.decompose_layer": lambda: dict(layer=nn.Linear(8, 8), method="svd", rank=2),
     "lowrank.decompose_model": R(method="svd", ranks={"classifier.2": 2}),
