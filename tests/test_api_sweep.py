@@ -466,6 +466,8 @@ EXAMPLES = {
     "data.balanced_subset": lambda: dict(labels=torch.arange(100) % 10, size=20),
     "data.FashionMNIST": R(train=False, size=20),
     "data.get_dataloaders": {},
+    "data.get_dataloaders_with_val": R(val_size=10),
+    "data.validation_split": lambda: dict(labels=torch.arange(100) % 10, val_size=20),
     "data.normalize": lambda: dict(images=torch.zeros(2, 28, 28, dtype=torch.uint8)),
     "data.main": R(argv=[]),
     # deploy
