@@ -187,6 +187,40 @@ def test_cp_conv_computes_the_conv_with_the_cp_kernel(spec):
     assert torch.allclose(cp(x), _apply(conv, kernel, x), atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:Trying to compute SVD")   # rank 5 > k: TensorLy pads
+def test_cp_conv_is_tensorlys_cp_with_each_terms_norm_split_evenly():
+    conv = _conv(CONVS[0])
+    layer = lowrank.cp_conv(conv, 5, n_iter_max=30)
+    a_c = layer[0].weight[:, :, 0, 0].T.double()       # (C, R)
+    a_h = layer[1].weight[:, 0, :, 0].T.double()       # (kh, R)
+    a_w = layer[2].weight[:, 0, 0, :].T.double()       # (kw, R)
+    a_n = layer[3].weight[:, :, 0, 0].double()         # (N, R)
+    norms = torch.stack([a.norm(dim=0) for a in (a_n, a_c, a_h, a_w)])
+    assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-5)   # balanced
+    # the kernel is TensorLy's reconstruction of the same CP-ALS run
+    from tensorly.decomposition import parafac
+    with tl.backend_context("numpy"):
+        cp = parafac(conv.weight.detach().double().numpy(), 5, n_iter_max=30, init="svd",
+                     tol=1e-10, random_state=0, normalize_factors=False)
+        theirs = torch.from_numpy(np.asarray(tl.cp_to_tensor(cp)))
+    mine = torch.einsum("nr,cr,ir,jr->ncij", a_n, a_c, a_h, a_w)
+    assert _rel(mine, theirs) < 1e-5
+
+
+def test_balance_keeps_every_term_and_a_zero_term_alone():
+    torch.manual_seed(4)
+    factors = [torch.randn(d, 3, dtype=torch.float64) * s for d, s in ((5, 10.0), (4, 1.0),
+                                                                        (3, 0.1), (3, 1.0))]
+    factors[2][:, 1] = 0.0                        # a zero term
+    balanced = lowrank._balance(factors)
+    before = torch.einsum("nr,cr,ir,jr->ncijr", *factors)
+    after = torch.einsum("nr,cr,ir,jr->ncijr", *balanced)
+    assert torch.allclose(after, before, atol=1e-12)           # each term, not only the sum
+    norms = torch.stack([f.norm(dim=0) for f in balanced])
+    assert torch.allclose(norms[:, [0, 2]], norms[0, [0, 2]].expand(4, 2))
+    assert all(torch.equal(b[:, 1], f[:, 1]) for b, f in zip(balanced, factors))
+
+
 def test_cp_conv_recovers_a_kernel_of_exact_cp_rank():
     torch.manual_seed(3)
     factors = [torch.randn(d, 4, dtype=torch.float64) for d in (8, 6, 3, 3)]
