@@ -110,6 +110,8 @@ EXEMPT = {
                                   "not a function",
     "zoo.get_trained": "trains and caches a model (minutes)",
     "zoo.get_pruned": "fine-tunes a trained model (minutes)",
+    "zoo.get_decomposed": "decomposes and fine-tunes a trained model (minutes); its bad "
+                          "settings are tested in tests/test_zoo.py",
     "zoo.build": "trains every zoo entry (hours)",
     "zoo.check": "retrains a zoo entry (minutes)",
     "runtime.fresh_process_latency": "starts a fresh Python process per measurement",
