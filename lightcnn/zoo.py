@@ -5,11 +5,12 @@ recipe, by ``make zoo`` (``python -m lightcnn.zoo build [NAMES]``), and shipped 
 repository's ``zoo/`` folder as safetensors weights with a manifest (see
 :mod:`lightcnn.weights`). :data:`ENTRIES` lists them, torchvision's weight enums' way: a
 name, the architecture and its arguments, the recipe and the recipe's *version*, the
-epochs and the seed. ``get_trained`` and ``get_pruned`` load a shipped model when the
-call asks for exactly what an entry describes, after checking its SHA-256, at every
-budget (``ci`` shrinks test subsets, not models). Editing code does not invalidate a
-shipped model; only a version bump does, and then the model must be rebuilt: a damaged or
-stale shipped file is refused with the command that rebuilds it, never trained over.
+epochs and the seed. ``get_trained``, ``get_pruned`` and ``get_decomposed`` load a
+shipped model when the call asks for exactly what an entry describes, after checking its
+SHA-256, at every budget (``ci`` shrinks test subsets, not models). Editing code does not
+invalidate a shipped model; only a version bump does, and then the model must be rebuilt:
+a damaged or stale shipped file is refused with the command that rebuilds it, never
+trained over.
 
 **The cache.** Anything else (a reader's own model, a ``ci``-budget run of a model the
 zoo does not ship yet, a chapter's small demonstration) is trained deterministically on
@@ -245,8 +246,9 @@ def _decomposed(name: str, base: ZooEntry, method: str, epochs: int, lr: float,
 
 # Chapter 08's fine-tuning rate, from probes of 120 SGD steps at a constant rate on the
 # baseline at half its MACs (train loss; accuracy in eval mode on the ci test subset).
-# CP (25 ALS rounds, factors balanced): 0.01 diverged (0.76; 58.0%), 3e-3 trained but its
-# batch-norm statistics could not follow (0.27; 51.6%), 1e-3 held (0.18; 86.9%).
+# CP (25 ALS rounds, ranks 89/136/184/279, factors balanced): 0.01 diverged (0.76; 58.0%),
+# 3e-3 trained but its batch-norm statistics could not follow (0.27; 51.6%), 1e-3 held
+# (0.18; 86.9%).
 # Tucker-2 (ranks rounded to 8): 0.18 and 91.5% at 0.01, 0.16 and 92.3% at 1e-3; spatial:
 # 92.4% at both. So 1e-3, cosine-annealed, for every decomposition and the control alike.
 LOWRANK_LR = 1e-3
