@@ -11,7 +11,8 @@ modules, so a single file can be copied into another project.
 
 from .budget import BUDGETS, Budget, get_budget
 from .data import (CLASSES, DatasetError, FashionMNIST, balanced_subset, find_data_dir,
-                   get_dataloaders, load_fashion_mnist, normalize)
+                   get_dataloaders, get_dataloaders_with_val, load_fashion_mnist, normalize,
+                   validation_split)
 from .models import BaselineCNN, LeNet5, create_model, list_models, register_model
 from .profile import (Latency, Table, compare, compare_latency, count_macs,
                       count_macs_by_module, count_macs_thop, count_nonzero_params, count_params, measure_latency,

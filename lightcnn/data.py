@@ -28,6 +28,7 @@ Taught in chapters/01_cnn_basics.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import hashlib
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._checks import (check_bool, check_instance, check_int, check_path, check_sequence,
                       check_tensor)
@@ -45,8 +46,8 @@ from .budget import Budget, get_budget
 
 __all__ = [
     "CLASSES", "MEAN", "STD", "FILES", "DatasetError", "find_data_dir", "verify_file",
-    "load_fashion_mnist", "balanced_subset", "FashionMNIST", "get_dataloaders",
-    "normalize", "user_cache_dir", "main",
+    "load_fashion_mnist", "balanced_subset", "validation_split", "FashionMNIST",
+    "get_dataloaders", "get_dataloaders_with_val", "normalize", "user_cache_dir", "main",
 ]
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -315,6 +316,28 @@ def balanced_subset(labels: torch.Tensor, size: int | None, seed: int = 0) -> to
     return torch.sort(torch.cat(picked)).values
 
 
+def validation_split(labels: torch.Tensor, val_size: int, seed: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train indices, validation indices)``: ``val_size`` class-balanced indices held
+    out for validation (:func:`balanced_subset` with ``seed``, ``val_size // C`` per
+    class), every other index for training. Both sorted; disjoint; together every index.
+
+    Raises:
+        ValueError: ``val_size`` leaves no image to train on, or needs more images of a
+            class than there are.
+    """
+    check_tensor("labels", labels, 1, integer=True)
+    check_int("val_size", val_size, 1)
+    check_int("seed", seed, 0)
+    if val_size >= len(labels):
+        raise ValueError(f"val_size must be below the {len(labels)} images it is held out "
+                         f"of, got {val_size}")
+    val = balanced_subset(labels, val_size, seed)
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    held_out[val] = True
+    return torch.nonzero(~held_out).flatten(), val
+
+
 class FashionMNIST(Dataset):
     """Normalized Fashion-MNIST tensors, optionally a balanced subset, optional augmentation.
 
@@ -378,6 +401,46 @@ def get_dataloaders(batch_size: int = 128, budget: Budget | None = None,
                               generator=generator, num_workers=0)
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False)
     return train_loader, test_loader
+
+
+def get_dataloaders_with_val(batch_size: int = 128, budget: Budget | None = None,
+                             val_size: int | None = None, augment: bool = True,
+                             seed: int = 0, val_seed: int = 0,
+                             root: str | os.PathLike | None = None,
+                             eval_batch_size: int = 1000
+                             ) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train, validation and test loaders: :func:`get_dataloaders`' training images split
+    by :func:`validation_split` into ``val_size`` held out for validation (default
+    ``budget.val_size``: 5,000 of the 60,000 at the full budget) and the rest to train on.
+
+    The held-out images depend on ``val_seed`` alone (and, below the full budget, on the
+    training subset ``seed`` picks), so every model and seed of a comparison is chosen on
+    the same images; they are never augmented. The test loader is
+    :func:`get_dataloaders`' own.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_instance("budget", budget, Budget, none=True)
+    check_int("val_size", val_size, 1, none=True)
+    check_bool("augment", augment)
+    check_int("seed", seed, 0)
+    check_int("val_seed", val_seed, 0)
+    check_path("root", root, none=True)
+    check_int("eval_batch_size", eval_batch_size, 1)
+    budget = budget or get_budget()
+    val_size = budget.val_size if val_size is None else val_size
+    train_set = FashionMNIST(True, budget.train_size, augment, seed, root)
+    train_index, val_index = validation_split(train_set.labels, val_size, val_seed)
+    plain = copy.copy(train_set)       # the same image tensor, without augmentation
+    plain.augment = False
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(Subset(train_set, train_index.tolist()), batch_size=batch_size,
+                              shuffle=True, generator=generator, num_workers=0)
+    val_loader = DataLoader(Subset(plain, val_index.tolist()), batch_size=eval_batch_size,
+                            shuffle=False)
+    test_set = FashionMNIST(False, budget.test_size, False, seed, root)
+    test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False)
+    return train_loader, val_loader, test_loader
 
 
 def _source(folder: Path, cached_before: bool) -> str:

@@ -38,10 +38,10 @@ from ._checks import (check_int, check_ints, check_mapping, check_module, check_
                       check_str, check_tensor, is_real)
 from .profile import INPUT_SHAPE, count_macs, count_macs_by_module
 
-__all__ = ["METHODS", "break_even_rank", "cp_conv", "decompose_layer", "decompose_model", "decomposed_macs",
-           "energy_rank", "evbmf_rank", "hosvd", "max_rank", "rank_for_macs",
-           "spatial_separable_conv", "svd_linear", "truncated_svd", "tucker2_conv",
-           "tucker2_ranks_vbmf"]
+__all__ = ["METHODS", "break_even_rank", "build_decomposed", "cp_conv", "decompose_layer",
+           "decompose_model", "decomposed_macs", "energy_rank", "error_curve", "evbmf_rank",
+           "hosvd", "max_rank", "rank_for_macs", "round_rank", "spatial_separable_conv",
+           "svd_linear", "truncated_svd", "tucker2_conv", "tucker2_ranks_vbmf"]
 
 # the decompositions decompose_model knows, by the layer type each takes
 METHODS = ("svd", "spatial", "tucker2", "cp")
@@ -101,6 +101,81 @@ def max_rank(layer: nn.Module, method: str) -> int | tuple[int, int]:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
+def round_rank(rank: int, high: int, round_to: int) -> int:
+    """``rank`` rounded to the nearest multiple of ``round_to`` (a tie goes to the
+    larger), at least ``round_to``; ``high`` (the largest rank, see :func:`max_rank`) if
+    that would exceed it.
+
+    The rule of ``channel_pruning.plan_channel_pruning``'s ``round_to``, for ranks: the
+    factored layers are convolutions with ``rank`` channels, and CPU kernels work on
+    channels in blocks of 8 (AVX2) or 16 (AVX-512) float32, so rank 19 costs about what
+    24 does. ``round_rank(19, 64, 8) == 16``, ``round_rank(20, 64, 8) == 24``,
+    ``round_rank(3, 64, 8) == 8``, ``round_rank(60, 62, 8) == 62``.
+    """
+    check_int("high", high, 1)
+    check_int("rank", rank, 1, high)
+    check_int("round_to", round_to, 1)
+    return _rounded(rank, high, round_to)
+
+
+def _rounded(rank: int, high: int, round_to: int) -> int:
+    rounded = max(round_to, (2 * rank + round_to) // (2 * round_to) * round_to)
+    return high if rounded > high else rounded
+
+
+def _round_ranks(layer: nn.Module, method: str, rank: int | Sequence[int],
+                 round_to: int | None) -> int | tuple[int, int]:
+    """:func:`round_rank` of ``rank`` (each of Tucker-2's two, against its own bound)."""
+    if round_to is None:
+        return tuple(rank) if method == "tucker2" else rank
+    high = max_rank(layer, method)
+    if method == "tucker2":
+        return tuple(_rounded(r, h, round_to) for r, h in zip(rank, high))
+    return _rounded(rank, high, round_to)
+
+
+def _factored(layer: nn.Module, method: str, rank: int | Sequence[int]) -> list[nn.Module]:
+    """The layers that replace ``layer`` under ``method`` at ``rank``, default-initialized
+    (after checking the layer and the rank): the shapes each decomposition then fills,
+    and the shapes :func:`build_decomposed` rebuilds to load a decomposed model into."""
+    if method == "svd":
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"svd decomposes an nn.Linear, got {type(layer).__name__}")
+        m, n = layer.weight.shape
+        _check_rank(rank, min(m, n), f"Linear({n}, {m})")
+        return [nn.Linear(n, rank, bias=False), nn.Linear(rank, m, bias=layer.bias is not None)]
+    conv = _check_conv(layer, method)
+    n, c, kh, kw = conv.weight.shape
+    bias = conv.bias is not None
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    if method == "spatial":
+        _check_rank(rank, min(c * kh, kw * n), f"a {n}x{c}x{kh}x{kw} kernel (min(C kh, kw N))")
+        # kh x 1 then 1 x kw: stride, padding and dilation split between the two
+        return [nn.Conv2d(c, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1),
+                          bias=False),
+                nn.Conv2d(rank, n, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
+                          bias=bias)]
+    if method == "tucker2":
+        _check_ranks(rank)
+        r_out, r_in = rank
+        # a rank is bounded by both sides of its unfolding
+        _check_rank(r_out, min(n, c * kh * kw), f"the output channels of a {n}x{c}x{kh}x{kw} kernel")
+        _check_rank(r_in, min(c, n * kh * kw), f"the input channels of a {n}x{c}x{kh}x{kw} kernel")
+        return [nn.Conv2d(c, r_in, 1, bias=False),
+                nn.Conv2d(r_in, r_out, (kh, kw), stride=conv.stride, padding=conv.padding,
+                          dilation=conv.dilation, bias=False),
+                nn.Conv2d(r_out, n, 1, bias=bias)]
+    if method == "cp":
+        _check_rank(rank, n * c * kh * kw, f"a {n}x{c}x{kh}x{kw} kernel")
+        return [nn.Conv2d(c, rank, 1, bias=False),
+                nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0),
+                          dilation=(dh, 1), groups=rank, bias=False),
+                nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw),
+                          dilation=(1, dw), groups=rank, bias=False),
+                nn.Conv2d(rank, n, 1, bias=bias)]
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
 # ------------------------------------------------------------------------- matrices
 
 def truncated_svd(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +213,32 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return int((kept < energy - 1e-12).sum().item()) + 1
 
 
+def error_curve(weight: torch.Tensor, fractions: Sequence[float]) -> list[float]:
+    """Relative error of the best rank-``r`` approximation of ``weight``'s matrix, for
+    ``r = ceil(f min(m, n))`` at each fraction ``f`` in ``fractions``.
+
+    The matrix is ``weight`` flattened to ``(N, C kh kw)`` (a conv kernel; a Linear
+    weight is already ``m x n``). By Eckart-Young the truncated SVD is the best rank-``r``
+    matrix, and its relative Frobenius error needs only the singular values ``s_i``:
+    ``e(r) = sqrt(sum_{i > r} s_i^2) / sqrt(sum_i s_i^2)``. A trained layer's curve falls
+    faster than an untrained one's: training concentrates the norm in few directions.
+    """
+    check_tensor("weight", weight)
+    if weight.ndim < 2:
+        raise ValueError(f"weight must have 2 or more dimensions, got shape {tuple(weight.shape)}")
+    check_sequence("fractions", fractions, nonempty=True)
+    for f in fractions:
+        if not is_real(f) or not 0.0 < f <= 1.0:
+            raise ValueError(f"fractions must hold numbers in (0, 1], got {f!r}")
+    # (N, C, kh, kw) -> (N, C kh kw); float64 so the small singular values survive
+    s2 = torch.linalg.svdvals(weight.detach().flatten(1).double()).square()
+    total = s2.sum()
+    if total == 0:
+        raise ValueError("weight must not be all zeros (its relative error is undefined)")
+    # the rank f min(m, n) rounded up, so every fraction keeps at least one direction
+    return [(s2[math.ceil(f * len(s2)):].sum() / total).sqrt().item() for f in fractions]
+
+
 def break_even_rank(m: int, n: int) -> float:
     """``m n / (m + n)``: a rank-``r`` factorization ``r (m + n)`` of an ``m x n`` layer
     costs fewer MACs (and parameters) than the layer exactly when ``r`` is below it."""
@@ -153,13 +254,8 @@ def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     truncated SVD of its weight (``W ~ A B``: the first layer applies ``B``, the second
     ``A`` and the bias). Costs ``rank (m + n)`` MACs per input instead of ``m n``."""
     check_module("layer", layer)
-    if not isinstance(layer, nn.Linear):
-        raise ValueError(f"svd decomposes an nn.Linear, got {type(layer).__name__}")
-    m, n = layer.weight.shape
-    _check_rank(rank, min(m, n), f"Linear({n}, {m})")
+    first, second = _factored(layer, "svd", rank)      # checks the layer and the rank
     a, b = truncated_svd(layer.weight, rank)
-    first = nn.Linear(n, rank, bias=False)
-    second = nn.Linear(rank, m, bias=layer.bias is not None)
     with torch.no_grad():
         first.weight.copy_(b)
         second.weight.copy_(a)
@@ -180,18 +276,11 @@ def spatial_separable_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     arXiv 1511.06067). MACs per output pixel: ``rank (C kh + N kw)`` instead of
     ``N C kh kw``. Stride, padding and dilation are split between the two convs.
     """
-    _check_conv(conv, "spatial")
+    vertical, horizontal = _factored(conv, "spatial", rank)   # checks the conv and the rank
     n, c, kh, kw = conv.weight.shape
-    _check_rank(rank, min(c * kh, kw * n), f"a {n}x{c}x{kh}x{kw} kernel (min(C kh, kw N))")
     # (N, C, kh, kw) -> (C, kh, kw, N) -> (C kh, kw N)
     matrix = conv.weight.detach().permute(1, 2, 3, 0).reshape(c * kh, kw * n)
     a, b = truncated_svd(matrix, rank)           # (C kh, r), (r, kw N)
-    vertical = nn.Conv2d(c, rank, (kh, 1), stride=(conv.stride[0], 1),
-                         padding=(conv.padding[0], 0), dilation=(conv.dilation[0], 1),
-                         bias=False)
-    horizontal = nn.Conv2d(rank, n, (1, kw), stride=(1, conv.stride[1]),
-                           padding=(0, conv.padding[1]), dilation=(1, conv.dilation[1]),
-                           bias=conv.bias is not None)
     with torch.no_grad():
         # (C kh, r) -> (r, C, kh, 1)
         vertical.weight.copy_(a.T.reshape(rank, c, kh, 1))
@@ -258,15 +347,8 @@ def tucker2_conv(conv: nn.Conv2d, ranks: tuple[int, int], iterations: int = 0
     MACs per output pixel: ``C R_in s^2 + R_in R_out kh kw + R_out N`` (``s`` the stride,
     since the first 1x1 runs at the input resolution) instead of ``N C kh kw``.
     """
-    _check_conv(conv, "tucker2")
-    _check_ranks(ranks)
-    n, c, kh, kw = conv.weight.shape
-    core, u_out, u_in = hosvd(conv.weight, ranks, iterations)
-    r_out, r_in = ranks
-    first = nn.Conv2d(c, r_in, 1, bias=False)
-    middle = nn.Conv2d(r_in, r_out, (kh, kw), stride=conv.stride, padding=conv.padding,
-                       dilation=conv.dilation, bias=False)
-    last = nn.Conv2d(r_out, n, 1, bias=conv.bias is not None)
+    first, middle, last = _factored(conv, "tucker2", ranks)   # checks the conv and the ranks
+    core, u_out, u_in = hosvd(conv.weight, tuple(ranks), iterations)
     with torch.no_grad():
         first.weight.copy_(u_in.T[:, :, None, None])
         middle.weight.copy_(core)
@@ -289,10 +371,16 @@ def cp_conv(conv: nn.Conv2d, rank: int, n_iter_max: int = 500, seed: int = 0
     the best rank-R fit (CP has no Eckart-Young), so the result is checked by its
     reconstruction error and then fine-tuned, as Lebedev et al. do. MACs per output pixel:
     ``C R s^2 + R kh s + R kw + R N`` (about) instead of ``N C kh kw``.
+
+    Each rank-one term's scale is split evenly over its four factors (every factor's
+    column gets the norm ``(|A_n[:, r]| |A_c[:, r]| |A_h[:, r]| |A_w[:, r]|)^(1/4)``), as
+    :func:`truncated_svd` splits ``S``: the kernel is the same, but ALS leaves the scale
+    wherever it converged (on the book's baseline up to 17 in ``A_n`` against 1.7 in
+    ``A_h``), and SGD then moves the terms' factors at very different relative rates.
+    After 120 steps at lr 1e-3 the CP baseline of chapter 08 scored 24% as ALS left it
+    and 87% balanced (its batch-norm statistics could not follow the unbalanced one).
     """
-    _check_conv(conv, "cp")
-    n, c, kh, kw = conv.weight.shape
-    _check_rank(rank, n * c * kh * kw, f"a {n}x{c}x{kh}x{kw} kernel")
+    first, vertical, horizontal, last = _factored(conv, "cp", rank)   # checks conv and rank
     check_int("n_iter_max", n_iter_max, 1)
     check_int("seed", seed, 0)
     try:
@@ -311,14 +399,7 @@ def cp_conv(conv: nn.Conv2d, rank: int, n_iter_max: int = 500, seed: int = 0
     a_n, a_c, a_h, a_w = (torch.from_numpy(np.asarray(f)).to(conv.weight.dtype)
                           for f in cp.factors)
     a_n = a_n * torch.from_numpy(np.asarray(cp.weights)).to(a_n.dtype)  # fold the weights
-    first = nn.Conv2d(c, rank, 1, bias=False)
-    vertical = nn.Conv2d(rank, rank, (kh, 1), stride=(conv.stride[0], 1),
-                         padding=(conv.padding[0], 0), dilation=(conv.dilation[0], 1),
-                         groups=rank, bias=False)
-    horizontal = nn.Conv2d(rank, rank, (1, kw), stride=(1, conv.stride[1]),
-                           padding=(0, conv.padding[1]), dilation=(1, conv.dilation[1]),
-                           groups=rank, bias=False)
-    last = nn.Conv2d(rank, n, 1, bias=conv.bias is not None)
+    a_n, a_c, a_h, a_w = _balance([a_n, a_c, a_h, a_w])
     with torch.no_grad():
         first.weight.copy_(a_c.T[:, :, None, None])          # (R, C, 1, 1)
         vertical.weight.copy_(a_h.T[:, None, :, None])       # (R, 1, kh, 1)
@@ -327,6 +408,17 @@ def cp_conv(conv: nn.Conv2d, rank: int, n_iter_max: int = 500, seed: int = 0
         if conv.bias is not None:
             last.bias.copy_(conv.bias)
     return nn.Sequential(first, vertical, horizontal, last)
+
+
+def _balance(factors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """CP factors (each ``(dim, R)``) with every term's norm split evenly: column ``r`` of
+    each factor scaled to the geometric mean of the columns' norms, which keeps their
+    product (the term) unchanged. A term with a zero column stays as it is."""
+    norms = torch.stack([f.double().norm(dim=0) for f in factors])      # (4, R)
+    mean = norms.prod(0) ** (1 / len(factors))
+    scale = torch.where(norms > 0, mean / norms.clamp_min(1e-300), torch.ones_like(norms))
+    scale[:, (norms == 0).any(0)] = 1.0
+    return [(f.double() * s).to(f.dtype) for f, s in zip(factors, scale)]
 
 
 # ------------------------------------------------------------------- VBMF (Nakajima)
@@ -476,14 +568,30 @@ def _tucker_ranks(conv: nn.Conv2d, fraction: float) -> tuple[int, int]:
 
 
 def rank_for_macs(layer: nn.Module, method: str, macs_fraction: float,
-                  out_hw: tuple[int, int] = (1, 1)) -> int | tuple[int, int] | None:
+                  out_hw: tuple[int, int] = (1, 1), round_to: int | None = None
+                  ) -> int | tuple[int, int] | None:
     """The largest rank whose decomposed MACs are at most ``macs_fraction`` of the
     layer's own (Tucker-2: both ranks the same fraction of their channels), or ``None``
-    if even rank 1 costs more."""
+    if even rank 1 costs more.
+
+    With ``round_to``, that rank is then rounded by :func:`round_rank` (each of
+    Tucker-2's two against its own bound): to the nearest multiple of ``round_to``, a tie
+    to the larger, at least ``round_to``, never above :func:`max_rank`. The MACs then
+    move by up to half a step either way, so they may exceed ``macs_fraction``;
+    ``decompose_model`` keeps its whole-model bound by choosing the fraction with the
+    rounding applied.
+    """
     _check_layer(layer, method, kind=True)
     if not is_real(macs_fraction) or not 0.0 < macs_fraction <= 1.0:
         raise ValueError(f"macs_fraction must be in (0, 1], got {macs_fraction!r}")
     check_ints("out_hw", out_hw, 1, length=2)
+    check_int("round_to", round_to, 1, none=True)
+    rank = _largest_rank(layer, method, macs_fraction, out_hw)
+    return None if rank is None else _round_ranks(layer, method, rank, round_to)
+
+
+def _largest_rank(layer: nn.Module, method: str, macs_fraction: float,
+                  out_hw: tuple[int, int]) -> int | tuple[int, int] | None:
     if method == "svd":
         original = layer.in_features * layer.out_features
     else:
@@ -536,6 +644,7 @@ def _eligible(model: nn.Module, method: str, skip: Sequence[str]) -> dict[str, n
 def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = None,
                     ranks: Mapping[str, int | tuple[int, int]] | None = None,
                     skip: Sequence[str] = (), input_shape: tuple[int, ...] = INPUT_SHAPE,
+                    round_to: int | None = None,
                     **options) -> tuple[nn.Module, dict[str, int | tuple[int, int]]]:
     """A copy of ``model`` with its eligible layers decomposed by ``method``.
 
@@ -547,6 +656,14 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
     its own MACs (found by bisection). Layers that cannot save MACs keep their form.
     ``options`` go to the decomposition (``iterations`` for Tucker-2's HOOI,
     ``n_iter_max`` and ``seed`` for CP-ALS).
+
+    ``round_to`` rounds every rank of the plan by :func:`round_rank` (nearest multiple of
+    ``round_to``, a tie to the larger, at least ``round_to``, never above
+    :func:`max_rank`; Tucker-2's two ranks each), so the factored convolutions have
+    channel counts that fill the CPU's vector registers. With ``macs_ratio`` the
+    bisection runs on the rounded ranks, so the MACs are still divided by at least
+    ``macs_ratio`` (with fewer fractions to choose from, possibly by more); given
+    ``ranks`` are rounded as they are.
 
     Returns:
         ``(decomposed model, {layer name: rank})``.
@@ -562,6 +679,7 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
     check_mapping("ranks", ranks, none=True)
     check_sequence("skip", skip, str)
     check_ints("input_shape", input_shape, 1)
+    check_int("round_to", round_to, 1, none=True)
     if (macs_ratio is None) == (ranks is None):
         raise ValueError("give exactly one of macs_ratio and ranks")
     names = dict(model.named_modules())
@@ -570,18 +688,14 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
             raise ValueError(f"skip: {name!r} is not a module of the model")
     eligible = _eligible(model, method, skip)
     if ranks is not None:
-        for name in ranks:
-            if name not in names:
-                raise ValueError(f"ranks: {name!r} is not a module of the model")
-            if name not in eligible:
-                raise ValueError(f"ranks: {name} ({type(names[name]).__name__}) cannot be "
-                                 f"decomposed by {method!r}")
-        plan = dict(ranks)
+        _check_plan(names, eligible, method, ranks)
+        plan = {name: _round_ranks(names[name], method, rank, round_to)
+                for name, rank in ranks.items()}
     else:
         if not macs_ratio >= 1.0:
             raise ValueError(f"macs_ratio must be >= 1 (how many times fewer MACs), "
                              f"got {macs_ratio}")
-        plan = _plan_for_ratio(model, method, macs_ratio, eligible, input_shape)
+        plan = _plan_for_ratio(model, method, macs_ratio, eligible, input_shape, round_to)
     decomposed = copy.deepcopy(model)
     for name, rank in plan.items():
         try:
@@ -591,9 +705,49 @@ def decompose_model(model: nn.Module, method: str, macs_ratio: float | None = No
     return decomposed, plan
 
 
+def _check_plan(names: dict[str, nn.Module], eligible: dict[str, nn.Module], method: str,
+                ranks: Mapping[str, int | Sequence[int]]) -> None:
+    """Every layer ``ranks`` names exists, ``method`` can take it, and its rank is in
+    range (the error names the layer)."""
+    for name, rank in ranks.items():
+        if name not in names:
+            raise ValueError(f"ranks: {name!r} is not a module of the model")
+        if name not in eligible:
+            raise ValueError(f"ranks: {name} ({type(names[name]).__name__}) cannot be "
+                             f"decomposed by {method!r}")
+        try:
+            _factored(names[name], method, rank)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{name}: {err}") from err
+
+
+def build_decomposed(model: nn.Module, method: str,
+                     ranks: Mapping[str, int | Sequence[int]]) -> nn.Module:
+    """A copy of ``model`` with each layer that ``ranks`` names replaced by ``method``'s
+    factored layers at that rank, *untrained* (default initialization): the shapes of
+    ``decompose_model(model, method, ranks=ranks)`` without computing any factor, for a
+    decomposed model's saved state dict to load into (the zoo stores the plan beside the
+    weights). Tucker-2's ranks may come as lists (as JSON gives them back).
+
+    Raises:
+        ValueError: an unknown method, a name that is not an eligible layer, or a rank
+            out of range (the error names the layer).
+    """
+    check_module("model", model)
+    check_str("method", method, METHODS)
+    check_mapping("ranks", ranks)
+    names = dict(model.named_modules())
+    _check_plan(names, _eligible(model, method, ()), method, ranks)
+    built = copy.deepcopy(model)
+    for name, rank in ranks.items():
+        rank = tuple(rank) if method == "tucker2" else rank
+        built.set_submodule(name, nn.Sequential(*_factored(names[name], method, rank)))
+    return built
+
+
 def _plan_for_ratio(model: nn.Module, method: str, macs_ratio: float,
-                    eligible: dict[str, nn.Module], input_shape: tuple[int, ...]
-                    ) -> dict[str, int | tuple[int, int]]:
+                    eligible: dict[str, nn.Module], input_shape: tuple[int, ...],
+                    round_to: int | None = None) -> dict[str, int | tuple[int, int]]:
     total = count_macs(model, input_shape)
     per_layer = count_macs_by_module(model, input_shape)
     target = total / macs_ratio
@@ -605,9 +759,11 @@ def _plan_for_ratio(model: nn.Module, method: str, macs_ratio: float,
 
     def plan_at(fraction: float) -> tuple[dict, int]:
         # below a layer's rank-1 cost it keeps rank 1, so MACs grow with the fraction
+        # (rounding to the nearest multiple keeps them growing: it never decreases a rank)
         plan, macs = {}, total
         for name, layer in eligible.items():
-            rank = rank_for_macs(layer, method, fraction, out_hw[name]) or lowest
+            rank = (rank_for_macs(layer, method, fraction, out_hw[name], round_to)
+                    or _round_ranks(layer, method, lowest, round_to))
             saved = per_layer[name] - decomposed_macs(layer, method, rank, out_hw[name])
             if saved > 0:
                 plan[name] = rank

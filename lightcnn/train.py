@@ -48,13 +48,22 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class History:
-    """Per-epoch metrics of one ``fit`` call: lists indexed by epoch."""
+    """Per-epoch metrics of one ``fit`` call: lists indexed by epoch.
+
+    ``val_loss`` and ``val_accuracy`` are filled when ``fit`` is given a validation
+    loader; ``best_epoch`` is the epoch (an index into the lists) whose weights
+    ``fit(..., keep_best=True)`` kept, the highest validation accuracy, and ``None`` when
+    the model ends with the last epoch's weights. :attr:`kept_epoch` is either one.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
 
     def __post_init__(self) -> None:
         # losses may be NaN or infinite (a diverged run records what it saw); the rest
@@ -64,14 +73,26 @@ class History:
         _check_series("test_accuracy", self.test_accuracy, 0.0, 1.0)
         _check_series("lr", self.lr, 0.0)
         _check_series("seconds", self.seconds, 0.0)
+        _check_series("val_loss", self.val_loss, finite=False)
+        _check_series("val_accuracy", self.val_accuracy, 0.0, 1.0)
+        check_int("best_epoch", self.best_epoch, 0, none=True)
+        if self.best_epoch is not None and self.best_epoch >= len(self.val_accuracy):
+            raise ValueError(f"best_epoch must index val_accuracy (the epoch chosen on it), "
+                             f"got {self.best_epoch} with {len(self.val_accuracy)} epochs")
 
-    def as_dict(self) -> dict[str, list[float]]:
-        """The history as a plain dict of lists (JSON-serializable)."""
-        return {k: list(v) for k, v in self.__dict__.items()}
+    @property
+    def kept_epoch(self) -> int:
+        """The epoch whose weights the model ended with: ``best_epoch``, or the last."""
+        return self.best_epoch if self.best_epoch is not None else len(self.train_loss) - 1
+
+    def as_dict(self) -> dict[str, list[float] | int | None]:
+        """The history as a plain dict of lists and ``best_epoch`` (JSON-serializable)."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, list[float]]) -> "History":
-        return cls(**{k: list(v) for k, v in d.items()})
+    def from_dict(cls, d: dict[str, list[float] | int | None]) -> "History":
+        # histories stored before the validation fields existed load with them empty
+        return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
 
 
 def _check_series(name: str, values, low: float | None = None, high: float | None = None,
@@ -147,6 +168,8 @@ class _Progress:
         if not self.enabled:
             return
         summary = f"epoch {epoch + 1}/{self.epochs}: train loss {history.train_loss[-1]:.4f}"
+        if history.val_accuracy:
+            summary += f", val accuracy {100 * history.val_accuracy[-1]:.2f}%"
         if history.test_accuracy:
             summary += f", test accuracy {100 * history.test_accuracy[-1]:.2f}%"
         summary += f" ({history.seconds[-1]:.1f} s)"
@@ -250,7 +273,8 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         optimizer: str = "sgd", schedule: str | None = "onecycle", seed: int = 0,
         loss_fn: LossFn | None = None, progress: bool = True,
         after_step: Callable[[nn.Module], None] | None = None,
-        device: str | torch.device | None = None) -> History:
+        device: str | torch.device | None = None, val_loader: DataLoader | None = None,
+        keep_best: bool = False) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
     Args:
@@ -272,6 +296,14 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         device: where to train (see :func:`resolve_device`: ``"auto"`` uses a GPU when
             there is one; ``None`` reads ``LIGHTCNN_DEVICE``, default the CPU). Batches
             are moved there one at a time, and the test set is scored there.
+        val_loader: scored after every epoch when given (``history.val_loss`` and
+            ``val_accuracy``): images held out of ``train_loader`` (see
+            :func:`lightcnn.data.get_dataloaders_with_val`), so that choosing by them
+            leaves the test set out of every decision.
+        keep_best: end with the weights (parameters and buffers) of the epoch with the
+            highest validation accuracy, the earliest among ties, instead of the last
+            epoch's; ``history.best_epoch`` says which, and the model's test accuracy is
+            ``history.test_accuracy[history.best_epoch]``. Needs ``val_loader``.
 
     In several processes (``torchrun``, a process group initialized, e.g. by
     :func:`lightcnn.distributed.init_distributed`), the same call trains data-parallel:
@@ -310,6 +342,12 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
     check_callable("loss_fn", loss_fn, none=True)
     check_bool("progress", progress)
     check_callable("after_step", after_step, none=True)
+    if val_loader is not None:
+        _check_loader("val_loader", val_loader)
+    check_bool("keep_best", keep_best)
+    if keep_best and val_loader is None:
+        raise ValueError("keep_best needs val_loader (the epoch is chosen on validation "
+                         "data, never on the test set)")
     parallel, rank = distributed.is_distributed(), distributed.get_rank()
     device = resolve_device(device)
     if parallel and device.type == "cuda" and device.index is None:
@@ -338,6 +376,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
     if getattr(train_loader, "generator", None) is not None:
         train_loader.generator.manual_seed(seed)
     history = History()
+    best_state = None   # keep_best: a copy of the best epoch's weights so far
     reporter = _Progress(steps, epochs, progress and rank == 0)
     for epoch in range(epochs):
         if parallel:
@@ -369,8 +408,20 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
                        else evaluate(model, test_loader))
             history.test_loss.append(metrics["loss"])
             history.test_accuracy.append(metrics["accuracy"])
+        if val_loader is not None:
+            metrics = (_evaluate_all_reduced(model, val_loader, device) if parallel
+                       else evaluate(model, val_loader))
+            history.val_loss.append(metrics["loss"])
+            history.val_accuracy.append(metrics["accuracy"])
+            # strictly better only: among equal epochs the earliest (least trained) wins
+            if keep_best and (best_state is None
+                              or metrics["accuracy"] > history.val_accuracy[history.best_epoch]):
+                history.best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         reporter.epoch_end(epoch, history)
     reporter.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     del trainee        # a DDP wrapper takes its gradient hooks off the parameters with it
     model.to(home)     # the book measures latency on the CPU, where the model came from
     return history

@@ -111,8 +111,19 @@ def check_store(folder: Path | None = None) -> None:
                            f"rebuild it with {rebuild_command(path.stem)}")
 
 
+def _looks_like_safetensors(blob: bytes) -> bool:
+    # 8 bytes of little-endian header length, then the JSON header, which opens with "{"
+    size = int.from_bytes(blob[:8], "little")
+    return len(blob) > 8 and blob[8:9] == b"{" and 8 + size <= len(blob)
+
+
 def _refuse_pickle(blob: bytes, path: Path, name: str) -> None:
-    # torch.save writes a zip archive ("PK"); a bare pickle starts with protocol byte 0x80
+    # torch.save writes a zip archive ("PK"); a bare pickle starts with protocol byte 0x80.
+    # A safetensors file can start with either too: its first bytes are the header's
+    # length, and a length of 128 + 256 k starts with 0x80 (a zoo file did), so those
+    # bytes alone say nothing once the file reads as safetensors.
+    if _looks_like_safetensors(blob):
+        return
     if blob[:2] == b"PK" or blob[:1] == b"\x80":
         raise ZooError(f"zoo: {path} is a pickle (torch.save) file, not safetensors; the zoo "
                        f"loads only safetensors, whose loading runs no code. Rebuild it "

@@ -5,11 +5,12 @@ recipe, by ``make zoo`` (``python -m lightcnn.zoo build [NAMES]``), and shipped 
 repository's ``zoo/`` folder as safetensors weights with a manifest (see
 :mod:`lightcnn.weights`). :data:`ENTRIES` lists them, torchvision's weight enums' way: a
 name, the architecture and its arguments, the recipe and the recipe's *version*, the
-epochs and the seed. ``get_trained`` and ``get_pruned`` load a shipped model when the
-call asks for exactly what an entry describes, after checking its SHA-256, at every
-budget (``ci`` shrinks test subsets, not models). Editing code does not invalidate a
-shipped model; only a version bump does, and then the model must be rebuilt: a damaged or
-stale shipped file is refused with the command that rebuilds it, never trained over.
+epochs and the seed. ``get_trained``, ``get_pruned`` and ``get_decomposed`` load a
+shipped model when the call asks for exactly what an entry describes, after checking its
+SHA-256, at every budget (``ci`` shrinks test subsets, not models). Editing code does not
+invalidate a shipped model; only a version bump does, and then the model must be rebuilt:
+a damaged or stale shipped file is refused with the command that rebuilds it, never
+trained over.
 
 **The cache.** Anything else (a reader's own model, a ``ci``-budget run of a model the
 zoo does not ship yet, a chapter's small demonstration) is trained deterministically on
@@ -40,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -58,8 +59,9 @@ from .train import History, fit
 from .weights import ZooError
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
-           "get_trained", "PRUNING_METHODS", "get_pruned", "ZooEntry", "ENTRIES", "ZooError",
-           "load", "shipped", "build", "check", "table", "main"]
+           "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
+           "get_decomposed", "ZooEntry", "ENTRIES", "ZooError", "load", "shipped", "build",
+           "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
 # on); latency and calibration settings do not, so changing them keeps the cache valid.
@@ -113,6 +115,11 @@ class ZooEntry:
             distill from and the ``Distiller`` settings (see :func:`get_trained`).
         pruned_from / prune: an entry pruned by :func:`get_pruned` with these keyword
             arguments (method, epochs, sparsity or macs_share, ...).
+        decomposed_from / decompose: an entry decomposed into low-rank layers and
+            fine-tuned by :func:`get_decomposed` with these keyword arguments (method,
+            epochs, macs_ratio, round_to, keep_best, ...). With ``keep_best`` the model
+            trains on the 55,000 training images left after holding out 5,000 for
+            validation, and is the epoch best on those.
         minutes_per_epoch: measured on the book's 2-core CPU; ``make zoo`` estimates the
             time left from it.
     """
@@ -130,6 +137,8 @@ class ZooEntry:
     distill: dict | None = None
     pruned_from: str | None = None
     prune: dict | None = None
+    decomposed_from: str | None = None
+    decompose: dict | None = None
     minutes_per_epoch: float = 1.0
 
     def __post_init__(self) -> None:
@@ -141,13 +150,19 @@ class ZooEntry:
         check_int("seed", self.seed, 0)
         check_mapping("kwargs", self.kwargs)
         check_bool("channels_last", self.channels_last)
-        for field in ("init_from", "teacher", "pruned_from"):
+        for field in ("init_from", "teacher", "pruned_from", "decomposed_from"):
             check_str(field, getattr(self, field), none=True)
         check_mapping("distill", self.distill, none=True)
         check_mapping("prune", self.prune, none=True, nonempty=True)
-        if (self.prune is None) != (self.pruned_from is None):
-            raise ValueError(f"pruned_from and prune go together, got pruned_from="
-                             f"{self.pruned_from!r} and prune={self.prune!r}")
+        check_mapping("decompose", self.decompose, none=True, nonempty=True)
+        for source, settings in (("pruned_from", "prune"), ("decomposed_from", "decompose")):
+            if (getattr(self, source) is None) != (getattr(self, settings) is None):
+                raise ValueError(f"{source} and {settings} go together, got {source}="
+                                 f"{getattr(self, source)!r} and {settings}="
+                                 f"{getattr(self, settings)!r}")
+        if self.pruned_from is not None and self.decomposed_from is not None:
+            raise ValueError(f"an entry is pruned or decomposed, not both, got pruned_from="
+                             f"{self.pruned_from!r} and decomposed_from={self.decomposed_from!r}")
         check_float("minutes_per_epoch", self.minutes_per_epoch, 0, low_open=True)
 
     def spec(self) -> dict:
@@ -157,10 +172,13 @@ class ZooEntry:
                           "epochs": self.epochs, "seed": self.seed,
                           "channels_last": self.channels_last, "init_from": self.init_from,
                           "teacher": self.teacher, "distill": self.distill,
-                          "pruned_from": self.pruned_from, "prune": self.prune})
+                          "pruned_from": self.pruned_from, "prune": self.prune,
+                          "decomposed_from": self.decomposed_from,
+                          "decompose": self.decompose})
 
     def dependencies(self) -> list[str]:
-        return [d for d in (self.init_from, self.teacher, self.pruned_from) if d is not None]
+        return [d for d in (self.init_from, self.teacher, self.pruned_from,
+                            self.decomposed_from) if d is not None]
 
     def estimated_minutes(self) -> float:
         extra = (self.prune or {}).get("penalty_epochs") or 0
@@ -192,6 +210,52 @@ def _pruned(name: str, base: ZooEntry, method: str, epochs: int, lr: float = 0.0
                     kwargs=base.kwargs, pruned_from=base.name, prune=prune,
                     minutes_per_epoch=base.minutes_per_epoch)
 
+
+# the decompositions get_decomposed applies, and its control (fine-tuning alone)
+LOWRANK_METHODS = ("spatial", "tucker2", "cp", "finetune")
+# the seed that picks the validation images held out of training (data.validation_split)
+VAL_SEED = 0
+
+
+def _lowrank_settings(method: str, epochs: int, lr: float, seed: int, keep_best: bool,
+                      macs_ratio: float | None, round_to: int | None, skip: Sequence[str],
+                      n_iter_max: int | None) -> dict:
+    """get_decomposed's settings as an entry stores them: one dict shape for both, so a
+    call and the entry that ships it compare equal."""
+    settings = {"method": method, "epochs": epochs, "lr": lr, "seed": seed,
+                "keep_best": keep_best}
+    if method != "finetune":
+        settings.update(macs_ratio=macs_ratio, round_to=round_to, skip=list(skip))
+    if method == "cp":
+        settings["n_iter_max"] = n_iter_max
+    return settings
+
+
+def _decomposed(name: str, base: ZooEntry, method: str, epochs: int, lr: float,
+                keep_best: bool = True, macs_ratio: float | None = None,
+                round_to: int | None = None, skip: Sequence[str] = (),
+                n_iter_max: int | None = None, seed: int = 0, version: int = 1,
+                minutes_per_epoch: float = 1.0) -> ZooEntry:
+    """An entry made by :func:`get_decomposed` from entry ``base`` (same keyword arguments)."""
+    decompose = _lowrank_settings(method, epochs, lr, seed, keep_best, macs_ratio, round_to,
+                                  skip, n_iter_max)
+    return ZooEntry(name, base.model, base.recipe, version=version, epochs=epochs, seed=seed,
+                    kwargs=base.kwargs, decomposed_from=base.name, decompose=decompose,
+                    minutes_per_epoch=minutes_per_epoch)
+
+
+# Chapter 08's fine-tuning rate, from probes of 120 SGD steps at a constant rate on the
+# baseline at half its MACs (train loss; accuracy in eval mode on the ci test subset).
+# CP (25 ALS rounds, ranks 89/136/184/279, factors balanced): 0.01 diverged (0.76; 58.0%),
+# 3e-3 trained but its batch-norm statistics could not follow (0.27; 51.6%), 1e-3 held
+# (0.18; 86.9%).
+# Tucker-2 (ranks rounded to 8): 0.18 and 91.5% at 0.01, 0.16 and 92.3% at 1e-3; spatial:
+# 92.4% at both. So 1e-3, cosine-annealed, for every decomposition and the control alike.
+LOWRANK_LR = 1e-3
+# half the baseline's MACs, every rank a multiple of 8 (the AVX2 float32 block; Tucker-2's
+# unrounded ranks 19/37/77 ran slower than the baseline in ONNX Runtime), the one-channel
+# first convolution kept whole
+_HALF_MACS = dict(macs_ratio=2.0, round_to=8, skip=["features.0.0"])
 
 # The book's converged models. Minutes per epoch: AMD EPYC, 2 threads.
 # chapter 01: the baseline every chapter compares with, and LeNet-5
@@ -255,6 +319,25 @@ ENTRIES: dict[str, ZooEntry] = _entries(
                distill=dict(temperature=4.0, alpha=0.1) if kind == "kd" else None,
                minutes_per_epoch=0.45)
       for seed in (0, 1, 2) for kind in ("alone", "kd")),
+    # chapter 08: the baseline decomposed to half its MACs by Jaderberg's spatial scheme,
+    # Tucker-2 and CP (25 ALS rounds), fine-tuned 10 epochs at LOWRANK_LR, each the epoch
+    # best on 5,000 training images held out (it trains on the other 55,000); CP also at
+    # twice the schedule, to show whether it converged; the control fine-tunes the
+    # baseline as long the same way. Minutes per epoch are estimates until built (the
+    # chapter's 3-epoch runs: spatial 69 s, Tucker-2 76 s, CP 106 s an epoch).
+    *(_decomposed(f"baseline_cnn+{tag}", _BASELINE, epochs=epochs, lr=LOWRANK_LR,
+                  minutes_per_epoch=minutes, **settings)
+      for tag, epochs, minutes, settings in (
+          ("spatial_half_macs_e10", 10, 1.2, dict(method="spatial", **_HALF_MACS)),
+          ("tucker2_half_macs_e10", 10, 1.3, dict(method="tucker2", **_HALF_MACS)),
+          ("cp_half_macs_e10", 10, 1.8, dict(method="cp", n_iter_max=25, **_HALF_MACS)),
+          ("cp_half_macs_e20", 20, 1.8, dict(method="cp", n_iter_max=25, **_HALF_MACS)),
+          ("lowrank_finetune_e10", 10, 1.0, dict(method="finetune")),
+      )),
+    # and the thinner dense network at the same MACs (2.03x fewer than the baseline, widths
+    # multiples of 8), trained from scratch with the baseline's recipe and schedule
+    ZooEntry("cnn_half_macs", "baseline_cnn", RECIPES["baseline_cnn"], version=1, epochs=20,
+             kwargs=dict(widths=[24, 48, 80]), minutes_per_epoch=0.55),
 )
 
 
@@ -303,6 +386,9 @@ def load(name: str) -> TrainedModel:
         from . import channel_pruning as cp
 
         model = cp.resize_to_state_dict(model, state)
+    if entry.decomposed_from is not None:   # factored layers: rebuilt from the stored plan
+        model = _decomposed_shapes(model, entry.decompose["method"],
+                                   (meta.get("info") or {}).get("ranks"))
     model.load_state_dict(state)
     model.eval()
     return TrainedModel(model, meta["test_accuracy"],
@@ -581,7 +667,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 "seed": seed, "channels_last": channels_last,
                 "init_from": _zoo_name(init_from), "teacher": _zoo_name(teacher),
                 "distill": None if distiller is None else distiller.settings,
-                "pruned_from": None}
+                "pruned_from": None, "decomposed_from": None}
         shipped_model = _from_zoo(_match(spec, epochs))
         if shipped_model is not None:
             return shipped_model
@@ -794,6 +880,140 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
 
 
 # ---------------------------------------------------------------------------------------
+# Decomposed models: low-rank layers, then fine-tuning (chapter 08)
+# ---------------------------------------------------------------------------------------
+
+def _lowrank_code_hash() -> str:
+    from . import lowrank, profile   # chapter 08 builds on the zoo
+    sources = [inspect.getsource(m) for m in (lowrank, profile, _train, _data)]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()
+
+
+def _decomposed_shapes(base: nn.Module, method: str, ranks: dict | None) -> nn.Module:
+    """A copy of ``base`` in the shapes of its decomposition at ``ranks``, untrained (see
+    ``lowrank.build_decomposed``), for a stored state dict to load into."""
+    from . import lowrank
+
+    if method == "finetune":     # the control: the base's own shapes
+        return copy.deepcopy(base)
+    return lowrank.build_decomposed(base, method, ranks)
+
+
+def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
+                   macs_ratio: float | None = None, round_to: int | None = None,
+                   skip: Sequence[str] = (), n_iter_max: int | None = None, lr: float = 0.01,
+                   keep_best: bool = False, seed: int = 0, progress: bool = True
+                   ) -> TrainedModel:
+    """``base`` with its layers decomposed by ``method`` into low-rank ones
+    (``lowrank.decompose_model(model, method, macs_ratio=..., round_to=..., skip=...)``)
+    and fine-tuned ``epochs`` epochs: from the zoo, the cache, or made now and cached (the
+    key hashes ``base``'s cache entry, the settings, the budget, the seed and the source
+    of the low-rank, profiling, training and data code).
+
+    Fine-tuning is chapter 04's (:func:`get_pruned`): SGD with Nesterov momentum, a cosine
+    schedule from ``lr``, weight decay 5e-4, augmented batches of 128. With
+    ``keep_best``, ``budget.val_size`` class-balanced training images (5,000 at the full
+    budget, picked by :data:`VAL_SEED`) are held out of training
+    (``data.get_dataloaders_with_val``) and the model is the epoch with the best
+    accuracy on them (``fit(..., keep_best=True)``): the test set chooses nothing, and
+    the accuracy returned is the test accuracy of that epoch.
+
+    Methods:
+        ``"spatial"``, ``"tucker2"``, ``"cp"``: Jaderberg's scheme 2, Kim et al.'s
+            Tucker-2 (HOSVD), Lebedev et al.'s CP (TensorLy's CP-ALS, ``n_iter_max``
+            rounds; ``lowrank.cp_conv``'s default when None), at the ranks that divide
+            the model's MACs by at least ``macs_ratio``, rounded to multiples of
+            ``round_to`` when given; the layers in ``skip`` stay whole.
+        ``"finetune"``: nothing decomposed, the same fine-tuning: the control that
+            separates a decomposition's effect from its extra training.
+
+    ``info`` of the result holds ``method``; ``ranks`` (the plan, what
+    ``lowrank.build_decomposed`` needs to rebuild the model) and ``oneshot_accuracy``,
+    the test accuracy right after decomposing; and with ``keep_best`` ``val_size`` and
+    ``val_seed``. The history holds ``val_accuracy`` and ``best_epoch``.
+
+    Raises:
+        TypeError: ``base`` is not a :class:`TrainedModel`.
+        ValueError: an unknown method, a missing or out-of-range setting, or a setting
+            the method does not take.
+    """
+    from . import lowrank
+
+    if not isinstance(base, TrainedModel):
+        raise TypeError(f"base must be a TrainedModel from get_trained, got {type(base).__name__}")
+    check_str("method", method, LOWRANK_METHODS)
+    check_int("epochs", epochs, 1)
+    check_instance("budget", budget, Budget, none=True)
+    check_float("macs_ratio", macs_ratio, 1, low_open=True, none=True)
+    check_int("round_to", round_to, 1, none=True)
+    check_sequence("skip", skip, str)
+    check_int("n_iter_max", n_iter_max, 1, none=True)
+    check_float("lr", lr, 0, low_open=True)
+    check_bool("keep_best", keep_best)
+    check_int("seed", seed, 0)
+    check_bool("progress", progress)
+    if method == "finetune":   # the control: the same fine-tuning, nothing decomposed
+        for arg, given in (("macs_ratio", macs_ratio), ("round_to", round_to),
+                           ("skip", skip or None), ("n_iter_max", n_iter_max)):
+            if given is not None:
+                raise ValueError(f"method 'finetune' does not take {arg}")
+    elif macs_ratio is None:
+        raise ValueError(f"method {method!r} needs macs_ratio, a number > 1 (how many times "
+                         f"fewer MACs)")
+    if method not in ("cp", "finetune") and n_iter_max is not None:
+        raise ValueError(f"method {method!r} does not take n_iter_max (CP-ALS's rounds)")
+
+    budget = budget or get_budget()
+    settings = _lowrank_settings(method, epochs, lr, seed, keep_best, macs_ratio, round_to,
+                                 skip, n_iter_max)
+    if _zoo_budget(budget) and base.zoo_name is not None:
+        entry = next((e for e in ENTRIES.values() if e.decomposed_from == base.zoo_name
+                      and _jsonable(e.decompose) == _jsonable(settings)), None)
+        shipped_model = _from_zoo(entry)
+        if shipped_model is not None:
+            return shipped_model
+    budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
+    if keep_best:   # the held-out images change what is trained on
+        budget_fields.update(val_size=budget.val_size, val_seed=VAL_SEED)
+    spec = {"decomposed_from": base.path.name, "settings": settings, "budget": budget_fields,
+            "code": _lowrank_code_hash(), "torch": torch.__version__.split("+")[0]}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    stem = base.path.stem.split("-")[0]
+    path = user_cache_dir() / "zoo" / f"{stem}+lowrank_{method}-{budget.name}-{key}.pt"
+    cached = _load(path)
+    if cached is not None:
+        info = cached["info"]
+        model = _decomposed_shapes(base.model, method, info.get("ranks"))
+        model.load_state_dict(cached["state_dict"])
+        return TrainedModel(model.eval(), cached["accuracy"], History.from_dict(cached["history"]),
+                            path, trained_now=False, info=info)
+
+    if keep_best:
+        train_loader, val_loader, test_loader = _data.get_dataloaders_with_val(
+            128, budget, augment=True, seed=seed, val_seed=VAL_SEED)
+    else:
+        (train_loader, test_loader), val_loader = get_dataloaders(128, budget, augment=True,
+                                                                  seed=seed), None
+    info: dict = {"method": method}
+    if method == "finetune":
+        model = copy.deepcopy(base.model)
+    else:
+        options = {} if n_iter_max is None else {"n_iter_max": n_iter_max}
+        model, plan = lowrank.decompose_model(base.model, method, macs_ratio=macs_ratio,
+                                              round_to=round_to, skip=skip, **options)
+        info.update(ranks=plan, oneshot_accuracy=_train.evaluate(model, test_loader)["accuracy"])
+    if keep_best:
+        info.update(val_size=len(val_loader.dataset), val_seed=VAL_SEED)
+    history = fit(model, train_loader, epochs, test_loader, lr=lr, schedule="cosine",
+                  seed=seed, progress=progress, val_loader=val_loader, keep_best=keep_best)
+    # fit scored every epoch on the test set: the kept epoch's score is the model's
+    accuracy = history.test_accuracy[history.kept_epoch]
+    _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
+                  "history": history.as_dict(), "info": info, "key": key})
+    return TrainedModel(model.eval(), accuracy, history, path, trained_now=True, info=info)
+
+
+# ---------------------------------------------------------------------------------------
 # make zoo: build the shipped models, resumable model by model
 # ---------------------------------------------------------------------------------------
 
@@ -845,6 +1065,10 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
                                 **entry.prune)
             seconds = sum(result.history.seconds) + sum(
                 result.info.get("penalty_history", {}).get("seconds", []))
+        elif entry.decomposed_from is not None:
+            result = get_decomposed(load(entry.decomposed_from), budget=full,
+                                    progress=progress, **entry.decompose)
+            seconds = sum(result.history.seconds)
         else:
             result = get_trained(
                 entry.model, budget=full, seed=entry.seed, progress=progress,
@@ -855,7 +1079,9 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
             seconds = sum(result.history.seconds)
     finally:
         _BUILDING.discard(name)
-    meta = dict(entry.spec(), name=name, kind="pruned" if entry.pruned_from else "trained",
+    kind = ("pruned" if entry.pruned_from else "decomposed" if entry.decomposed_from
+            else "trained")
+    meta = dict(entry.spec(), name=name, kind=kind,
                 test_accuracy=result.accuracy, subset_correct=subset_correct(result.model),
                 subset_size=1000, trained_on=_trained_on(train_device),
                 torch=torch.__version__.split("+")[0],
@@ -975,6 +1201,14 @@ def _made(entry: ZooEntry) -> str:
         if entry.prune["method"] == "finetune":
             return f"{entry.pruned_from} fine-tuned without pruning ({shown}): the control"
         return f"{entry.pruned_from} pruned by {entry.prune['method']} ({shown}), fine-tuned"
+    if entry.decomposed_from is not None:
+        settings = {k: v for k, v in entry.decompose.items()
+                    if k not in ("epochs", "seed", "method")}
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        if entry.decompose["method"] == "finetune":
+            return f"{entry.decomposed_from} fine-tuned without decomposing ({shown}): the control"
+        return (f"{entry.decomposed_from} decomposed by {entry.decompose['method']} ({shown}), "
+                f"fine-tuned")
     recipe = f"{entry.recipe.get('optimizer')} lr {entry.recipe.get('lr')}"
     if entry.init_from is not None:
         return f"{what} from {entry.init_from}, {recipe}"

@@ -116,6 +116,8 @@ EXEMPT = {
                                   "not a function",
     "zoo.get_trained": "trains and caches a model (minutes)",
     "zoo.get_pruned": "fine-tunes a trained model (minutes)",
+    "zoo.get_decomposed": "decomposes and fine-tunes a trained model (minutes); its bad "
+                          "settings are tested in tests/test_zoo.py",
     "zoo.build": "trains every zoo entry (hours)",
     "zoo.check": "retrains a zoo entry (minutes)",
     "runtime.fresh_process_latency": "starts a fresh Python process per measurement",
@@ -481,6 +483,8 @@ EXAMPLES = {
     "data.balanced_subset": lambda: dict(labels=torch.arange(100) % 10, size=20),
     "data.FashionMNIST": R(train=False, size=20),
     "data.get_dataloaders": {},
+    "data.get_dataloaders_with_val": R(val_size=10),
+    "data.validation_split": lambda: dict(labels=torch.arange(100) % 10, val_size=20),
     "data.normalize": lambda: dict(images=torch.zeros(2, 28, 28, dtype=torch.uint8)),
     "data.main": R(argv=[]),
     # deploy
@@ -572,6 +576,10 @@ EXAMPLES = {
         rows=lc.leaderboard.leaderboard_rows({"01_sweep": contract_rows()})),
     # lowrank
     "lowrank.break_even_rank": R(m=8, n=8),
+    "lowrank.build_decomposed": lambda: dict(model=tiny_cnn(), method="tucker2",
+                                             ranks={"features.2.0": (2, 2)}),
+    "lowrank.error_curve": lambda: dict(weight=randn(8, 4, 3, 3), fractions=[0.5, 1.0]),
+    "lowrank.round_rank": R(rank=19, high=64, round_to=8),
     "lowrank.cp_conv": lambda: dict(conv=nn.Conv2d(4, 4, 3), rank=2, n_iter_max=5),
     "lowrank.decompose_layer": lambda: dict(layer=nn.Linear(8, 8), method="svd", rank=2),
     "lowrank.decompose_model": R(method="svd", ranks={"classifier.2": 2}),

@@ -255,6 +255,41 @@ def test_dataloaders_follow_the_budget(tiny_budget):
         lc.get_dataloaders(batch_size=0, budget=tiny_budget)
 
 
+def test_validation_split_holds_out_a_balanced_seeded_part():
+    _, y = lc.load_fashion_mnist(train=True)
+    train, val = lc.validation_split(y, 5000, seed=0)
+    # disjoint, together every index, sorted; the held-out part is balanced_subset's
+    assert len(train) + len(val) == 60000 and len(set(train.tolist()) & set(val.tolist())) == 0
+    assert torch.equal(torch.sort(torch.cat([train, val])).values, torch.arange(60000))
+    assert torch.equal(val, balanced_subset(y, 5000, seed=0)) and torch.equal(train, train.sort().values)
+    assert torch.equal(torch.bincount(y[val], minlength=10), torch.full((10,), 500))
+    assert torch.equal(lc.validation_split(y, 5000, seed=0)[1], val)
+    assert not torch.equal(lc.validation_split(y, 5000, seed=1)[1], val)
+    with pytest.raises(ValueError, match="val_size must be below the 60000 images"):
+        lc.validation_split(y, 60000)
+    with pytest.raises(ValueError, match="val_size must be an int"):
+        lc.validation_split(y, 0)
+
+
+def test_dataloaders_with_val_hold_out_unaugmented_training_images(tiny_budget):
+    train, val, test = lc.get_dataloaders_with_val(batch_size=50, budget=tiny_budget)
+    plain_train, plain_test = lc.get_dataloaders(batch_size=50, budget=tiny_budget)
+    # the budget's 200 training images: 100 held out (tiny_budget.val_size), 100 to train on
+    assert len(val.dataset) == tiny_budget.val_size == 100 and len(train.dataset) == 100
+    assert torch.equal(test.dataset.images, plain_test.dataset.images)
+    source = plain_train.dataset                      # the same subset, the same order
+    train_index, val_index = lc.validation_split(source.labels, 100, seed=0)
+    xv, yv = next(iter(val))
+    # validation batches are the held-out images as stored: never augmented, in order
+    assert torch.equal(xv, source.images[val_index[:len(xv)]])
+    assert torch.equal(yv, source.labels[val_index[:len(xv)]])
+    assert sorted(train.dataset.indices) == train_index.tolist()
+    assert train.dataset.dataset.augment and not val.dataset.dataset.augment
+    assert len(lc.get_dataloaders_with_val(50, tiny_budget, val_size=50)[1].dataset) == 50
+    with pytest.raises(ValueError, match="val_size must be below the 200 images"):
+        lc.get_dataloaders_with_val(50, tiny_budget, val_size=200)
+
+
 def test_augmentation_keeps_shape_and_changes_pixels():
     plain = lc.FashionMNIST(train=False, size=100, augment=False)
     aug = lc.FashionMNIST(train=False, size=100, augment=True)

@@ -47,6 +47,37 @@ def test_energy_rank_keeps_the_asked_fraction_of_the_squared_norm():
         lowrank.energy_rank(s, 0.0)
 
 
+@pytest.mark.parametrize("shape", [(20, 30), (30, 20), (16, 8, 3, 3), (5, 1, 3, 3)])
+def test_error_curve_is_the_truncated_svds_relative_error(shape):
+    torch.manual_seed(sum(shape))
+    weight = torch.randn(*shape)
+    matrix = weight.flatten(1).double()                 # (N, C k k) for a kernel
+    fractions = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0]
+    curve = lowrank.error_curve(weight, fractions)
+    s = torch.linalg.svdvals(matrix)
+    for f, error in zip(fractions, curve):
+        rank = math.ceil(f * min(matrix.shape))
+        # the reconstruction itself (Eckart-Young: the truncated SVD is the best rank-r
+        # matrix) and the formula on the singular values
+        a, b = lowrank.truncated_svd(matrix, rank)
+        assert math.isclose(error, ((matrix - a @ b).norm() / matrix.norm()).item(),
+                            rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(error, (s[rank:].square().sum().sqrt() / matrix.norm()).item(),
+                            rel_tol=1e-9, abs_tol=1e-12)
+    assert curve[-1] == 0.0 and curve == sorted(curve, reverse=True)
+
+
+def test_error_curve_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"fractions must hold numbers in \(0, 1\]"):
+        lowrank.error_curve(torch.randn(4, 4), [0.0])
+    with pytest.raises(ValueError, match="fractions must be a non-empty"):
+        lowrank.error_curve(torch.randn(4, 4), [])
+    with pytest.raises(ValueError, match="weight must have 2 or more dimensions"):
+        lowrank.error_curve(torch.randn(4), [0.5])
+    with pytest.raises(ValueError, match="all zeros"):
+        lowrank.error_curve(torch.zeros(4, 4), [0.5])
+
+
 @pytest.mark.parametrize("m,n", [(10, 128), (64, 576), (128, 1152), (7, 7)])
 def test_break_even_rank_is_where_the_factorization_stops_saving(m, n):
     layer = nn.Linear(n, m)
@@ -154,6 +185,40 @@ def test_cp_conv_computes_the_conv_with_the_cp_kernel(spec):
     a_n = cp[3].weight[:, :, 0, 0]           # (N, R)
     kernel = torch.einsum("nr,rc,ri,rj->ncij", a_n, a_c, a_h, a_w)
     assert torch.allclose(cp(x), _apply(conv, kernel, x), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Trying to compute SVD")   # rank 5 > k: TensorLy pads
+def test_cp_conv_is_tensorlys_cp_with_each_terms_norm_split_evenly():
+    conv = _conv(CONVS[0])
+    layer = lowrank.cp_conv(conv, 5, n_iter_max=30)
+    a_c = layer[0].weight[:, :, 0, 0].T.double()       # (C, R)
+    a_h = layer[1].weight[:, 0, :, 0].T.double()       # (kh, R)
+    a_w = layer[2].weight[:, 0, 0, :].T.double()       # (kw, R)
+    a_n = layer[3].weight[:, :, 0, 0].double()         # (N, R)
+    norms = torch.stack([a.norm(dim=0) for a in (a_n, a_c, a_h, a_w)])
+    assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-5)   # balanced
+    # the kernel is TensorLy's reconstruction of the same CP-ALS run
+    from tensorly.decomposition import parafac
+    with tl.backend_context("numpy"):
+        cp = parafac(conv.weight.detach().double().numpy(), 5, n_iter_max=30, init="svd",
+                     tol=1e-10, random_state=0, normalize_factors=False)
+        theirs = torch.from_numpy(np.asarray(tl.cp_to_tensor(cp)))
+    mine = torch.einsum("nr,cr,ir,jr->ncij", a_n, a_c, a_h, a_w)
+    assert _rel(mine, theirs) < 1e-5
+
+
+def test_balance_keeps_every_term_and_a_zero_term_alone():
+    torch.manual_seed(4)
+    factors = [torch.randn(d, 3, dtype=torch.float64) * s for d, s in ((5, 10.0), (4, 1.0),
+                                                                        (3, 0.1), (3, 1.0))]
+    factors[2][:, 1] = 0.0                        # a zero term
+    balanced = lowrank._balance(factors)
+    before = torch.einsum("nr,cr,ir,jr->ncijr", *factors)
+    after = torch.einsum("nr,cr,ir,jr->ncijr", *balanced)
+    assert torch.allclose(after, before, atol=1e-12)           # each term, not only the sum
+    norms = torch.stack([f.norm(dim=0) for f in balanced])
+    assert torch.allclose(norms[:, [0, 2]], norms[0, [0, 2]].expand(4, 2))
+    assert all(torch.equal(b[:, 1], f[:, 1]) for b, f in zip(balanced, factors))
 
 
 def test_cp_conv_recovers_a_kernel_of_exact_cp_rank():
@@ -325,6 +390,125 @@ def test_decompose_model_on_a_torchvision_resnet():
     assert "conv1" not in plan and "layer1.0.conv1" in plan
     assert lc.count_macs(small, shape) <= lc.count_macs(model, shape) / 2
     assert small(torch.randn(2, *shape)).shape == (2, 10)
+
+
+# -------------------------------------------------------------- rounded ranks
+
+@settings(max_examples=200, deadline=None)
+@given(high=st.integers(1, 300), round_to=st.integers(1, 32), data=st.data())
+def test_round_rank_is_channel_prunings_rounding(high, round_to, data):
+    """The same rule as channel_pruning's round_to (a kept width there, a rank here):
+    nearest multiple, a tie up, at least round_to, the maximum if that would exceed it."""
+    from lightcnn.channel_pruning import _rounded_width
+    rank = data.draw(st.integers(1, high))
+    rounded = lowrank.round_rank(rank, high, round_to)
+    assert rounded == _rounded_width(rank, high, round_to)
+    assert rounded == high or (rounded % round_to == 0 and rounded >= round_to)
+    assert rounded <= high
+    if rounded != high and rank >= round_to:
+        assert abs(rounded - rank) <= round_to / 2          # the nearest multiple
+
+
+def test_round_rank_examples_and_bad_input():
+    assert [lowrank.round_rank(r, 64, 8) for r in (19, 20, 3, 37, 13)] == [16, 24, 8, 40, 16]
+    assert lowrank.round_rank(60, 62, 8) == 62          # 64 would exceed the maximum
+    assert lowrank.round_rank(5, 6, 8) == 6             # a layer narrower than round_to
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, 64\]"):
+        lowrank.round_rank(65, 64, 8)
+    with pytest.raises(ValueError, match="round_to must be an int"):
+        lowrank.round_rank(5, 64, 0)
+
+
+@pytest.mark.parametrize("method", ["svd", "spatial", "tucker2", "cp"])
+@pytest.mark.parametrize("round_to", [4, 8, 16])
+def test_rank_for_macs_rounds_the_largest_fitting_rank(method, round_to):
+    layer = nn.Linear(96, 40) if method == "svd" else nn.Conv2d(40, 72, 3, padding=1)
+    high = lowrank.max_rank(layer, method)
+    for fraction in (0.1, 0.3, 0.5, 0.8):
+        exact = lowrank.rank_for_macs(layer, method, fraction, (7, 7))
+        rounded = lowrank.rank_for_macs(layer, method, fraction, (7, 7), round_to=round_to)
+        if method == "tucker2":
+            assert rounded == tuple(lowrank.round_rank(r, h, round_to) for r, h in zip(exact, high))
+        else:
+            assert rounded == lowrank.round_rank(exact, high, round_to)
+    assert lowrank.rank_for_macs(layer, method, 0.5, (7, 7), round_to=1) == \
+        lowrank.rank_for_macs(layer, method, 0.5, (7, 7))     # multiples of 1: unchanged
+    with pytest.raises(ValueError, match="round_to must be an int"):
+        lowrank.rank_for_macs(layer, method, 0.5, (7, 7), round_to=0)
+
+
+@pytest.mark.parametrize("method", ["spatial", "tucker2", "cp"])
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_decompose_model_with_round_to_keeps_the_macs_bound(method, round_to):
+    model = lc.create_model("baseline_cnn").eval()
+    skip = ("features.0.0",)
+    total = lc.count_macs(model)
+    options = {"n_iter_max": 1} if method == "cp" else {}     # the plan, not the fit
+    exact = lowrank.decompose_model(model, method, macs_ratio=2.0, skip=skip, **options)[1]
+    small, plan = lowrank.decompose_model(model, method, macs_ratio=2.0, skip=skip,
+                                          round_to=round_to, **options)
+    assert set(plan) == set(exact)
+    modules = dict(model.named_modules())
+    for name, rank in plan.items():
+        high = lowrank.max_rank(modules[name], method)
+        for r, h in (zip(rank, high) if method == "tucker2" else [(rank, high)]):
+            assert r == h or r % round_to == 0, (name, rank)
+    # the bound macs_ratio promises, and the rounded plan's MACs are what it counts
+    assert lc.count_macs(small) <= total / 2
+    assert lc.count_macs(small) > total / 3
+    layer_macs = lc.count_macs_by_module(model)
+    rebuilt = total - sum(layer_macs[n] - lowrank.decomposed_macs(
+        modules[n], method, r, (layer_macs[n] // modules[n].weight.numel(), 1))
+        for n, r in plan.items())
+    assert rebuilt == lc.count_macs(small)
+
+
+def test_decompose_model_rounds_given_ranks():
+    model = lc.create_model("baseline_cnn", widths=(16, 32, 48)).eval()
+    vbmf_like = {"features.2.0": (22, 9), "features.6.0": [45, 44]}
+    _, plan = lowrank.decompose_model(model, "tucker2", ranks=vbmf_like, round_to=8)
+    assert plan == {"features.2.0": (24, 8), "features.6.0": (48, 48)}
+    _, plan = lowrank.decompose_model(model, "spatial", ranks={"features.3.0": 13}, round_to=8)
+    assert plan == {"features.3.0": 16}
+    with pytest.raises(ValueError, match="features.3.0: rank must be in"):
+        lowrank.decompose_model(model, "spatial", ranks={"features.3.0": 10_000}, round_to=8)
+
+
+# ------------------------------------------------------ rebuilding a decomposed model
+
+@pytest.mark.parametrize("method,options", [("spatial", {}), ("tucker2", {"iterations": 1}),
+                                            ("cp", {"n_iter_max": 5}), ("svd", {})])
+def test_build_decomposed_takes_the_state_dict_of_decompose_model(method, options):
+    import json
+    torch.manual_seed(0)
+    model = lc.create_model("baseline_cnn", widths=(8, 16, 24)).eval()
+    if method == "svd":
+        small, plan = lowrank.decompose_model(model, method, ranks={"classifier.2": 4})
+    else:
+        small, plan = lowrank.decompose_model(model, method, macs_ratio=2.0,
+                                              skip=("features.0.0",), **options)
+    stored = json.loads(json.dumps(plan))        # as the zoo's manifest gives it back
+    shell = lowrank.build_decomposed(model, method, stored)
+    shapes = {k: v.shape for k, v in small.state_dict().items()}
+    assert {k: v.shape for k, v in shell.state_dict().items()} == shapes
+    shell.load_state_dict(small.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(shell.eval()(x), small(x))
+    assert lc.count_macs(shell) == lc.count_macs(small)
+    assert isinstance(model.features[2][0], nn.Conv2d)      # the original is untouched
+
+
+def test_build_decomposed_rejects_bad_plans():
+    model = lc.create_model("baseline_cnn", widths=(8, 16, 24))
+    with pytest.raises(ValueError, match="features.3.0: rank must be in"):
+        lowrank.build_decomposed(model, "cp", {"features.3.0": 0})
+    with pytest.raises(ValueError, match="'nope' is not a module"):
+        lowrank.build_decomposed(model, "tucker2", {"nope": (2, 2)})
+    with pytest.raises(ValueError, match="classifier.2 .Linear. cannot be decomposed"):
+        lowrank.build_decomposed(model, "spatial", {"classifier.2": 2})
+    with pytest.raises(ValueError, match="method must be one of"):
+        lowrank.build_decomposed(model, "tt", {})
 
 
 # ----------------------------------------------------------------------- bad input

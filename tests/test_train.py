@@ -72,6 +72,69 @@ def test_bad_arguments_are_rejected(tiny_budget):
         lc.fit(model, train, 1, optimizer="rmsprop")
 
 
+@pytest.mark.parametrize("scripted, best", [([0.5, 0.9, 0.7], 1), ([0.6, 0.6, 0.5], 0),
+                                             ([0.1, 0.2, 0.3], 2)])
+def test_keep_best_ends_with_the_best_validation_epochs_weights(tiny_budget, monkeypatch,
+                                                                 scripted, best):
+    """The validation accuracies are scripted (so the best epoch is known); the weights
+    fit ends with must be the ones it had at the end of that epoch (the earliest of
+    ties), taken by an after_step that copies them at each epoch's last step."""
+    train, val, test = lc.get_dataloaders_with_val(50, tiny_budget)
+    real_evaluate, scores = lc.train.evaluate, iter(scripted)
+
+    def scripted_evaluate(model, loader):
+        result = real_evaluate(model, loader)
+        return dict(result, accuracy=next(scores)) if loader is val else result
+
+    monkeypatch.setattr(lc.train, "evaluate", scripted_evaluate)
+    snapshots, steps = [], {"n": 0}
+
+    def snapshot(model):
+        steps["n"] += 1
+        if steps["n"] % len(train) == 0:      # the epoch's last step: what is scored next
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    history = lc.fit(model, train, 3, test, lr=0.05, progress=False, after_step=snapshot,
+                     val_loader=val, keep_best=True)
+    assert history.val_accuracy == scripted and history.best_epoch == best == history.kept_epoch
+    state = model.state_dict()
+    assert all(torch.equal(state[k], snapshots[best][k]) for k in state)
+    if best != 2:
+        assert not all(torch.equal(state[k], snapshots[2][k]) for k in state)
+    # the test accuracy the history records for that epoch is the returned model's
+    monkeypatch.setattr(lc.train, "evaluate", real_evaluate)
+    assert lc.evaluate(model, test)["accuracy"] == history.test_accuracy[best]
+    assert len(history.val_loss) == 3
+
+
+def test_val_loader_alone_records_and_keeps_the_last_epoch(tiny_budget):
+    train, val, test = lc.get_dataloaders_with_val(50, tiny_budget)
+    model = lc.create_model("lenet5")
+    history = lc.fit(model, train, 2, test, lr=0.05, progress=False, val_loader=val)
+    assert len(history.val_accuracy) == 2 and history.best_epoch is None
+    assert history.kept_epoch == 1
+    assert lc.evaluate(model, val)["accuracy"] == history.val_accuracy[-1]
+    with pytest.raises(ValueError, match="keep_best needs val_loader"):
+        lc.fit(model, train, 1, keep_best=True, progress=False)
+    with pytest.raises(TypeError, match="val_loader must be a DataLoader"):
+        lc.fit(model, train, 1, val_loader="val", progress=False)
+
+
+def test_history_round_trips_and_reads_old_dicts():
+    history = lc.History(train_loss=[1.0, 0.5], test_accuracy=[0.5, 0.7], val_loss=[1.0, 0.9],
+                         val_accuracy=[0.6, 0.5], best_epoch=0)
+    assert lc.History.from_dict(history.as_dict()) == history
+    old = {"train_loss": [1.0], "test_loss": [1.0], "test_accuracy": [0.5], "lr": [0.1],
+           "seconds": [1.0]}                       # a history stored before validation
+    assert lc.History.from_dict(old).kept_epoch == 0 and lc.History.from_dict(old).best_epoch is None
+    with pytest.raises(ValueError, match="best_epoch must index val_accuracy"):
+        lc.History(train_loss=[1.0], val_accuracy=[0.5], best_epoch=1)
+    with pytest.raises(ValueError, match="best_epoch must be an int >= 0"):
+        lc.History(best_epoch=-1)
+
+
 def test_progress_prints_one_line_per_epoch_when_no_bar_can_redraw(tiny_budget, capsys):
     train, test = _loaders(tiny_budget)
     lc.fit(lc.create_model("lenet5"), train, 2, test_loader=test, progress=True)

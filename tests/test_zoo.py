@@ -268,6 +268,83 @@ def test_get_pruned_needs_a_trained_model(tiny_base, tiny_budget):
         lc.zoo.get_pruned(tiny_base.model, "l1", epochs=1, macs_share=0.5, budget=tiny_budget)
 
 
+# ------------------------------------------------------------- get_decomposed (chapter 08)
+
+def test_get_decomposed_equals_the_steps_done_by_hand_and_is_cached(tiny_base, tiny_budget,
+                                                                   monkeypatch):
+    from lightcnn import lowrank
+    settings = dict(macs_ratio=2.0, round_to=8, skip=("features.0.0",), lr=0.003,
+                    keep_best=True)
+    got = lc.zoo.get_decomposed(tiny_base, "tucker2", epochs=2, budget=tiny_budget,
+                                progress=False, **settings)
+    assert got.trained_now and got.path.name.startswith("baseline_cnn+lowrank_tucker2-ci-")
+    # by hand: the same plan, the same held-out images, the same fine-tuning
+    model, plan = lowrank.decompose_model(tiny_base.model, "tucker2", macs_ratio=2.0,
+                                          round_to=8, skip=("features.0.0",))
+    train_loader, val_loader, test_loader = lc.get_dataloaders_with_val(
+        128, tiny_budget, augment=True, seed=0, val_seed=lc.zoo.VAL_SEED)
+    oneshot = lc.evaluate(model, test_loader)["accuracy"]
+    history = lc.fit(model, train_loader, 2, test_loader, lr=0.003, schedule="cosine", seed=0,
+                     progress=False, val_loader=val_loader, keep_best=True)
+    assert got.info == {"method": "tucker2", "ranks": plan, "oneshot_accuracy": oneshot,
+                        "val_size": tiny_budget.val_size, "val_seed": lc.zoo.VAL_SEED}
+    assert _same_state(got.model, model)
+    timeless = lambda h: {k: v for k, v in h.as_dict().items() if k != "seconds"}  # noqa: E731
+    assert timeless(got.history) == timeless(history)
+    assert got.accuracy == history.test_accuracy[history.best_epoch]
+    assert got.accuracy == lc.evaluate(got.model, test_loader)["accuracy"]
+    assert lc.count_macs(got.model) <= 0.5 * lc.count_macs(tiny_base.model)
+    assert all(r % 8 == 0 for ranks in plan.values() for r in ranks)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    again = lc.zoo.get_decomposed(tiny_base, "tucker2", epochs=2, budget=tiny_budget,
+                                  progress=False, **settings)
+    assert not again.trained_now and again.info == got.info and again.accuracy == got.accuracy
+    assert _same_state(again.model, got.model)      # rebuilt from the stored plan
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), got.model.eval()(x))
+    assert isinstance(tiny_base.model.features[2][0], torch.nn.Conv2d)   # the base is untouched
+
+
+def test_get_decomposed_cp_and_its_control_share_the_schedule(tiny_base, tiny_budget):
+    cp = lc.zoo.get_decomposed(tiny_base, "cp", epochs=1, budget=tiny_budget, macs_ratio=2.0,
+                               skip=("features.0.0",), n_iter_max=2, progress=False)
+    assert cp.info["method"] == "cp" and set(cp.info["ranks"]) == {
+        "features.2.0", "features.3.0", "features.5.0", "features.6.0"}
+    assert cp.history.best_epoch is None and cp.accuracy == cp.history.test_accuracy[-1]
+    control = lc.zoo.get_decomposed(tiny_base, "finetune", epochs=1, budget=tiny_budget,
+                                    progress=False)
+    shapes = {k: v.shape for k, v in tiny_base.model.state_dict().items()}
+    assert {k: v.shape for k, v in control.model.state_dict().items()} == shapes
+    assert not _same_state(control.model, tiny_base.model)          # it did train
+    assert control.info == {"method": "finetune"} and control.history.lr == cp.history.lr
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(method="tucker2"), ValueError, "'tucker2' needs macs_ratio"),
+    (dict(method="tucker2", macs_ratio=1.0), ValueError, "macs_ratio must be a finite number > 1"),
+    (dict(method="svd", macs_ratio=2.0), ValueError, "method must be one of"),
+    (dict(method="finetune", macs_ratio=2.0), ValueError, "'finetune' does not take macs_ratio"),
+    (dict(method="finetune", skip=["features.0.0"]), ValueError, "does not take skip"),
+    (dict(method="spatial", macs_ratio=2.0, n_iter_max=5), ValueError, "does not take n_iter_max"),
+    (dict(method="cp", macs_ratio=2.0, round_to=0), ValueError, "round_to must be an int"),
+    (dict(method="cp", macs_ratio=2.0, lr=0), ValueError, "lr must be"),
+    (dict(method="cp", macs_ratio=2.0, keep_best="yes"), TypeError, "keep_best must be"),
+    (dict(method="tucker2", macs_ratio=2.0, epochs=0), ValueError, "epochs must be an int >= 1"),
+    (dict(method="tucker2", macs_ratio=2.0, skip=["nope"]), ValueError, "skip: 'nope' is not a module"),
+])
+def test_get_decomposed_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, match):
+    kwargs = {"epochs": 1, **kwargs}
+    with pytest.raises(error, match=match):
+        lc.zoo.get_decomposed(tiny_base, budget=tiny_budget, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="base must be a TrainedModel"):
+        lc.zoo.get_decomposed(tiny_base.model, "finetune", epochs=1, budget=tiny_budget)
+
+
 # --- the shipped zoo ------------------------------------------------------------------------
 
 import dataclasses
@@ -425,7 +502,8 @@ def test_every_shipped_model_loads_checked_and_scores_its_manifest(shipped_zoo):
     for name, meta in manifest.items():
         model = zoo.load(name)      # checks the SHA-256 and the entry against the manifest
         assert zoo.subset_correct(model.model) == meta["subset_correct"], name
-        assert model.history.test_accuracy[-1] == meta["test_accuracy"], name
+        # the epoch whose weights were kept: the last, or the best on validation data
+        assert model.history.test_accuracy[model.history.kept_epoch] == meta["test_accuracy"], name
 
 
 def test_shipped_zoo_size_is_bounded(shipped_zoo):
@@ -443,11 +521,26 @@ def test_entries_are_consistent():
         if entry.prune is not None:
             assert entry.prune["method"] in zoo.PRUNING_METHODS
             assert entry.prune["epochs"] == entry.epochs
+        assert (entry.decompose is None) == (entry.decomposed_from is None)
+        if entry.decompose is not None:
+            assert entry.decompose["method"] in zoo.LOWRANK_METHODS
+            assert entry.decompose["epochs"] == entry.epochs and entry.pruned_from is None
+            # the settings get_decomposed builds for the same call: the entry can match
+            assert entry.decompose == zoo._lowrank_settings(**{
+                k: entry.decompose.get(k) for k in ("method", "epochs", "lr", "seed",
+                                                    "keep_best", "macs_ratio", "round_to",
+                                                    "n_iter_max")},
+                skip=entry.decompose.get("skip", ()))
     one = zoo.ZooEntry("a", "lenet5", zoo.RECIPES["lenet5"], version=1, epochs=1)
     with pytest.raises(ValueError, match="defined twice"):
         zoo._entries(one, one)
     with pytest.raises(ValueError, match="needs 'b', defined later"):
         zoo._entries(dataclasses.replace(one, init_from="b"))
+    with pytest.raises(ValueError, match="decomposed_from and decompose go together"):
+        dataclasses.replace(one, decomposed_from="a")
+    with pytest.raises(ValueError, match="pruned or decomposed, not both"):
+        dataclasses.replace(one, decomposed_from="a", decompose={"method": "cp"},
+                            pruned_from="a", prune={"method": "l1"})
 
 
 def test_the_books_zoo_table_matches_the_manifest(shipped_zoo):
@@ -465,6 +558,45 @@ def test_table_lists_every_entry_built_or_not(tiny_zoo):
     assert "| `lenet5_seed1` |" in text and "not built" in text
     assert "| `lenet5_more` | lenet5() from lenet5, sgd lr 0.05 |" in text
     assert "1 of 3 entries shipped" in text
+
+
+def test_a_decomposed_entry_builds_loads_and_answers_get_decomposed(tiny_zoo, monkeypatch):
+    """Chapter 08's kind of entry: the baseline decomposed and fine-tuned with a
+    validation split, built into a zoo of its own, loaded back in its factored shapes
+    (rebuilt from the plan the manifest stores), and served to get_decomposed."""
+    base = zoo.ZooEntry("base", "baseline_cnn", zoo.RECIPES["baseline_cnn"], version=1,
+                        epochs=1, kwargs=dict(widths=[8, 16, 24]))
+    tucker = zoo._decomposed("base+tucker2", base, "tucker2", epochs=2, lr=0.003,
+                             macs_ratio=2.0, round_to=4, skip=["features.0.0"])
+    control = zoo._decomposed("base+finetune", base, "finetune", epochs=2, lr=0.003)
+    monkeypatch.setattr(zoo, "ENTRIES", zoo._entries(base, tucker, control))
+    assert zoo.build(progress=False) == ["base", "base+tucker2", "base+finetune"]
+    manifest = weights.read_manifest(tiny_zoo)
+    meta = manifest["base+tucker2"]
+    assert meta["kind"] == "decomposed" and meta["decomposed_from"] == "base"
+    assert meta["info"]["val_size"] == lc.budget.BUDGETS["full"].val_size
+    loaded = zoo.load("base+tucker2")
+    assert isinstance(loaded.model.features[2][0], torch.nn.Sequential)     # factored
+    assert zoo.subset_correct(loaded.model) == meta["subset_correct"]
+    history = loaded.history
+    assert len(history.val_accuracy) == 2 and history.best_epoch is not None
+    assert history.test_accuracy[history.kept_epoch] == meta["test_accuracy"]
+    assert zoo.subset_correct(zoo.load("base+finetune").model) == \
+        manifest["base+finetune"]["subset_correct"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped model must not be trained")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    got = zoo.get_decomposed(zoo.load("base"), "tucker2", epochs=2, lr=0.003, macs_ratio=2.0,
+                             round_to=4, skip=("features.0.0",), keep_best=True,
+                             budget=lc.get_budget("ci"), progress=False)
+    assert got.zoo_name == "base+tucker2" and _same_state(got.model, loaded.model)
+    text = zoo.table()
+    assert "| `base+tucker2` | base decomposed by tucker2 (lr=0.003, keep_best=True, " \
+           "macs_ratio=2.0, round_to=4, skip=['features.0.0']), fine-tuned | 2 | 0 |" in text
+    assert "| `base+finetune` | base fine-tuned without decomposing (lr=0.003, " \
+           "keep_best=True): the control |" in text
 
 
 def test_label_smoothing_recipe_trains_with_smoothed_targets(isolated_cache, tiny_budget, monkeypatch):
@@ -511,8 +643,9 @@ class _Matched(Exception):
      "squeezenet1_1_x0.25+kd_s2"),
     (dict(name="baseline_cnn", epochs=20, seed=0, recipe="smooth", widths=(16, 32, 64)),
      "cnn_x0.5+smooth_s0"),
-    # another schedule or setting matches no entry
+    # another schedule or setting matches no entry; nor does a decomposed entry's schedule
     (dict(name="baseline_cnn", epochs=2, seed=0, recipe="student", widths=(8, 16, 32)), None),
+    (dict(name="baseline_cnn", epochs=10, init="baseline_cnn"), None),
     (dict(name="squeezenet1_1", epochs=20, seed=0, recipe="student", width_mult=0.25,
           teacher="baseline_cnn", distill=dict(temperature=2.0, alpha=0.1)), None),
 ])
@@ -540,3 +673,49 @@ def test_the_chapters_calls_match_their_zoo_entries(call, expected, monkeypatch,
                         teacher=None if teacher is None else shipped(teacher),
                         progress=False, **call)
     assert seen == [expected]
+
+
+_HALF = dict(macs_ratio=2.0, round_to=8, skip=("features.0.0",))
+
+
+@pytest.mark.parametrize("call, expected", [
+    # chapter 08: the baseline decomposed to half its MACs, fine-tuned at the zoo's rate
+    (dict(method="tucker2", epochs=10, **_HALF), "baseline_cnn+tucker2_half_macs_e10"),
+    (dict(method="spatial", epochs=10, **_HALF), "baseline_cnn+spatial_half_macs_e10"),
+    (dict(method="cp", epochs=10, n_iter_max=25, **_HALF), "baseline_cnn+cp_half_macs_e10"),
+    (dict(method="cp", epochs=20, n_iter_max=25, **_HALF), "baseline_cnn+cp_half_macs_e20"),
+    (dict(method="finetune", epochs=10), "baseline_cnn+lowrank_finetune_e10"),
+    # another rate, rounding, schedule or selection matches no entry
+    (dict(method="tucker2", epochs=10, **dict(_HALF, round_to=None)), None),
+    (dict(method="tucker2", epochs=3, **_HALF), None),
+    (dict(method="cp", epochs=10, n_iter_max=25, lr=0.01, **_HALF), None),
+    (dict(method="finetune", epochs=10, keep_best=False), None),
+])
+def test_chapter_08s_calls_match_their_zoo_entries(call, expected, monkeypatch):
+    """get_decomposed called as chapter 08 should call it finds the entry that ships it."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    base = zoo.TrainedModel(lc.create_model("baseline_cnn"), 0.9, lc.train.History(),
+                            Path("baseline_cnn.safetensors"), False, zoo_name="baseline_cnn")
+    call = {"lr": zoo.LOWRANK_LR, "keep_best": True, **call}
+    with pytest.raises(_Matched):
+        zoo.get_decomposed(base, budget=lc.get_budget("ci"), progress=False, **call)
+    assert seen == [expected]
+
+
+def test_the_thinner_dense_network_has_half_the_baselines_macs():
+    """chapter 08's same-MACs comparison: cnn_half_macs against the 2x decompositions."""
+    from lightcnn import lowrank
+    entry = zoo.ENTRIES["cnn_half_macs"]
+    baseline = lc.create_model("baseline_cnn")
+    thin = lc.create_model(entry.model, **entry.kwargs)
+    ratio = lc.count_macs(baseline) / lc.count_macs(thin)
+    assert 2.0 <= ratio <= 2.05 and all(w % 8 == 0 for w in entry.kwargs["widths"])
+    for method in ("spatial", "tucker2"):
+        small, _ = lowrank.decompose_model(baseline, method, **_HALF)
+        assert abs(lc.count_macs(small) - lc.count_macs(thin)) <= 0.02 * lc.count_macs(baseline)
