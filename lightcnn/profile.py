@@ -595,6 +595,7 @@ def profile_model(model: nn.Module, name: str, accuracy: float | None = None,
     check_str("name", name)
     check_float("accuracy", accuracy, 0, 1, none=True)
     _check_row_args(baseline, budget, batch_sizes)
+    _check_repeat_args(number, until_stable, MAX_NUMBER)   # before the counts: they take time
     for arg, value in (("macs", macs), ("size_bytes", size_bytes),
                        ("size_gzip_bytes", size_gzip_bytes)):
         _check_count(arg, value)
@@ -732,6 +733,7 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
             else:
                 _check_count(f"{arg}[{name!r}]", value)
     _check_row_args(baseline, budget, batch_sizes)
+    _check_repeat_args(number, until_stable, MAX_NUMBER)   # before the counts: they take time
     rows = {name: _counts_row(model, name, per_row["accuracy"].get(name),
                               None if name == baseline else baseline, input_shape,
                               per_row["macs"].get(name), per_row["size_bytes"].get(name),
