@@ -28,6 +28,7 @@ Taught in chapters/04_pruning.
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -36,8 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torchvision.models.shufflenetv2 import channel_shuffle as _tv_channel_shuffle
-from torchvision.ops import stochastic_depth as _stochastic_depth
 
 from ._checks import (check_callable, check_int, check_ints, check_module, check_sequence,
                       check_str, is_int)
@@ -108,8 +107,7 @@ _SAME_CHANNELS_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.
 _SAME_CHANNELS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.silu, F.hardswish, F.hardsigmoid,
                             F.sigmoid, F.gelu, F.dropout, F.max_pool2d, F.avg_pool2d,
                             F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu,
-                            torch.sigmoid, torch.tanh,
-                            _stochastic_depth}  # drops whole samples (EfficientNet), not channels
+                            torch.sigmoid, torch.tanh}
 _SAME_CHANNELS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_",
                           "sigmoid_"}
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
@@ -120,11 +118,26 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 _METADATA_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
 
 
+@functools.cache
+def _torchvision_functions() -> tuple[Callable, Callable]:
+    """torchvision's ``channel_shuffle`` (ShuffleNetV2's, the same as the book's) and
+    ``stochastic_depth`` (EfficientNet's: it drops whole samples, not channels).
+
+    Imported at the first trace, not with the package: ``torchvision.ops`` imports
+    ``torch._dynamo``, about 2 CPU seconds that every process importing lightcnn paid
+    (``make data``, a fresh-process latency probe, each chapter's kernel).
+    """
+    from torchvision.models.shufflenetv2 import channel_shuffle as tv_channel_shuffle
+    from torchvision.ops import stochastic_depth
+
+    return tv_channel_shuffle, stochastic_depth
+
+
 class _Tracer(fx.Tracer):
     # channel_shuffle is one opaque node: its view/transpose/view would hide the permutation
     # (the book's own, and torchvision's ShuffleNetV2 one, which computes the same)
     def __init__(self):
-        super().__init__(autowrap_functions=(channel_shuffle, _tv_channel_shuffle))
+        super().__init__(autowrap_functions=(channel_shuffle, _torchvision_functions()[0]))
 
 
 @dataclass
@@ -289,7 +302,8 @@ def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
                                if isinstance(x, fx.Node)) and target is not torch.cat \
             and target is not operator.getitem:
         return None                              # no channel tensor involved
-    if (not is_method and target in _SAME_CHANNELS_FUNCTIONS) or \
+    if (not is_method and (target in _SAME_CHANNELS_FUNCTIONS
+                           or target is _torchvision_functions()[1])) or \
             (is_method and target in _SAME_CHANNELS_METHODS):
         return first
     if (not is_method and target in _ELEMENTWISE) or (is_method and target in _ELEMENTWISE_METHODS):
@@ -303,7 +317,7 @@ def _function(a: _Analysis, node: fx.Node, env: dict, unsupported) -> object:
             a.fix(y)
             return x if len(x) >= len(y) else y
         return first
-    if not is_method and target in (channel_shuffle, _tv_channel_shuffle):
+    if not is_method and target in (channel_shuffle, _torchvision_functions()[0]):
         groups = args[1] if len(args) > 1 else kwargs["groups"]
         n = len(first)
         a.fix(first)                             # a shuffle of fewer channels is another permutation

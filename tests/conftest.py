@@ -37,7 +37,7 @@ def shipped_zoo(monkeypatch) -> Path:
     return lc.weights.zoo_dir()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")   # a frozen dataclass: sharing it is safe
 def tiny_budget() -> Budget:
     return Budget("ci", train_size=200, test_size=100, epochs=1, finetune_epochs=1,
                   proxy_epochs=1, survey_epochs=1, overfit_train_size=100,

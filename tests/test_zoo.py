@@ -1,3 +1,6 @@
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,9 +155,30 @@ def test_get_trained_on_a_gpu_returns_a_cpu_model(isolated_cache, tiny_budget):
 
 # ---------------------------------------------------------------- get_pruned (chapter 04)
 
+@pytest.fixture(scope="module")
+def _tiny_base_once(tmp_path_factory, tiny_budget, data_dir):
+    # Trained once for the module's twenty-odd tests instead of once each, in a cache and
+    # an empty zoo of its own, with what the autouse fixtures (which run after a
+    # module-scoped one) and isolated_cache would have set.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIGHTCNN_CACHE", str(tmp_path_factory.mktemp("base-cache")))
+        mp.setenv("LIGHTCNN_ZOO", str(tmp_path_factory.mktemp("empty-zoo")))
+        mp.delenv("LIGHTCNN_DATA", raising=False)
+        mp.setattr(lc.data, "DEBIAN_DIR", data_dir)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        lc.seed_everything(0)
+        try:
+            return lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False)
+        finally:
+            torch.set_num_threads(previous)
+
+
 @pytest.fixture
-def tiny_base(isolated_cache, tiny_budget):
-    return lc.zoo.get_trained("baseline_cnn", tiny_budget, progress=False)
+def tiny_base(_tiny_base_once, isolated_cache):
+    # a copy per test: what one test does to the model (eval(), a bug in get_pruned) must
+    # not reach the next
+    return dataclasses.replace(_tiny_base_once, model=copy.deepcopy(_tiny_base_once.model))
 
 
 def _same_state(a, b):
@@ -347,7 +371,6 @@ def test_get_decomposed_rejects_bad_settings(tiny_base, tiny_budget, kwargs, err
 
 # --- the shipped zoo ------------------------------------------------------------------------
 
-import dataclasses
 import os
 
 from lightcnn import weights
