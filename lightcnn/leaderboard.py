@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from ._checks import check_mapping, check_str
-from .results import CONTRACT_KEYS, TECHNIQUES
+from .results import CONTRACT_KEYS, NOT_COMPETING, TECHNIQUES
 
 __all__ = ["ContractError", "contract_problems", "check_contract", "leaderboard_rows",
            "best_by_technique", "RATIO_KEYS"]
@@ -41,8 +41,9 @@ def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None 
     """Everything wrong with one chapter's rows, as sentences (empty when they are fine).
 
     A row must carry every key of ``CONTRACT_KEYS``; its ``chapter`` must be the file's
-    name, its ``technique`` one of the chapters' techniques or ``"reference"``, its
-    ``cpu`` a non-empty name, and (unless ``budget`` is None) its ``budget`` the one given.
+    name, its ``technique`` one of the chapters' techniques, ``"reference"`` or
+    ``"control"`` (the baseline trained on as long as a compressed model), its ``cpu`` a
+    non-empty name, and (unless ``budget`` is None) its ``budget`` the one given.
     """
     if not isinstance(chapter, str) or not chapter:
         raise ValueError(f"chapter must be a non-empty string, got {chapter!r}")
@@ -50,7 +51,7 @@ def contract_problems(chapter: str, rows: Sequence[Mapping], budget: str | None 
         raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
     _check_rows(rows)
     check_str("budget", budget, none=True)
-    techniques = set(TECHNIQUES.values()) | {"reference", "runtime"}
+    techniques = set(TECHNIQUES.values()) | {"reference", "control", "runtime"}
     problems = []
     if not rows:
         problems.append(f"{chapter}: no rows")
@@ -152,7 +153,8 @@ def best_by_technique(rows: Sequence[Mapping], ratio: str = "size_ratio",
                       max_drop: float = 1.0) -> dict[str, dict]:
     """Per technique, the leaderboard row with the largest ``ratio`` among those at most
     ``max_drop`` points below their baseline (ties go to the smaller drop). Techniques
-    with no such row (or no row above 1x) are left out.
+    with no such row (or no row above 1x) are left out, and so are references and controls
+    (:data:`lightcnn.results.NOT_COMPETING`: the baseline's own network, no technique).
 
     Args:
         rows: as from :func:`leaderboard_rows`.
@@ -167,7 +169,8 @@ def best_by_technique(rows: Sequence[Mapping], ratio: str = "size_ratio",
     best: dict[str, dict] = {}
     for row in rows:
         value, drop = row.get(ratio), row.get("drop_points")
-        if value is None or drop is None or drop > max_drop or value <= 1:
+        if value is None or drop is None or drop > max_drop or value <= 1 \
+                or row["technique"] in NOT_COMPETING:
             continue
         current = best.get(row["technique"])
         if current is None or (value, -drop) > (current[ratio], -current["drop_points"]):

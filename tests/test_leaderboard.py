@@ -75,6 +75,25 @@ def test_best_by_technique_respects_the_allowed_drop():
     assert lb.best_by_technique(rows, "speedup_b256") == {}     # nothing faster than 1x
 
 
+def test_a_control_keeps_the_contract_and_wins_no_technique():
+    # the baseline trained on as long as a compressed model: the same network, so its
+    # faster median is noise, and "control" is no technique
+    results = {"06_binary_networks": [
+        _row("base", technique="reference", accuracy=0.93, b256=10.0,
+             chapter="06_binary_networks"),
+        _row("control", "base", technique="control", accuracy=0.932, b256=9.5,
+             chapter="06_binary_networks"),
+        _row("bnn", "base", technique="binarization", accuracy=0.925, b256=4.0, size=50,
+             chapter="06_binary_networks")]}
+    lb.check_contract(results)
+    rows = lb.leaderboard_rows(results)
+    assert rows[1]["technique"] == "control"
+    best = lb.best_by_technique(rows, "speedup_b256")
+    assert list(best) == ["binarization"] and best["binarization"]["name"] == "bnn"
+    results["06_binary_networks"].pop()
+    assert lb.best_by_technique(lb.leaderboard_rows(results), "speedup_b256") == {}
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(ratio="speed"), "ratio must be one of"),
     (dict(max_drop=-1), "max_drop"),
