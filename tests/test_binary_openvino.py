@@ -156,8 +156,13 @@ def test_benchmark_rows_on_a_tiny_case():
     rows = BO.benchmark_binary_conv(channels=(8,), sizes=(3,), threads=(1,), warmup=2,
                                     repeats=3, number=None, until_stable=True, max_number=4)
     assert rows[0]["book_outcome"] in ("stable", "cap")
-    assert rows[0]["speedup_ratio"].stable or "cap" in (rows[0]["book_outcome"],
-                                                        rows[0]["openvino_outcome"])
+    assert rows[0]["openvino_outcome"] in ("stable", "cap")
+    # Each latency stabilized on its own does not make their ratio stable: rounds that land
+    # on a busy moment move one side only (CI under make -j3 saw 0.60-0.78x). Whether this
+    # ratio is a result is timing; that it says so by the rule is not.
+    ratio = rows[0]["speedup_ratio"]
+    assert ratio.stable == (ratio.relative_iqr <= lc.profile.STABLE_RELATIVE_IQR)
+    assert str(ratio).endswith("?") == (not ratio.stable)
     with pytest.raises(ValueError, match="max_number"):
         BO.benchmark_binary_conv(channels=(8,), sizes=(3,), threads=(1,), max_number=0)
     with pytest.raises(ValueError, match="multiples of 8"):
