@@ -11,8 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the chapters, and the appendix pages that run code
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb)) $(sort $(wildcard book/*.ipynb))
-# nbval: run each notebook in this venv's kernel; a cell may train for a while.
-NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
+# nbval: run each notebook in this venv's kernel; a cell may train for a while. --durations
+# lists the slowest cells (and tests) in the log: where make test's 15 minutes go.
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --durations=20
 
 .PHONY: install data book test unit nbval strict-book execute zoo lab clean
 
@@ -42,7 +43,7 @@ test: $(STAMP) data
 	echo "make test: $$(( $$(date +%s) - start )) s (after install and data)"
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 
 # Every chapter, executed at the ci budget; cells tagged nbval-check-output compared strictly.
 nbval: $(STAMP)
