@@ -51,7 +51,7 @@ class Budget:
         latency_batch_sizes: batch sizes at which latency is reported.
         latency_until_stable: retake a timing's samples, longer each time, until their
             spread is at most 20% of the median (``until_stable`` of
-            :func:`lightcnn.time_interleaved`); off at ``ci``, whose five samples cannot
+            :func:`lightcnn.time_interleaved`); off at ``ci``, whose three samples cannot
             judge a spread and whose timings are no result.
         binary_epochs: epochs for each network of chapter 6's binary comparison (the fp32
             reference and five binarized twins, trained from scratch): fewer than
@@ -134,7 +134,7 @@ BUDGETS: dict[str, Budget] = {
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
                  proxy_epochs=1, survey_epochs=1, overfit_train_size=500, overfit_epochs=2,
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
-                 latency_warmup=2, latency_repeats=5, latency_until_stable=False,
+                 latency_warmup=1, latency_repeats=3, latency_until_stable=False,
                  binary_epochs=1,
                  distill_epochs=1, distill_long_epochs=1, distill_sweep_size=500,
                  distill_sweep_epochs=1, prune_epochs=1, slim_penalty_epochs=1),
