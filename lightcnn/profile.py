@@ -48,6 +48,7 @@ from ._checks import (check_bool, check_float, check_int, check_ints, check_mapp
 __all__ = [
     "INPUT_SHAPE", "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
     "count_macs_thop", "model_size_bytes", "STABLE_RELATIVE_IQR", "MIN_SAMPLE_MS", "MAX_NUMBER",
+    "MAX_RETAKE_SECONDS",
     "Latency", "Ratio", "speedup", "speedups", "measure_latency", "time_interleaved",
     "compare_latency", "profile_model", "profile_models", "simulated_row",
     "Table", "UNSTABLE", "UNSTABLE_NOTE", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
@@ -64,6 +65,10 @@ STABLE_RELATIVE_IQR = 0.20
 MIN_SAMPLE_MS = 1.0
 # until_stable doubles the passes per sample of an unstable call up to this many.
 MAX_NUMBER = 64
+# ... and starts a retake only if it would end within this many seconds of the first timed
+# round: at batch 256 a doubled sample of a dozen networks is minutes per retake, and a
+# call that stays unstable that long is published as unstable, not retaken for an hour.
+MAX_RETAKE_SECONDS = 120.0
 
 # The clock every timing here reads (tests replace it with a fake one).
 _clock = time.perf_counter
@@ -458,8 +463,8 @@ def _passes_for(seconds: list[float], max_number: int) -> int:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, warmup: int = 10,
                      repeats: int = 50, batch_size: int = 1, number: int | None = 1,
-                     until_stable: bool = False,
-                     max_number: int = MAX_NUMBER) -> dict[str, Latency]:
+                     until_stable: bool = False, max_number: int = MAX_NUMBER,
+                     max_seconds: float = MAX_RETAKE_SECONDS) -> dict[str, Latency]:
     """Time several calls side by side: each round runs every call once, round-robin.
 
     A ratio of two medians measured one after the other also measures what changed in
@@ -473,8 +478,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
     estimates the spread of one sample, it does not shrink it. So ``until_stable``
     retakes the samples with twice the ``number`` of every unstable call (IQR above
     :data:`STABLE_RELATIVE_IQR` of its median; all calls are retaken, so they stay
-    paired round by round) until every call is stable or an unstable one has reached
-    ``max_number``. Each latency's ``outcome`` then says ``"stable"`` or ``"cap"``.
+    paired round by round) until every call is stable, or every unstable one has reached
+    ``max_number``, or the next retake (predicted from the last one's medians) would end
+    more than ``max_seconds`` after the first timed round. Each latency's ``outcome`` then
+    says ``"stable"`` or ``"cap"``.
 
     Args:
         fns: name -> a call without arguments (e.g. ``lambda: model(x)``).
@@ -483,6 +490,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
             two whose calls last :data:`MIN_SAMPLE_MS` (from the warm-up's times).
         until_stable: retake the samples until stable, as above.
         max_number: the most calls per sample that ``None`` or ``until_stable`` choose.
+        max_seconds: the time ``until_stable`` may spend, counted from the first timed
+            round; the first take always runs whole.
     """
     if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
         raise ValueError("fns must be a non-empty dict of name -> callable")
@@ -491,6 +500,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
     _check_repeat_args(number, until_stable, max_number)
+    check_float("max_seconds", max_seconds, 0, low_open=True)
     names = list(fns)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -503,13 +513,19 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int = 2, war
                 warm[n].append(_clock() - start)
         numbers = ({n: _passes_for(warm[n], max_number) for n in names} if number is None
                    else dict.fromkeys(names, number))
+        started = _clock()
         while True:
             result = _rounds(fns, names, numbers, repeats, batch_size, threads)
             unstable = [n for n in names if not result[n].stable]
             if not until_stable or not unstable or all(numbers[n] >= max_number for n in unstable):
                 break
-            for n in unstable:
-                numbers[n] = min(2 * numbers[n], max_number)
+            longer = {n: min(2 * numbers[n], max_number) if n in unstable else numbers[n]
+                      for n in names}
+            # every call is retaken (to stay paired): its time, from this take's medians
+            retake = repeats * sum(result[n].median_ms * longer[n] for n in names) / 1000.0
+            if _clock() - started + retake > max_seconds:
+                break
+            numbers = longer
     finally:
         torch.set_num_threads(previous)
     if until_stable:

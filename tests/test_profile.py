@@ -392,6 +392,21 @@ def test_until_stable_stops_at_the_cap_and_says_so(clock):
     assert with_room.number == 8 and with_room.outcome == "stable" and with_room.median_ms == pytest.approx(2.0)
 
 
+def test_until_stable_retakes_only_within_its_time_budget(clock):
+    # the jittery call is stable at 2 passes per sample (see above); the steady one makes
+    # each take last 10 rounds x (1.5 + 50) ms = 0.515 s, a retake with 2 passes 0.53 s
+    fns = lambda: {"jittery": _cycling(clock, [1.0, 2.0]), "steady": _cycling(clock, [50.0])}
+    tight = lc.time_interleaved(fns(), threads=1, warmup=0, repeats=10, until_stable=True,
+                                max_seconds=1.0)
+    assert tight["jittery"].number == 1 and tight["jittery"].outcome == "cap"
+    assert not tight["jittery"].stable and tight["steady"].outcome == "stable"
+    roomy = lc.time_interleaved(fns(), threads=1, warmup=0, repeats=10, until_stable=True,
+                                max_seconds=1.1)
+    assert roomy["jittery"].number == 2 and roomy["jittery"].outcome == "stable"
+    with pytest.raises(ValueError, match="max_seconds"):
+        lc.time_interleaved(fns(), max_seconds=0)
+
+
 def test_number_none_times_enough_passes_to_fill_a_millisecond(clock):
     lat = lc.time_interleaved({"tiny": _cycling(clock, [0.3]), "big": _cycling(clock, [5.0])},
                               threads=1, warmup=2, repeats=3, number=None)
