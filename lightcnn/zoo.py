@@ -264,9 +264,83 @@ _LENET5 = ZooEntry("lenet5", "lenet5", RECIPES["lenet5"], version=1, epochs=20,
 _BASELINE = ZooEntry("baseline_cnn", "baseline_cnn", RECIPES["baseline_cnn"], version=1,
                      epochs=20, minutes_per_epoch=1.0)
 
+# make zoo -j 2 trains two models at once, on one thread each. The estimates of chapters 02
+# and 03 scale the seconds per epoch those chapters measured on 2 threads (AMD EPYC) by
+# 1.5: chapter 07's students took 13 and 29 s an epoch on 2 threads in their chapter, and
+# 18 to 20 and 40 to 48 s in the zoo's build (zoo/manifest.json, the builds not slowed by
+# other work).
+_ONE_THREAD = 1.5
+
+
+def _minutes(seconds_on_2_threads: float) -> float:
+    """Estimated minutes per epoch in ``make zoo -j 2`` from a chapter's 2-thread seconds."""
+    return round(seconds_on_2_threads * _ONE_THREAD / 60, 2)
+
+
+def _design(name: str, seconds: float, channels_last: bool = False, **kwargs) -> ZooEntry:
+    """Chapter 02's kind of entry: ``design_cnn(**kwargs)`` from scratch, the baseline's
+    recipe and schedule."""
+    return ZooEntry(name, "design_cnn", RECIPES["baseline_cnn"], version=1, epochs=20,
+                    kwargs=kwargs, channels_last=channels_last,
+                    minutes_per_epoch=_minutes(seconds))
+
+
+# chapter 03's survey at width 0.25: family, channels-last (the chapter's CHANNELS_LAST:
+# the families whose training it made faster on the book's CPU), seconds per epoch in the
+# chapter's one-epoch survey (SqueezeNet 1.1's: the mean of its 20-epoch run)
+_SURVEY_WIDTH = 0.25
+_SURVEY = (
+    ("mobilenet_v1", True, 88.0),
+    ("mobilenet_v2", True, 151.7),
+    ("mobilenet_v3_small", True, 69.0),
+    ("mobilenet_v3_large", True, 117.3),
+    ("shufflenet_v1", True, 122.3),
+    ("shufflenet_v2", False, 97.8),
+    ("squeezenet1_0", True, 45.1),
+    ("squeezenet1_1", True, 27.8),
+    ("efficientnet_b0", True, 222.8),
+    ("ghostnet", False, 157.5),
+)
+
 ENTRIES: dict[str, ZooEntry] = _entries(
     _LENET5,
     _BASELINE,
+    # chapter 02: design_cnn's variants, one knob at a time. The widths are what
+    # design.fit_widths_to_macs gives at an eighth and a half of the baseline's MACs for
+    # each depth profile (the chapter computes them, tests/test_zoo.py checks that they
+    # agree). Seconds per epoch: the chapter's one-epoch runs.
+    # depth against width at equal MACs: dense 3x3 blocks, ReLU
+    _design("design_cnn_eighth_d111", 30, widths=(19, 38, 76), depths=(1, 1, 1)),
+    _design("design_cnn_eighth_d122", 26, widths=(11, 22, 44), depths=(1, 2, 2)),
+    _design("design_cnn_eighth_d233", 23, widths=(7, 14, 28), depths=(2, 3, 3)),
+    _design("design_cnn_half_d111", 83, widths=(38, 76, 152), depths=(1, 1, 1)),
+    _design("design_cnn_half_d122", 73, widths=(22, 44, 88), depths=(1, 2, 2)),
+    _design("design_cnn_half_d233", 53, widths=(16, 32, 64), depths=(2, 3, 3)),
+    # the other activations on the half-MACs (1, 2, 2) network (ReLU's is the one above);
+    # the chapter did not print their seconds: ReLU's 73 plus 5%, about what each added to
+    # the network's time at batch 256 in inference
+    *(_design(f"design_cnn_half_d122_{activation}", 77, widths=(22, 44, 88), depths=(1, 2, 2),
+              activation=activation) for activation in ("leaky_relu", "silu", "hardswish")),
+    # the factored blocks at an eighth of the MACs (the dense one is design_cnn_eighth_d122),
+    # in channels-last like chapter 03's depthwise families. The inverted residual is also
+    # the hand design the searched network is compared with. Seconds: the mbconv network's
+    # 6-epoch run in the chapter (5.1 min); the depthwise-separable one's were not printed,
+    # so mbconv's scaled by their times at batch 256 in inference (73 against 61 ms)
+    _design("design_cnn_eighth_d122_dwsep", 61, channels_last=True, widths=(31, 62, 124),
+            depths=(1, 2, 2), block="dwsep"),
+    _design("design_cnn_eighth_d122_mbconv", 51, channels_last=True, widths=(11, 22, 44),
+            depths=(1, 2, 2), block="mbconv"),
+    # the architecture chapter 02's seeded search found under an eighth of the baseline's
+    # MACs on the book's AMD EPYC (the same in every run there; an Intel Xeon's rounding
+    # ranked another first), trained like the hand design; seconds: its 6-epoch run (4.7 min)
+    ZooEntry("searched_cnn_eighth", "searched_cnn", RECIPES["baseline_cnn"], version=1,
+             epochs=20, kwargs=dict(architecture=((1, 48, 5, 1), (3, 24, 3, 1), (3, 48, 5, 1))),
+             channels_last=True, minutes_per_epoch=_minutes(47)),
+    # chapter 03: the survey's ten families at width 0.25, the baseline's recipe and schedule
+    *(ZooEntry(f"{family}_x{_SURVEY_WIDTH}", family, RECIPES["baseline_cnn"], version=1,
+               epochs=20, kwargs=dict(width_mult=_SURVEY_WIDTH), channels_last=channels_last,
+               minutes_per_epoch=_minutes(seconds))
+      for family, channels_last, seconds in _SURVEY),
     # chapter 04: the baseline pruned and fine-tuned (get_pruned's schedule: SGD, cosine from
     # lr 0.01, augmented batches of 128), beside the control that fine-tunes as long without
     # pruning; the 12x model also at twice the schedule, to show whether it converged

@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -742,3 +743,127 @@ def test_the_thinner_dense_network_has_half_the_baselines_macs():
     for method in ("spatial", "tucker2"):
         small, _ = lowrank.decompose_model(baseline, method, **_HALF)
         assert abs(lc.count_macs(small) - lc.count_macs(thin)) <= 0.02 * lc.count_macs(baseline)
+
+
+def _resolves_to(monkeypatch, name, **kwargs):
+    """The zoo entry get_trained(name, **kwargs) finds at the ci budget (None: no entry)."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    with pytest.raises(_Matched):
+        zoo.get_trained(name, lc.get_budget("ci"), progress=False, **kwargs)
+    return seen[0]
+
+
+def _chapter_02_calls() -> list[tuple[str, dict]]:
+    """Chapter 02's design_cnn calls, with the widths the chapter computes, and the zoo
+    entry each must load."""
+    from lightcnn import design
+    base_macs = lc.count_macs(lc.create_model("baseline_cnn"))
+    targets = {"eighth": base_macs // 8, "half": base_macs // 2}   # the chapter's "1/8", "1/2"
+    calls = []
+    for size, target in targets.items():                          # depth against width
+        for depths in ((1, 1, 1), (1, 2, 2), (2, 3, 3)):
+            widths = design.fit_widths_to_macs(target, depths)
+            calls.append((f"design_cnn_{size}_d{''.join(map(str, depths))}",
+                          dict(widths=widths, depths=depths)))
+    half = design.fit_widths_to_macs(targets["half"], (1, 2, 2))
+    for activation in design.ACTIVATIONS:                         # relu: design_cnn_half_d122
+        if activation != "relu":
+            calls.append((f"design_cnn_half_d122_{activation}",
+                          dict(widths=half, depths=(1, 2, 2), activation=activation)))
+    for block in design.BLOCKS:                                   # conv: design_cnn_eighth_d122
+        if block != "conv":
+            widths = design.fit_widths_to_macs(targets["eighth"], (1, 2, 2), block=block)
+            calls.append((f"design_cnn_eighth_d122_{block}",
+                          dict(widths=widths, depths=(1, 2, 2), block=block, channels_last=True)))
+    return calls
+
+
+def test_chapter_02s_calls_match_their_zoo_entries(monkeypatch):
+    """Every design_cnn call of chapter 02 whose accuracy the chapter compares finds its
+    entry, with the widths fit_widths_to_macs computes; the old one-epoch call and the
+    other memory format find none."""
+    from lightcnn import design
+    assert set(design.ACTIVATIONS) == {"relu", "leaky_relu", "silu", "hardswish"}
+    assert design.BLOCKS == ("conv", "dwsep", "mbconv")
+    calls = _chapter_02_calls()
+    for expected, kwargs in calls:
+        assert _resolves_to(monkeypatch, "design_cnn", **kwargs) == expected, expected
+    assert len({expected for expected, _ in calls}) == 11
+    (_, first), (_, mbconv) = calls[0], calls[-1]
+    assert _resolves_to(monkeypatch, "design_cnn", epochs=1, **first) is None
+    assert _resolves_to(monkeypatch, "design_cnn", **dict(mbconv, channels_last=False)) is None
+
+
+def test_chapter_02s_searched_network_is_a_draw_of_its_search(monkeypatch):
+    """searched_cnn_eighth pins the architecture chapter 02's search (seed 0, 6 draws
+    under an eighth of the baseline's MACs) ranked first on the book's CPU: a draw of that
+    search (the draws do not depend on the scores), within the space and the budget; the
+    chapter's call finds it, another architecture finds nothing."""
+    from lightcnn import search
+    entry = zoo.ENTRIES["searched_cnn_eighth"]
+    architecture = entry.kwargs["architecture"]
+    eighth = lc.count_macs(lc.create_model("baseline_cnn")) // 8
+    space = search.SearchSpace()
+    draws = [t.architecture for t in search.random_search(space, lambda a: 0.0, eighth, 6, seed=0)]
+    assert architecture in draws
+    assert lc.count_macs(search.build_searched(architecture)) <= eighth
+    assert _resolves_to(monkeypatch, "searched_cnn", architecture=architecture,
+                        channels_last=True) == "searched_cnn_eighth"
+    assert _resolves_to(monkeypatch, "searched_cnn", architecture=draws[0],
+                        channels_last=True) is None
+
+
+# chapter 03's survey, and the families it trains in channels-last (its CHANNELS_LAST)
+_SURVEY = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+           "shufflenet_v1", "shufflenet_v2", "squeezenet1_0", "squeezenet1_1",
+           "efficientnet_b0", "ghostnet"]
+_CHANNELS_LAST = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                  "shufflenet_v1", "squeezenet1_0", "squeezenet1_1", "efficientnet_b0"}
+
+
+@pytest.mark.parametrize("name", _SURVEY)
+def test_chapter_03s_survey_calls_match_their_zoo_entries(name, monkeypatch):
+    """The survey's call (epochs omitted) finds the family's 20-epoch entry; the longer-run
+    section's SqueezeNet is the same entry; the old one-epoch call finds none."""
+    call = dict(width_mult=0.25, channels_last=name in _CHANNELS_LAST)
+    assert _resolves_to(monkeypatch, name, **call) == f"{name}_x0.25"
+    assert _resolves_to(monkeypatch, name, epochs=20, **call) == f"{name}_x0.25"
+    assert _resolves_to(monkeypatch, name, epochs=1, **call) is None
+
+
+def test_chapter_03s_reference_is_the_shipped_baseline(monkeypatch):
+    assert _resolves_to(monkeypatch, "baseline_cnn") == "baseline_cnn"
+    assert _resolves_to(monkeypatch, "baseline_cnn", epochs=1) is None   # the old reference
+
+
+def test_chapters_02_and_03_entries_are_converged_and_estimated():
+    """Issue 26: from scratch on the baseline's recipe and schedule. Their minutes per
+    epoch are the chapters' 2-thread seconds scaled to make zoo -j 2 (one thread each)."""
+    names = [e for e, _ in _chapter_02_calls()] + ["design_cnn_eighth_d122", "design_cnn_half_d122",
+                                                 "searched_cnn_eighth"]
+    names += [f"{name}_x0.25" for name in _SURVEY]
+    baseline = zoo.ENTRIES["baseline_cnn"]
+    for name in set(names):
+        entry = zoo.ENTRIES[name]
+        assert entry.recipe == zoo.RECIPES["baseline_cnn"] and entry.epochs == baseline.epochs
+        assert entry.seed == 0 and not entry.dependencies()
+        assert 0.3 <= entry.minutes_per_epoch <= 6
+        assert entry.estimated_minutes() == entry.minutes_per_epoch * 20
+    for name, channels_last, seconds in zoo._SURVEY:
+        entry = zoo.ENTRIES[f"{name}_x0.25"]
+        assert entry.channels_last == (name in _CHANNELS_LAST) == channels_last
+        assert entry.minutes_per_epoch == round(seconds * 1.5 / 60, 2)
+    assert [name for name, _, _ in zoo._SURVEY] == _SURVEY
+
+
+def test_no_two_entries_train_the_same_model():
+    """get_trained serves a call the first entry that matches it: two entries with one
+    spec would ship one model twice, and the second would never be loaded."""
+    specs = [json.dumps(e.spec(), sort_keys=True) for e in zoo.ENTRIES.values()]
+    assert len(set(specs)) == len(specs)
