@@ -302,7 +302,8 @@ def _units(source: str, masked: str, cites: list[int]) -> list[_Unit]:
 
 # --- numbers in prose -------------------------------------------------------------------
 
-_NUMBER = re.compile(r"(?P<sign>[-−+]?)(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
+_NUMBER = re.compile(r"(?P<sign>[-−+]?)(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?"
+                     r"(?P<exp>[eE][-−+]?\d+(?!\w|\.\d))?")
 _UNIT = re.compile(
     r"\s?(?P<unit>%|×|x(?![A-Za-z0-9])|percentage points?|points?\b|pts?\b|pp\b|ms\b|µs\b|us\b|ns\b"
     r"|(?<=\s)s\b|sec\b|seconds?\b|min\b|minutes?\b|(?<=\s)h\b|hours?\b|bytes?\b|[kKMG]i?B\b|B\b|times\b"

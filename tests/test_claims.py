@@ -132,6 +132,13 @@ def test_thousands_separators_either_side(tmp_path):
     assert C.output_numbers(_notebook(tmp_path, [], ["1,129,347 -> 291,867"])) >= {"1129347", "291867"}
 
 
+def test_scientific_notation_is_one_number(tmp_path):
+    report = _check(tmp_path, "The two agree to 4.3e-15, and to 3.9e-15 with HOOI; the third to 2.0e-15.",
+                    "relative difference 4.3e-15", "HOOI: 3.9e-15")
+    assert _texts(report.matched) == ["4.3e-15", "3.9e-15"]
+    assert _texts(report.unmatched) == ["2.0e-15"]
+
+
 def test_percent_matches_a_fraction_and_a_fraction_matches_a_percent(tmp_path):
     results = [{"name": "baseline", "accuracy": 0.9337999820709229, "macs": 21903104}]
     nb = _notebook(tmp_path, ["The baseline reaches 93.38% (93.4%) with 21.9M MACs; "
