@@ -51,7 +51,8 @@ __all__ = [
     "MAX_RETAKE_SECONDS",
     "Latency", "Ratio", "speedup", "speedups", "measure_latency", "time_interleaved",
     "compare_latency", "profile_model", "profile_models", "simulated_row",
-    "Table", "UNSTABLE", "UNSTABLE_NOTE", "compare", "pareto_front", "OP_CATEGORIES", "time_by_op_category",
+    "Table", "UNSTABLE", "UNSTABLE_NOTE", "compare", "pareto_front", "OP_CATEGORIES", "OP_PREFIXES",
+    "COMPILED_KERNELS", "time_by_op_category",
 ]
 
 # One Fashion-MNIST image: (channels, height, width).
@@ -962,8 +963,23 @@ OP_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Profiler events counted: PyTorch's own operators (eager), and the oneDNN and MKL
+# operators that an Inductor-compiled graph calls (with freezing, each convolution becomes
+# one mkldnn::_convolution_pointwise with its batch norm folded in and its activation
+# fused, each Linear an mkl::_mkl_linear).
+OP_PREFIXES = ("aten::", "mkldnn::", "mkl::", "onednn::", "quantized::")
+# A compiled graph's own time: the C++ kernels Inductor generated (max pooling, the
+# element-wise work it fused, layout copies), one profiler event for all of them.
+COMPILED_KERNELS = "compiled kernels (pooling, fused element-wise)"
+_COMPILED_GRAPH = "## Call CompiledFxGraph"
+
+
 def _category(op_name: str) -> str:
-    name = op_name.removeprefix("aten::")
+    if op_name.startswith(_COMPILED_GRAPH):
+        return COMPILED_KERNELS
+    name = op_name
+    for prefix in OP_PREFIXES:
+        name = name.removeprefix(prefix)
     for category, fragments in OP_CATEGORIES:
         if any(f in name for f in fragments):
             return category
@@ -975,10 +991,19 @@ def time_by_op_category(model: nn.Module, batch_size: int = 256,
                         warmup: int = 3, repeats: int = 5) -> dict[str, float]:
     """Milliseconds per forward pass spent in each kind of operator, from ``torch.profiler``.
 
-    The model runs in eval and inference mode like :func:`measure_latency`; each aten
+    The model runs in eval and inference mode like :func:`measure_latency`; each
     operator's *self* CPU time (its own work, without the operators it calls) is summed
     into the categories of :data:`OP_CATEGORIES` and divided by ``repeats``. The totals
     include profiler overhead, so compare shares, not absolute times, with latency.
+
+    Operators are the profiler's events named with one of :data:`OP_PREFIXES`: aten's in
+    eager mode; for a model compiled by Inductor (``int8.compile_cpu``) also the oneDNN
+    and MKL operators the graph calls (its convolutions, with batch norm folded in and
+    the activation fused, and its Linear layers), and the graph's own time, the C++
+    kernels Inductor generated for everything else, under :data:`COMPILED_KERNELS`
+    (the profiler does not see inside them: max pooling is there, with whatever
+    element-wise work Inductor fused into it). Compile a model before profiling it: the
+    first call of each input shape compiles.
     """
     _check_run(model, input_shape, batch_size, threads, warmup, repeats)
     from torch.profiler import ProfilerActivity, profile
@@ -992,7 +1017,7 @@ def time_by_op_category(model: nn.Module, batch_size: int = 256,
                 model(x)
     totals: dict[str, float] = {}
     for event in prof.key_averages():
-        if not event.key.startswith("aten::"):
+        if not event.key.startswith((*OP_PREFIXES, _COMPILED_GRAPH)):
             continue
         category = _category(event.key)
         totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1000.0 / repeats

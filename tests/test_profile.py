@@ -162,10 +162,32 @@ def test_time_by_op_category_sees_convs_norms_and_activations():
                                           ("aten::hardswish", "activation"),
                                           ("aten::add_", "add / multiply"),
                                           ("aten::cat", "memory (copy, cat, split, shuffle)"),
-                                          ("aten::empty", "other")])
+                                          ("aten::empty", "other"),
+                                          # what an Inductor-compiled graph calls
+                                          ("mkldnn::_convolution_pointwise", "convolution"),
+                                          ("mkl::_mkl_linear", "linear"),
+                                          ("## Call CompiledFxGraph None ##",
+                                           lc.profile.COMPILED_KERNELS)])
 def test_op_categories(op, category):
     from lightcnn.profile import _category
     assert _category(op) == category
+
+
+def test_time_by_op_category_sees_a_compiled_models_convolutions_and_kernels():
+    """Compiled with freezing, the convolution (batch norm folded, ReLU fused) is one oneDNN
+    operator and the max pooling lives in Inductor's generated kernels: both are counted,
+    and no batch norm or activation is left to count."""
+    from lightcnn import int8
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 14 * 14, 10)).eval()
+    compiled = int8.compile_cpu(model)
+    with torch.inference_mode():
+        compiled(torch.randn(4, 1, 28, 28))              # compile the profiled shape first
+    times = lc.time_by_op_category(compiled, batch_size=4, threads=1, warmup=1, repeats=2)
+    assert times["convolution"] > 0 and times[lc.profile.COMPILED_KERNELS] > 0
+    assert "batch norm" not in times and "activation" not in times
+    assert lc.time_by_op_category(model, batch_size=4, threads=1, warmup=1, repeats=2).keys() \
+        >= {"convolution", "batch norm", "activation", "pooling"}   # eager: every operator
 
 
 def test_time_by_op_category_rejects_bad_repeats():
