@@ -667,6 +667,10 @@ class _Matched(Exception):
      "squeezenet1_1_x0.25+kd_s2"),
     (dict(name="baseline_cnn", epochs=20, seed=0, recipe="smooth", widths=(16, 32, 64)),
      "cnn_x0.5+smooth_s0"),
+    # chapter 08: the thinner dense network at half the MACs, the baseline's recipe and
+    # schedule (the chapter passes no epochs: the budget's, which the zoo serves at both)
+    (dict(name="baseline_cnn", epochs=None, widths=(24, 48, 80)), "cnn_half_macs"),
+    (dict(name="baseline_cnn", epochs=20, widths=(24, 48, 80)), "cnn_half_macs"),
     # another schedule or setting matches no entry; nor does a decomposed entry's schedule
     (dict(name="baseline_cnn", epochs=2, seed=0, recipe="student", widths=(8, 16, 32)), None),
     (dict(name="baseline_cnn", epochs=10, init="baseline_cnn"), None),
@@ -674,7 +678,7 @@ class _Matched(Exception):
           teacher="baseline_cnn", distill=dict(temperature=2.0, alpha=0.1)), None),
 ])
 def test_the_chapters_calls_match_their_zoo_entries(call, expected, monkeypatch, tiny_budget):
-    """get_trained called as chapters 06 and 07 call it finds the entry that ships it."""
+    """get_trained called as chapters 06, 07 and 08 call it finds the entry that ships it."""
     seen = []
 
     def stop(entry):
@@ -730,6 +734,23 @@ def test_chapter_08s_calls_match_their_zoo_entries(call, expected, monkeypatch):
     with pytest.raises(_Matched):
         zoo.get_decomposed(base, budget=lc.get_budget("ci"), progress=False, **call)
     assert seen == [expected]
+
+
+def test_chapter_08s_pruned_comparator_is_chapter_04s_zoo_model(monkeypatch):
+    """Chapter 08 sets chapter 04's L1-pruned model at half the MACs beside its
+    decompositions: get_pruned called as chapter 08 calls it finds that entry."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    base = zoo.TrainedModel(lc.create_model("baseline_cnn"), 0.9, lc.train.History(),
+                            Path("baseline_cnn.safetensors"), False, zoo_name="baseline_cnn")
+    with pytest.raises(_Matched):
+        zoo.get_pruned(base, "l1", 10, lc.get_budget("ci"), macs_share=0.5, progress=False)
+    assert seen == ["baseline_cnn+l1_half_macs_e10"]
 
 
 def test_the_thinner_dense_network_has_half_the_baselines_macs():
