@@ -39,7 +39,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_bool
+from ._checks import check_bool, check_int
 from .profile import _check_model
 
 __all__ = ["export_model", "quantize_int8", "prepare_int8_qat", "convert_int8_qat",
@@ -235,7 +235,8 @@ def _converted(prepared: nn.Module) -> nn.Module:
 COMPILED_GRAPHS = 64
 
 
-def compile_cpu(model: nn.Module) -> nn.Module:
+def compile_cpu(model: nn.Module, examples: Iterable[Tensor] = (), threads: int | None = None
+                ) -> nn.Module:
     """``model`` compiled by Inductor with freezing on, for CPU inference.
 
     Works for float models (the fair "compiled fp32" baseline) and converted int8 modules.
@@ -243,8 +244,26 @@ def compile_cpu(model: nn.Module) -> nn.Module:
     so measure after a warm-up. Freezing is a process-wide Inductor setting; it only
     affects graphs compiled for inference. Inductor's C++ kernels are generated for the
     thread count set when they compile: change ``torch.set_num_threads`` before compiling.
+
+    Args:
+        examples: inputs to compile for now, one graph per shape (e.g. a batch of 1 and
+            one of 256), each run once the way ``lc.measure_latency`` and
+            ``lc.compare_latency`` run a model: inference mode, ``lc.setup``'s
+            deterministic mode off, ``threads`` threads. Dynamo's graphs are specialized
+            to that global state, so a model compiled by a plain call under ``lc.setup``'s
+            deterministic mode, or at another thread count, compiles again in the
+            timing's warm-up.
+        threads: the thread count the examples compile for (that of the timings;
+            ``None``: the current one, which ``lc.setup`` fixes).
     """
     _check_model(model)
+    examples = list(examples)
+    for x in examples:
+        if not isinstance(x, Tensor) or x.dim() == 0 or len(x) == 0:
+            raise TypeError(f"examples must be batches of inputs (tensors with a batch "
+                            f"dimension), got {type(x).__name__}"
+                            f"{'' if not isinstance(x, Tensor) else f' of shape {tuple(x.shape)}'}")
+    check_int("threads", threads, 1, none=True)
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
@@ -260,7 +279,14 @@ def compile_cpu(model: nn.Module) -> nn.Module:
                             category=UserWarning, module=r"torch\._inductor\.mkldnn_lowerings")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model.eval()  # exported modules' allowed .eval() does not return the module
-    return torch.compile(model, dynamic=False)
+    compiled = torch.compile(model, dynamic=False)
+    if examples:
+        from .profile import _inference     # the state every timing of the book runs in
+
+        with _inference(compiled, threads or torch.get_num_threads()):
+            for x in examples:
+                compiled(x)
+    return compiled
 
 
 def saved_size_bytes(model: nn.Module) -> int:

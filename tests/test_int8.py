@@ -128,3 +128,29 @@ def test_compile_cpu_compiles_more_models_of_one_class_than_dynamos_default_limi
         with torch.inference_mode():
             compiled(x)
     assert counters["stats"]["unique_graphs"] - before == 10
+
+
+def test_compile_cpu_compiles_the_examples_in_the_state_the_timings_run_in():
+    """A graph compiled by compile_cpu's examples is the one lc.compare_latency runs:
+    timing it compiles nothing more (a plain call under lc.setup's deterministic mode
+    would have compiled a graph that the timing's deployment state does not match)."""
+    from torch._dynamo.utils import counters
+
+    torch.use_deterministic_algorithms(True)      # as lc.setup leaves it
+    try:
+        x = torch.randn(2, 1, 4, 4)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        # the thread count of the timings (the tests run on one thread, the timings on 2)
+        compiled = int8.compile_cpu(model, examples=[x, x[:1]], threads=2)
+        before = counters["stats"]["unique_graphs"]
+        for batch in (x, x[:1]):
+            lc.compare_latency({"compiled": compiled}, len(batch), input_shape=(1, 4, 4),
+                               warmup=1, repeats=2, example=batch)
+        assert counters["stats"]["unique_graphs"] == before
+        assert torch.are_deterministic_algorithms_enabled()     # the caller's state is back
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with pytest.raises(TypeError, match="examples"):
+        int8.compile_cpu(nn.Linear(3, 3), examples=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="threads"):
+        int8.compile_cpu(nn.Linear(3, 3), threads=0)
