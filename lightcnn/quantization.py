@@ -508,6 +508,27 @@ class FakeQuantize(nn.Module):
         o = self.observer
         return fake_quantize(x, self.scale, self.zero_point, o.bits, o.signed, o.per_channel_axis)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # A quantizer that has observed nothing holds no (scale, zero_point) yet: give the
+        # buffers the stored shapes (one value per tensor, or per channel), so a QAT model
+        # saved after training loads into a fresh prepare_qat copy. The loaded pair is used
+        # until new statistics arrive (a forward in train mode), as the saved model used it.
+        stored = {n: state_dict.get(prefix + n) for n in ("scale", "zero_point")}
+        for name, value in stored.items():
+            if value is None or getattr(self, name) is not None:
+                continue
+            if self.observer.per_channel_axis is None and value.numel() != 1:
+                error_msgs.append(f"size mismatch for {prefix}{name}: a per-tensor quantizer "
+                                  f"holds one value, the checkpoint {tuple(value.shape)}")
+                continue
+            setattr(self, name, torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if all(getattr(self, n) is not None for n in stored) and all(
+                v is not None for v in stored.values()):
+            self._stale = False
+
     def extra_repr(self) -> str:
         return repr(self.observer)
 

@@ -288,6 +288,25 @@ def test_prepare_qat_wraps_every_layer_and_trains():
     assert Q.prepare_qat(model, per_channel=False).train()(x).shape == (4, 10)
 
 
+def test_a_trained_qat_model_loads_into_a_fresh_copy():
+    """What the zoo stores of a QAT model: its state dict, scales and zero points included,
+    loads into a prepare_qat copy that has observed nothing and computes the same outputs."""
+    model = _lenet()
+    qat = Q.prepare_qat(model, 4, 4).train()
+    x = _randn(8, 1, 28, 28)
+    qat(x)
+    qat(2 * x)                       # moving-average activation ranges, the last weights'
+    state = qat.state_dict()
+    assert any(k.endswith("input_fake_quant.scale") for k in state)
+    fresh = Q.prepare_qat(_lenet(), 4, 4)
+    fresh.load_state_dict(state)     # strict: every stored key has a place
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), qat.eval()(x))
+    fresh.train()(x)                 # new statistics replace the loaded pair
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Q.prepare_qat(_lenet(), 4, 4, per_channel=False).load_state_dict(state)
+
+
 def test_ptq_and_qat_at_8_bits_are_close_to_float_and_lower_bits_are_worse():
     model = _lenet()
     x = _randn(16, 1, 28, 28)
