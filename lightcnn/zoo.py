@@ -5,12 +5,12 @@ recipe, by ``make zoo`` (``python -m lightcnn.zoo build [NAMES]``), and shipped 
 repository's ``zoo/`` folder as safetensors weights with a manifest (see
 :mod:`lightcnn.weights`). :data:`ENTRIES` lists them, torchvision's weight enums' way: a
 name, the architecture and its arguments, the recipe and the recipe's *version*, the
-epochs and the seed. ``get_trained``, ``get_pruned`` and ``get_decomposed`` load a
-shipped model when the call asks for exactly what an entry describes, after checking its
-SHA-256, at every budget (``ci`` shrinks test subsets, not models). Editing code does not
-invalidate a shipped model; only a version bump does, and then the model must be rebuilt:
-a damaged or stale shipped file is refused with the command that rebuilds it, never
-trained over.
+epochs and the seed. ``get_trained``, ``get_pruned``, ``get_decomposed`` and
+``get_quantized`` load a shipped model when the call asks for exactly what an entry
+describes, after checking its SHA-256, at every budget (``ci`` shrinks test subsets, not
+models). Editing code does not invalidate a shipped model; only a version bump does, and
+then the model must be rebuilt: a damaged or stale shipped file is refused with the
+command that rebuilds it, never trained over.
 
 **The cache.** Anything else (a reader's own model, a ``ci``-budget run of a model the
 zoo does not ship yet, a chapter's small demonstration) is trained deterministically on
@@ -60,7 +60,8 @@ from .weights import ZooError
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
            "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
-           "get_decomposed", "ZooEntry", "ENTRIES", "ZooError", "load", "shipped", "build",
+           "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
+           "ZooError", "load", "shipped", "build",
            "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
@@ -120,6 +121,9 @@ class ZooEntry:
             epochs, macs_ratio, round_to, keep_best, ...). With ``keep_best`` the model
             trains on the 55,000 training images left after holding out 5,000 for
             validation, and is the epoch best on those.
+        quantized_from / quantize: an entry quantized and fine-tuned by
+            :func:`get_quantized` with these keyword arguments (method, epochs, bits, lr,
+            optimizer, ...).
         minutes_per_epoch: measured on the book's 2-core CPU; ``make zoo`` estimates the
             time left from it.
     """
@@ -139,6 +143,8 @@ class ZooEntry:
     prune: dict | None = None
     decomposed_from: str | None = None
     decompose: dict | None = None
+    quantized_from: str | None = None
+    quantize: dict | None = None
     minutes_per_epoch: float = 1.0
 
     def __post_init__(self) -> None:
@@ -150,19 +156,23 @@ class ZooEntry:
         check_int("seed", self.seed, 0)
         check_mapping("kwargs", self.kwargs)
         check_bool("channels_last", self.channels_last)
-        for field in ("init_from", "teacher", "pruned_from", "decomposed_from"):
+        for field in ("init_from", "teacher", "pruned_from", "decomposed_from", "quantized_from"):
             check_str(field, getattr(self, field), none=True)
         check_mapping("distill", self.distill, none=True)
         check_mapping("prune", self.prune, none=True, nonempty=True)
         check_mapping("decompose", self.decompose, none=True, nonempty=True)
-        for source, settings in (("pruned_from", "prune"), ("decomposed_from", "decompose")):
+        check_mapping("quantize", self.quantize, none=True, nonempty=True)
+        sources = (("pruned_from", "prune"), ("decomposed_from", "decompose"),
+                   ("quantized_from", "quantize"))
+        for source, settings in sources:
             if (getattr(self, source) is None) != (getattr(self, settings) is None):
                 raise ValueError(f"{source} and {settings} go together, got {source}="
                                  f"{getattr(self, source)!r} and {settings}="
                                  f"{getattr(self, settings)!r}")
-        if self.pruned_from is not None and self.decomposed_from is not None:
-            raise ValueError(f"an entry is pruned or decomposed, not both, got pruned_from="
-                             f"{self.pruned_from!r} and decomposed_from={self.decomposed_from!r}")
+        made_from = {s: getattr(self, s) for s, _ in sources if getattr(self, s) is not None}
+        if len(made_from) > 1:
+            raise ValueError(f"an entry is pruned, decomposed or quantized, one of them, got "
+                             f"{made_from}")
         check_float("minutes_per_epoch", self.minutes_per_epoch, 0, low_open=True)
 
     def spec(self) -> dict:
@@ -174,11 +184,12 @@ class ZooEntry:
                           "teacher": self.teacher, "distill": self.distill,
                           "pruned_from": self.pruned_from, "prune": self.prune,
                           "decomposed_from": self.decomposed_from,
-                          "decompose": self.decompose})
+                          "decompose": self.decompose, "quantized_from": self.quantized_from,
+                          "quantize": self.quantize})
 
     def dependencies(self) -> list[str]:
         return [d for d in (self.init_from, self.teacher, self.pruned_from,
-                            self.decomposed_from) if d is not None]
+                            self.decomposed_from, self.quantized_from) if d is not None]
 
     def estimated_minutes(self) -> float:
         extra = (self.prune or {}).get("penalty_epochs") or 0
@@ -202,13 +213,42 @@ def _entries(*entries: ZooEntry) -> dict[str, ZooEntry]:
 SPARSITY_12X = 0.9194425662715311
 
 
-def _pruned(name: str, base: ZooEntry, method: str, epochs: int, lr: float = 0.01,
-            seed: int = 0, version: int = 1, **settings) -> ZooEntry:
-    """An entry made by :func:`get_pruned` from entry ``base`` (same keyword arguments)."""
-    prune = dict(method=method, epochs=epochs, lr=lr, seed=seed, **settings)
+# the weight sparsity that leaves 12x fewer nonzero parameters in LeNet-5
+# (pruning.sparsity_for_ratio(create_model("lenet5"), 12), as chapter 04 computes it)
+LENET5_SPARSITY_12X = 0.9201859985900982
+
+
+def _pruning_settings(method: str, epochs: int, lr: float | None = None, seed: int = 0,
+                      sparsity: float | None = None, macs_share: float | None = None,
+                      penalty: float = 1e-2, penalty_epochs: int | None = None,
+                      rounds: Sequence[float] | None = None,
+                      reinit_seed: int | None = None) -> dict:
+    """get_pruned's settings as an entry stores them: one dict shape for both, so a call
+    and the entry that ships it compare equal (``lr`` None: the fine-tuning rate, 0.01)."""
+    settings = {"method": method, "epochs": epochs, "seed": seed}
+    if method != "lottery":     # the lottery ticket trains with its base's own recipe
+        settings["lr"] = 0.01 if lr is None else lr
+    if method in ("agp", "iterative", "lottery"):
+        settings["sparsity"] = sparsity
+    if method in ("l1", "slimming"):
+        settings["macs_share"] = macs_share
+    if method == "slimming":
+        settings.update(penalty=penalty, penalty_epochs=penalty_epochs)
+    if method == "iterative":
+        settings["rounds"] = None if rounds is None else list(rounds)
+    if method == "lottery":
+        settings["reinit_seed"] = reinit_seed
+    return settings
+
+
+def _pruned(name: str, base: ZooEntry, method: str, epochs: int, seed: int = 0,
+            version: int = 1, minutes_per_epoch: float | None = None, **settings) -> ZooEntry:
+    """An entry made by :func:`get_pruned` from entry ``base`` (same keyword arguments);
+    ``minutes_per_epoch`` defaults to the base's."""
+    prune = _pruning_settings(method, epochs, seed=seed, **settings)
     return ZooEntry(name, base.model, base.recipe, version=version, epochs=epochs, seed=seed,
                     kwargs=base.kwargs, pruned_from=base.name, prune=prune,
-                    minutes_per_epoch=base.minutes_per_epoch)
+                    minutes_per_epoch=minutes_per_epoch or base.minutes_per_epoch)
 
 
 # the decompositions get_decomposed applies, and its control (fine-tuning alone)
@@ -241,6 +281,30 @@ def _decomposed(name: str, base: ZooEntry, method: str, epochs: int, lr: float,
                                   skip, n_iter_max)
     return ZooEntry(name, base.model, base.recipe, version=version, epochs=epochs, seed=seed,
                     kwargs=base.kwargs, decomposed_from=base.name, decompose=decompose,
+                    minutes_per_epoch=minutes_per_epoch)
+
+
+# the quantizations get_quantized applies, and its control (fine-tuning alone)
+QUANTIZATION_METHODS = ("qat", "int8_qat", "kmeans", "finetune")
+
+
+def _quantization_settings(method: str, epochs: int, bits: int | None = None,
+                           lr: float = 0.01, optimizer: str = "sgd", seed: int = 0) -> dict:
+    """get_quantized's settings as an entry stores them (one dict shape for both)."""
+    settings = {"method": method, "epochs": epochs, "lr": lr, "optimizer": optimizer,
+                "seed": seed}
+    if method in ("qat", "kmeans"):
+        settings["bits"] = bits
+    return settings
+
+
+def _quantized(name: str, base: ZooEntry, method: str, epochs: int, bits: int | None = None,
+               lr: float = 0.01, optimizer: str = "sgd", seed: int = 0, version: int = 1,
+               minutes_per_epoch: float = 1.0) -> ZooEntry:
+    """An entry made by :func:`get_quantized` from entry ``base`` (same keyword arguments)."""
+    quantize = _quantization_settings(method, epochs, bits, lr, optimizer, seed)
+    return ZooEntry(name, base.model, base.recipe, version=version, epochs=epochs, seed=seed,
+                    kwargs=base.kwargs, quantized_from=base.name, quantize=quantize,
                     minutes_per_epoch=minutes_per_epoch)
 
 
@@ -350,6 +414,64 @@ ENTRIES: dict[str, ZooEntry] = _entries(
         ("agp12x_e20", dict(method="agp", sparsity=SPARSITY_12X, epochs=20)),
         ("l1_half_macs_e10", dict(method="l1", macs_share=0.5, epochs=10)),
     )),
+    # chapter 04, the other pruning methods on the same schedule, beside the same control:
+    # Han et al.'s iterative pruning to 12x (rounds at 60% and 85%, then 12x; the epochs
+    # split 3/3/4), network slimming to half the MACs (3 penalised epochs, lambda = 1e-2,
+    # before the cut), and L1 channels, iterative and slimming at twice the schedule, to show
+    # whether each converged. Minutes per epoch from the chapter's full run (2 threads):
+    # 60 s an epoch of the whole baseline, 39 s at half its MACs; slimming's 3 penalised
+    # epochs are whole.
+    *(_pruned(f"baseline_cnn+{tag}", _BASELINE, minutes_per_epoch=minutes, **settings)
+      for tag, minutes, settings in (
+          ("iterative12x_e10", 1.0, dict(method="iterative", sparsity=SPARSITY_12X,
+                                         rounds=[0.6, 0.85], epochs=10)),
+          ("iterative12x_e20", 1.0, dict(method="iterative", sparsity=SPARSITY_12X,
+                                         rounds=[0.6, 0.85], epochs=20)),
+          ("l1_half_macs_e20", 0.65, dict(method="l1", macs_share=0.5, epochs=20)),
+          ("slimming_half_macs_e10", 0.65, dict(method="slimming", macs_share=0.5, penalty=1e-2,
+                                                penalty_epochs=3, epochs=10)),
+          ("slimming_half_macs_e20", 0.6, dict(method="slimming", macs_share=0.5, penalty=1e-2,
+                                               penalty_epochs=3, epochs=20)),
+      )),
+    # chapter 04 on LeNet-5: Han et al.'s own 12x with the same loop and fine-tuning, beside
+    # its control; and the lottery ticket at 10% of the weights (Frankle & Carbin): the
+    # survivors rewound to LeNet-5's initial weights, or drawn afresh (seed 1, the control),
+    # each trained 20 epochs with LeNet-5's own recipe, masks kept. The chapter's full run:
+    # 4.1 s an epoch without augmentation (the fine-tunes augment).
+    *(_pruned(f"lenet5+{tag}", _LENET5, minutes_per_epoch=minutes, **settings)
+      for tag, minutes, settings in (
+          ("iterative12x_e10", 0.1, dict(method="iterative", sparsity=LENET5_SPARSITY_12X,
+                                         rounds=[0.6, 0.85], epochs=10)),
+          ("finetune_e10", 0.1, dict(method="finetune", epochs=10)),
+          ("ticket_keep10_e20", 0.07, dict(method="lottery", sparsity=0.9, reinit_seed=None,
+                                           epochs=20)),
+          ("reinit_keep10_e20", 0.07, dict(method="lottery", sparsity=0.9, reinit_seed=1,
+                                           epochs=20)),
+      )),
+    # chapter 05: the baseline quantized and fine-tuned from its weights: QAT at 4 and 2
+    # bits (simulated, weights and activations) and int8 QAT through the pt2e flow, at
+    # get_pruned's rate and schedule, so baseline_cnn+finetune_e10 is their control; k-means
+    # codebooks at 4 and 2 bits with their centroids fine-tuned by AdamW at 1e-4 (a
+    # centroid's gradient sums its cluster's), beside their own control; the 2-bit ones at
+    # twice the schedule, to show whether the technique converged where it has most to
+    # recover. Minutes per epoch from the chapter's full run: QAT 82 s (4 bits) and 76 s
+    # (2 bits) an epoch, int8 QAT about 85 s; k-means is not timed there (an estimate: the
+    # baseline's 60 s and the codebook lookups).
+    *(_quantized(f"baseline_cnn+{tag}", _BASELINE, minutes_per_epoch=minutes, **settings)
+      for tag, minutes, settings in (
+          ("qat_w4a4_e10", 1.4, dict(method="qat", bits=4, epochs=10)),
+          ("qat_w2a2_e10", 1.3, dict(method="qat", bits=2, epochs=10)),
+          ("qat_w2a2_e20", 1.3, dict(method="qat", bits=2, epochs=20)),
+          ("int8_qat_e10", 1.4, dict(method="int8_qat", epochs=10)),
+          ("kmeans4_e10", 1.2, dict(method="kmeans", bits=4, epochs=10, lr=1e-4,
+                                    optimizer="adamw")),
+          ("kmeans2_e10", 1.2, dict(method="kmeans", bits=2, epochs=10, lr=1e-4,
+                                    optimizer="adamw")),
+          ("kmeans2_e20", 1.2, dict(method="kmeans", bits=2, epochs=20, lr=1e-4,
+                                    optimizer="adamw")),
+          ("adamw_finetune_e10", 1.0, dict(method="finetune", epochs=10, lr=1e-4,
+                                           optimizer="adamw")),
+      )),
     # chapter 06: the baseline binarized five ways and fine-tuned from its weights with the
     # binary recipe (Adam, no decay, latent weights clipped); XNOR-Net also at twice the
     # schedule, to show whether the binary fine-tunes converged
@@ -463,6 +585,8 @@ def load(name: str) -> TrainedModel:
     if entry.decomposed_from is not None:   # factored layers: rebuilt from the stored plan
         model = _decomposed_shapes(model, entry.decompose["method"],
                                    (meta.get("info") or {}).get("ranks"))
+    if entry.quantized_from is not None:    # wrapped in the quantizers it trained with
+        model = _quantized_shapes(model, entry.quantize)
     model.load_state_dict(state)
     model.eval()
     return TrainedModel(model, meta["test_accuracy"],
@@ -741,7 +865,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 "seed": seed, "channels_last": channels_last,
                 "init_from": _zoo_name(init_from), "teacher": _zoo_name(teacher),
                 "distill": None if distiller is None else distiller.settings,
-                "pruned_from": None, "decomposed_from": None}
+                "pruned_from": None, "decomposed_from": None, "quantized_from": None}
         shipped_model = _from_zoo(_match(spec, epochs))
         if shipped_model is not None:
             return shipped_model
@@ -806,7 +930,7 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
 # Pruned models: a longer fine-tuning schedule, paid once per machine (chapter 04)
 # ---------------------------------------------------------------------------------------
 
-PRUNING_METHODS = ("agp", "l1", "slimming", "finetune")
+PRUNING_METHODS = ("agp", "iterative", "l1", "slimming", "lottery", "finetune")
 
 
 def _pruning_code_hash() -> str:
@@ -815,33 +939,81 @@ def _pruning_code_hash() -> str:
     return hashlib.sha256("".join(sources).encode()).hexdigest()
 
 
+def _round_epochs(epochs: int, rounds: int) -> list[int]:
+    """``epochs`` split over ``rounds`` as evenly as possible, the later rounds longer:
+    10 over 3 is [3, 3, 4]."""
+    return [epochs // rounds + (i >= rounds - epochs % rounds) for i in range(rounds)]
+
+
+def _joined(histories: Sequence[History]) -> History:
+    """One history of several ``fit`` calls run one after the other."""
+    return History(**{k: [v for h in histories for v in getattr(h, k)]
+                      for k in History.__dataclass_fields__ if k != "best_epoch"})
+
+
+def _scratch_entry(base: TrainedModel) -> ZooEntry:
+    """The zoo entry ``base`` was loaded from, trained from scratch (the lottery ticket
+    rewinds to its initial weights and retrains with its recipe)."""
+    entry = ENTRIES.get(base.zoo_name or "")
+    if entry is None:
+        raise ValueError(f"method 'lottery' retrains with the recipe of a zoo model and rewinds "
+                         f"to its initial weights; base must come from the zoo "
+                         f"(lc.zoo.get_trained or lc.zoo.load), got {base.path.name}")
+    if entry.dependencies():
+        raise ValueError(f"method 'lottery' needs a base trained from scratch; zoo entry "
+                         f"{entry.name!r} starts from {entry.dependencies()}")
+    return entry
+
+
+def _initial_weights(entry: ZooEntry) -> dict[str, torch.Tensor]:
+    """The weights ``entry`` started training from: get_trained seeds torch with the
+    entry's seed, then builds the model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(entry.seed)
+        return _models.create_model(entry.model, **entry.kwargs).state_dict()
+
+
 def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
                sparsity: float | None = None, macs_share: float | None = None,
-               penalty: float = 1e-2, penalty_epochs: int | None = None, lr: float = 0.01,
-               seed: int = 0, progress: bool = True) -> TrainedModel:
-    """``base`` pruned by ``method`` and fine-tuned ``epochs`` epochs: from the cache, or
-    made now and cached (the key hashes ``base``'s cache entry, the method and its
-    settings, the budget, the seed and the source of the pruning, training and data code).
+               penalty: float = 1e-2, penalty_epochs: int | None = None,
+               rounds: Sequence[float] | None = None, reinit_seed: int | None = None,
+               lr: float | None = None, seed: int = 0, progress: bool = True) -> TrainedModel:
+    """``base`` pruned by ``method`` and fine-tuned ``epochs`` epochs: from the zoo, the
+    cache, or made now and cached (the key hashes ``base``'s cache entry, the method and
+    its settings, the budget, the seed and the source of the pruning, training and data
+    code).
 
-    Fine-tuning is the chapter's: SGD, a cosine schedule from ``lr`` (a tenth of the
-    baseline's peak), weight decay 5e-4, augmented batches of 128.
+    Fine-tuning is the chapter's: SGD, a cosine schedule from ``lr`` (default 0.01, a
+    tenth of the baseline's peak), weight decay 5e-4, augmented batches of 128.
 
     Methods:
         ``"agp"``: gradual magnitude pruning (Zhu & Gupta) to weight ``sparsity`` with one
             global threshold; the cubic ramp takes the first three quarters of the
             fine-tuning steps (a mask update every hundredth of them), the rest recovers
             at the target. The zeros are made permanent (a plain model).
+        ``"iterative"``: Han et al.'s loop (``pruning.iterative_prune``, one global
+            threshold): prune to each sparsity of ``rounds``, then to ``sparsity``, each
+            round followed by its own cosine fine-tuning; the ``epochs`` are split over
+            the rounds as evenly as possible, the later ones longer. Zeros made permanent.
         ``"l1"``: the same fraction of every layer's channels removed by filter L1 norm
             (Li et al.), the smallest ratio in steps of 0.05 that leaves at most
             ``macs_share`` of the MACs (``channel_pruning.ratio_for_macs``), then fine-tuned.
-        ``"finetune"``: nothing removed, the same fine-tuning: the control that separates
-            a technique's effect from its extra training.
         ``"slimming"``: network slimming (Liu et al.): ``penalty_epochs`` of fine-tuning
             with ``penalty * sum |gamma|`` on the batch-norm scales, then channels cut
             by one global threshold on ``|gamma|`` at the smallest ratio leaving
             ``macs_share`` of the MACs, then fine-tuned.
+        ``"lottery"``: Frankle & Carbin's experiment: the ``sparsity`` smallest weights of
+            ``base`` (one global threshold) masked, the survivors rewound to the weights
+            ``base`` started from (``reinit_seed`` None: the ticket) or drawn afresh with
+            ``reinit_seed`` (the control, ``pruning.random_reinit``), and the sparse net
+            trained ``epochs`` epochs with ``base``'s own recipe, masks kept. ``base``
+            must be a zoo model trained from scratch (its entry says how it started); takes
+            no ``lr``.
+        ``"finetune"``: nothing removed, the same fine-tuning: the control that separates
+            a technique's effect from its extra training.
 
-    ``info`` of the result holds ``method``; ``sparsity`` (agp); ``ratio`` and
+    ``info`` of the result holds ``method``; ``sparsity`` (agp, iterative, lottery);
+    ``round_sparsity`` and ``round_accuracy`` (iterative: after each round); ``ratio`` and
     ``oneshot_accuracy``, the test accuracy right after the cut (structured); and for
     slimming the penalty phase's ``penalty_history``, ``penalty_accuracy`` and the
     ``bn_scales`` (every ``|gamma|``) it left for the cut to rank.
@@ -861,43 +1033,56 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     for arg, value in (("epochs", epochs), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (arg == "epochs"):
             raise ValueError(f"{arg} must be an int >= {int(arg == 'epochs')}, got {value!r}")
-    if method == "finetune":   # the control: the same fine-tuning, nothing removed
-        for arg, given in (("sparsity", sparsity), ("macs_share", macs_share)):
-            if given is not None:
-                raise ValueError(f"method 'finetune' does not take {arg}")
-        wanted, value = None, None
-    else:
-        wanted, unwanted = (("sparsity", "macs_share") if method == "agp"
-                            else ("macs_share", "sparsity"))
-        value = sparsity if method == "agp" else macs_share
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0 < value < 1:
-            raise ValueError(f"method {method!r} needs {wanted} in (0, 1), got {value!r}")
-        if (macs_share if method == "agp" else sparsity) is not None:
-            raise ValueError(f"method {method!r} does not take {unwanted}")
+    # what each method needs (checked first), then what it must not be given
+    wanted = {"agp": "sparsity", "iterative": "sparsity", "lottery": "sparsity",
+              "l1": "macs_share", "slimming": "macs_share"}.get(method)
+    value = sparsity if wanted == "sparsity" else macs_share
+    if wanted is not None and (value is None or isinstance(value, bool)
+                               or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise ValueError(f"method {method!r} needs {wanted} in (0, 1), got {value!r}")
     if method == "slimming":
         if isinstance(penalty_epochs, bool) or not isinstance(penalty_epochs, int) \
                 or penalty_epochs < 1:
             raise ValueError(f"slimming needs penalty_epochs, an int >= 1, got {penalty_epochs!r}")
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
             raise ValueError(f"penalty must be a number > 0, got {penalty!r}")
-    elif penalty_epochs is not None:
-        raise ValueError(f"method {method!r} does not take penalty_epochs")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    if method == "iterative":
+        if rounds is None:
+            raise ValueError("method 'iterative' needs rounds, the sparsities pruned to before "
+                             "the last round's (e.g. (0.6, 0.85))")
+        check_sequence("rounds", rounds, (int, float))
+        if any(isinstance(r, bool) or not 0 < r < sparsity for r in rounds) \
+                or list(rounds) != sorted(rounds):
+            raise ValueError(f"rounds must be non-decreasing sparsities in (0, sparsity="
+                             f"{sparsity}), got {list(rounds)}")
+        if epochs < len(rounds) + 1:
+            raise ValueError(f"epochs must be at least one per round ({len(rounds) + 1}), "
+                             f"got {epochs}")
+    if method == "lottery":
+        check_int("reinit_seed", reinit_seed, 0, none=True)
+    given = {"sparsity": sparsity, "macs_share": macs_share, "penalty_epochs": penalty_epochs,
+             "rounds": rounds, "reinit_seed": reinit_seed, "lr": lr}
+    takes = {"sparsity": wanted == "sparsity", "macs_share": wanted == "macs_share",
+             "penalty_epochs": method == "slimming", "rounds": method == "iterative",
+             "reinit_seed": method == "lottery", "lr": method != "lottery"}
+    for arg, value_given in given.items():
+        if value_given is not None and not takes[arg]:
+            raise ValueError(f"method {method!r} does not take {arg}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                           or not lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    lr = 0.01 if lr is None else lr
 
     budget = budget or get_budget()
-    settings = {"method": method, "epochs": epochs, "lr": lr, "seed": seed}
-    if wanted is not None:
-        settings[wanted] = value
-    if method == "slimming":
-        settings.update(penalty=penalty, penalty_epochs=penalty_epochs)
+    settings = _pruning_settings(method, epochs, lr, seed, sparsity, macs_share, penalty,
+                                 penalty_epochs, rounds, reinit_seed)
     if _zoo_budget(budget) and base.zoo_name is not None:
         entry = next((e for e in ENTRIES.values() if e.pruned_from == base.zoo_name
                       and _jsonable(e.prune) == _jsonable(settings)), None)
         shipped_model = _from_zoo(entry)
         if shipped_model is not None:
             return shipped_model
+    scratch = _scratch_entry(base) if method == "lottery" else None   # checked on a hit too
     spec = {"pruned_from": base.path.name, "settings": settings,
             "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
             "code": _pruning_code_hash(), "torch": torch.__version__.split("+")[0]}
@@ -916,7 +1101,11 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
                             History.from_dict(entry["history"]), path, trained_now=False,
                             info=entry["info"])
 
-    train_loader, test_loader = get_dataloaders(128, budget, augment=True, seed=seed)
+    # the lottery trains as its base was trained; every other method fine-tunes on the
+    # baseline's augmented batches of 128
+    batch_size, augment = ((128, True) if scratch is None else
+                           (scratch.recipe["batch_size"], scratch.recipe["augment"]))
+    train_loader, test_loader = get_dataloaders(batch_size, budget, augment=augment, seed=seed)
 
     def finetune(model: nn.Module, n: int, **kwargs) -> History:
         return fit(model, train_loader, n, test_loader, lr=lr, schedule="cosine", seed=seed,
@@ -932,6 +1121,26 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
                                    frequency=max(1, steps // 100))
         history = finetune(model, epochs, after_step=pruner)
         pruning.remove_masks(model)            # zeros made permanent: a plain model again
+        info["sparsity"] = pruning.sparsity(model)
+    elif method == "iterative":
+        per_round, histories = iter(_round_epochs(epochs, len(rounds) + 1)), []
+        achieved = pruning.iterative_prune(
+            model, [*rounds, value], lambda m: histories.append(finetune(m, next(per_round))))
+        pruning.remove_masks(model)
+        history = _joined(histories)
+        info.update(sparsity=pruning.sparsity(model), round_sparsity=achieved,
+                    round_accuracy=[h.test_accuracy[-1] for h in histories])
+    elif method == "lottery":
+        # the mask of the trained weights; the survivors rewound, or drawn afresh
+        masks = pruning.global_masks(base.model, value)
+        model = (pruning.rewind(base.model, _initial_weights(scratch), masks)
+                 if reinit_seed is None
+                 else pruning.random_reinit(base.model, masks, seed=reinit_seed))
+        recipe = scratch.recipe
+        history = fit(model, train_loader, epochs, test_loader, lr=recipe["lr"],
+                      weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
+                      schedule=recipe["schedule"], seed=seed, progress=progress)
+        pruning.remove_masks(model)
         info["sparsity"] = pruning.sparsity(model)
     else:
         rule, scope = cp.l1_importance, "layer"
@@ -1088,6 +1297,134 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
 
 
 # ---------------------------------------------------------------------------------------
+# Quantized models: quantization-aware training, k-means codebooks (chapter 05)
+# ---------------------------------------------------------------------------------------
+
+# the capture example of an int8 QAT graph: only its shape and dtype matter (the batch
+# dimension stays dynamic); Fashion-MNIST's, the only data the zoo trains on
+_INT8_EXAMPLE_SHAPE = (2, 1, 28, 28)
+
+
+def _quantization_code_hash() -> str:
+    from . import int8, quantization, weight_sharing   # chapter 05 builds on the zoo
+    sources = [inspect.getsource(m) for m in (quantization, weight_sharing, int8, _train, _data)]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()
+
+
+def _quantized_shapes(base: nn.Module, settings: dict) -> nn.Module:
+    """A copy of ``base`` wrapped in the quantizers get_quantized trained it with, for a
+    stored state dict to load into: ``Q.prepare_qat``'s wrappers, or the int8 QAT graph
+    captured again (the same node names, so the same keys). k-means models and the
+    control are stored as plain models: their own shapes."""
+    from . import int8, quantization
+
+    if settings["method"] == "qat":
+        return quantization.prepare_qat(base, settings["bits"], settings["bits"])
+    if settings["method"] == "int8_qat":
+        return int8.prepare_int8_qat(copy.deepcopy(base), torch.zeros(_INT8_EXAMPLE_SHAPE))
+    return copy.deepcopy(base)
+
+
+def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
+                  bits: int | None = None, lr: float = 0.01, optimizer: str = "sgd",
+                  seed: int = 0, progress: bool = True) -> TrainedModel:
+    """``base`` quantized by ``method`` and fine-tuned ``epochs`` epochs: from the zoo, the
+    cache, or made now and cached (the key hashes ``base``'s cache entry, the settings, the
+    budget, the seed and the source of the quantization, weight-sharing, int8, training
+    and data code).
+
+    Fine-tuning is chapter 04's (:func:`get_pruned`) with a choice of optimizer: a cosine
+    schedule from ``lr``, weight decay 5e-4 (decoupled for AdamW; none on 1-d tensors such
+    as codebooks), augmented batches of 128.
+
+    Methods:
+        ``"qat"``: quantization-aware training, simulated (``quantization.prepare_qat``):
+            weights (per channel) and input activations of every conv and linear layer
+            fake-quantized to ``bits``, straight-through gradients. The model keeps its
+            quantizers; their scales and zero points are in its state dict.
+        ``"int8_qat"``: the same through PyTorch's export flow (``int8.prepare_int8_qat``:
+            X86InductorQuantizer's int8 fake quantizers, batch norm folded in training);
+            the model is the prepared graph, which ``int8.convert_int8_qat`` turns into
+            int8. Takes no ``bits`` (always 8).
+        ``"kmeans"``: Deep Compression's weight sharing (``weight_sharing.share_weights``):
+            every conv and linear weight clustered into ``2 ** bits`` centroids, then the
+            centroids (and batch norm, biases) fine-tuned. The model returned has plain
+            weights equal to the shared ones (``weight_sharing.unshare``), at most
+            ``2 ** bits`` distinct values per layer.
+        ``"finetune"``: nothing quantized, the same fine-tuning: the control that
+            separates a technique's effect from its extra training.
+
+    ``info`` of the result holds ``method``, and for k-means ``oneshot_accuracy``, the test
+    accuracy right after clustering.
+
+    Raises:
+        TypeError: ``base`` is not a :class:`TrainedModel`.
+        ValueError: an unknown method or optimizer, a missing or out-of-range setting, or
+            a setting the method does not take.
+    """
+    from . import int8, quantization, weight_sharing
+
+    if not isinstance(base, TrainedModel):
+        raise TypeError(f"base must be a TrainedModel from get_trained, got {type(base).__name__}")
+    check_str("method", method, QUANTIZATION_METHODS)
+    check_int("epochs", epochs, 1)
+    check_instance("budget", budget, Budget, none=True)
+    check_float("lr", lr, 0, low_open=True)
+    check_str("optimizer", optimizer, ("sgd", "adamw"))
+    check_int("seed", seed, 0)
+    check_bool("progress", progress)
+    allowed = {"qat": quantization.UNIFORM_BITS, "kmeans": quantization.CODE_BITS}.get(method)
+    if allowed is None and bits is not None:
+        raise ValueError(f"method {method!r} does not take bits")
+    if allowed is not None:
+        if bits is None:
+            raise ValueError(f"method {method!r} needs bits, an int in "
+                             f"[{allowed[0]}, {allowed[1]}]")
+        check_int("bits", bits, allowed[0], allowed[1])
+
+    budget = budget or get_budget()
+    settings = _quantization_settings(method, epochs, bits, lr, optimizer, seed)
+    if _zoo_budget(budget) and base.zoo_name is not None:
+        entry = next((e for e in ENTRIES.values() if e.quantized_from == base.zoo_name
+                      and _jsonable(e.quantize) == _jsonable(settings)), None)
+        shipped_model = _from_zoo(entry)
+        if shipped_model is not None:
+            return shipped_model
+    spec = {"quantized_from": base.path.name, "settings": settings,
+            "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
+            "code": _quantization_code_hash(), "torch": torch.__version__.split("+")[0]}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    stem = base.path.stem.split("-")[0]
+    path = user_cache_dir() / "zoo" / f"{stem}+quant_{method}-{budget.name}-{key}.pt"
+    cached = _load(path)
+    if cached is not None:
+        model = _quantized_shapes(base.model, settings)
+        model.load_state_dict(cached["state_dict"])
+        model.eval()    # an exported graph's .eval() returns None: not chained
+        return TrainedModel(model, cached["accuracy"], History.from_dict(cached["history"]),
+                            path, trained_now=False, info=cached["info"])
+
+    train_loader, test_loader = get_dataloaders(128, budget, augment=True, seed=seed)
+    info: dict = {"method": method}
+    if method == "kmeans":
+        model = weight_sharing.share_weights(base.model, bits)
+        info["oneshot_accuracy"] = _train.evaluate(model, test_loader)["accuracy"]
+    elif method == "int8_qat":   # the captured graph shares the copy's weights
+        model = int8.prepare_int8_qat(copy.deepcopy(base.model), torch.zeros(_INT8_EXAMPLE_SHAPE))
+    else:
+        model = _quantized_shapes(base.model, settings)
+    history = fit(model, train_loader, epochs, test_loader, lr=lr, optimizer=optimizer,
+                  schedule="cosine", seed=seed, progress=progress)
+    if method == "kmeans":   # stored plain: the same weights, no codebook to rebuild
+        model = weight_sharing.unshare(model)
+    accuracy = history.test_accuracy[-1]
+    _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
+                  "history": history.as_dict(), "info": info, "key": key})
+    model.eval()
+    return TrainedModel(model, accuracy, history, path, trained_now=True, info=info)
+
+
+# ---------------------------------------------------------------------------------------
 # make zoo: build the shipped models, resumable model by model
 # ---------------------------------------------------------------------------------------
 
@@ -1143,6 +1480,10 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
             result = get_decomposed(load(entry.decomposed_from), budget=full,
                                     progress=progress, **entry.decompose)
             seconds = sum(result.history.seconds)
+        elif entry.quantized_from is not None:
+            result = get_quantized(load(entry.quantized_from), budget=full, progress=progress,
+                                   **entry.quantize)
+            seconds = sum(result.history.seconds)
         else:
             result = get_trained(
                 entry.model, budget=full, seed=entry.seed, progress=progress,
@@ -1154,7 +1495,7 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
     finally:
         _BUILDING.discard(name)
     kind = ("pruned" if entry.pruned_from else "decomposed" if entry.decomposed_from
-            else "trained")
+            else "quantized" if entry.quantized_from else "trained")
     meta = dict(entry.spec(), name=name, kind=kind,
                 test_accuracy=result.accuracy, subset_correct=subset_correct(result.model),
                 subset_size=1000, trained_on=_trained_on(train_device),
@@ -1274,6 +1615,12 @@ def _made(entry: ZooEntry) -> str:
                           for k, v in settings.items())
         if entry.prune["method"] == "finetune":
             return f"{entry.pruned_from} fine-tuned without pruning ({shown}): the control"
+        if entry.prune["method"] == "lottery":
+            seed = entry.prune["reinit_seed"]
+            kept = f"{entry.pruned_from}'s {1 - entry.prune['sparsity']:.0%} largest weights"
+            return (f"{kept} rewound to its initial ones (the lottery ticket), retrained with its "
+                    f"recipe" if seed is None else f"{kept} drawn afresh (seed {seed}), "
+                    f"retrained with its recipe: the lottery ticket's control")
         return f"{entry.pruned_from} pruned by {entry.prune['method']} ({shown}), fine-tuned"
     if entry.decomposed_from is not None:
         settings = {k: v for k, v in entry.decompose.items()
@@ -1283,6 +1630,13 @@ def _made(entry: ZooEntry) -> str:
             return f"{entry.decomposed_from} fine-tuned without decomposing ({shown}): the control"
         return (f"{entry.decomposed_from} decomposed by {entry.decompose['method']} ({shown}), "
                 f"fine-tuned")
+    if entry.quantized_from is not None:
+        method = entry.quantize["method"]
+        shown = ", ".join(f"{k}={v}" for k, v in entry.quantize.items()
+                          if k not in ("epochs", "seed", "method"))
+        if method == "finetune":
+            return f"{entry.quantized_from} fine-tuned without quantizing ({shown}): the control"
+        return f"{entry.quantized_from} quantized by {method} ({shown}), fine-tuned"
     recipe = f"{entry.recipe.get('optimizer')} lr {entry.recipe.get('lr')}"
     if entry.init_from is not None:
         return f"{what} from {entry.init_from}, {recipe}"
@@ -1390,10 +1744,13 @@ def main(argv: list[str] | None = None) -> int:
             manifest = _weights.read_manifest()
             for name, entry in ENTRIES.items():
                 meta = manifest.get(name)
-                state = ("not built" if meta is None else
-                         f"{100 * meta['test_accuracy']:.2f}%, {meta['bytes']:,} B, "
-                         f"v{meta['recipe_version']}")
+                state = (f"not built (about {entry.estimated_minutes():.0f} min)" if meta is None
+                         else f"{100 * meta['test_accuracy']:.2f}%, {meta['bytes']:,} B, "
+                              f"v{meta['recipe_version']}")
                 print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
+            todo = [e for n, e in ENTRIES.items() if n not in manifest]
+            print(f"{len(todo)} of {len(ENTRIES)} entries not built: about "
+                  f"{sum(e.estimated_minutes() for e in todo):.0f} min on the book's 2-core CPU")
             return 0
         if args.command == "table":
             text = table()

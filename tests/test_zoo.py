@@ -1,6 +1,7 @@
 import copy
 import dataclasses
 import json
+from typing import Callable
 
 import pytest
 import torch
@@ -293,6 +294,193 @@ def test_get_pruned_needs_a_trained_model(tiny_base, tiny_budget):
         lc.zoo.get_pruned(tiny_base.model, "l1", epochs=1, macs_share=0.5, budget=tiny_budget)
 
 
+def test_get_pruned_iterative_equals_han_et_als_loop_by_hand(tiny_base, tiny_budget):
+    from lightcnn import pruning
+    got = lc.zoo.get_pruned(tiny_base, "iterative", epochs=3, budget=tiny_budget, sparsity=0.8,
+                            rounds=(0.4, 0.6), progress=False)
+    assert got.trained_now and got.path.name.startswith("baseline_cnn+iterative-ci-")
+    # by hand, as chapter 04 did it: prune, fine-tune one cosine run per round, prune more
+    model = copy.deepcopy(tiny_base.model)
+    train_loader, test_loader = lc.get_dataloaders(128, tiny_budget, augment=True, seed=0)
+    histories = []
+    achieved = pruning.iterative_prune(model, [0.4, 0.6, 0.8], lambda m: histories.append(
+        lc.fit(m, train_loader, 1, test_loader, lr=0.01, schedule="cosine", seed=0,
+               progress=False)))
+    pruning.remove_masks(model)
+    assert _same_state(got.model, model) and not pruning.masks_of(got.model)
+    rounds = [h.test_accuracy[-1] for h in histories]
+    assert got.info == {"method": "iterative", "sparsity": pruning.sparsity(model),
+                        "round_sparsity": achieved, "round_accuracy": rounds}
+    assert got.history.test_accuracy == rounds and got.accuracy == rounds[-1]
+    # the epochs split over the rounds, the later ones longer
+    assert [zoo._round_epochs(e, 3) for e in (3, 6, 10, 20)] == [[1, 1, 1], [2, 2, 2], [3, 3, 4],
+                                                                  [6, 7, 7]]
+
+
+def test_get_pruned_lottery_ticket_and_control_equal_the_steps_done_by_hand(tiny_zoo, tiny_budget):
+    from lightcnn import pruning
+    zoo.build(["lenet5"], progress=False)
+    lenet = zoo.load("lenet5")
+    ticket = zoo.get_pruned(lenet, "lottery", epochs=2, budget=tiny_budget, sparsity=0.9,
+                            progress=False)
+    control = zoo.get_pruned(lenet, "lottery", epochs=2, budget=tiny_budget, sparsity=0.9,
+                             reinit_seed=1, progress=False)
+    # by hand, as chapter 04 did it: the mask of the trained weights, the weights LeNet-5
+    # started from (get_trained seeds torch with the entry's seed, then builds it), its recipe
+    torch.manual_seed(0)
+    initial = lc.create_model("lenet5").state_dict()
+    masks = pruning.global_masks(lenet.model, 0.9)
+    recipe = zoo.RECIPES["lenet5"]
+    loader, test_loader = lc.get_dataloaders(128, tiny_budget, augment=False, seed=0)
+    for got, start in ((ticket, pruning.rewind(lenet.model, initial, masks)),
+                       (control, pruning.random_reinit(lenet.model, masks, seed=1))):
+        history = lc.fit(start, loader, 2, test_loader, lr=recipe["lr"],
+                         weight_decay=recipe["weight_decay"], schedule=recipe["schedule"],
+                         seed=0, progress=False)
+        pruning.remove_masks(start)
+        assert _same_state(got.model, start) and got.accuracy == history.test_accuracy[-1]
+        assert got.info == {"method": "lottery", "sparsity": pruning.sparsity(start)}
+    assert abs(ticket.info["sparsity"] - 0.9) < 0.01 and not _same_state(ticket.model, control.model)
+    with pytest.raises(ValueError, match="base must come from the zoo"):
+        zoo.get_pruned(dataclasses.replace(lenet, zoo_name=None), "lottery", 2, tiny_budget,
+                       sparsity=0.9)
+    with pytest.raises(ValueError, match="needs a base trained from scratch"):
+        zoo.get_pruned(dataclasses.replace(lenet, zoo_name="lenet5_more"), "lottery", 2,
+                       tiny_budget, sparsity=0.9)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="iterative", sparsity=0.9), "'iterative' needs rounds"),
+    (dict(method="iterative", sparsity=0.9, rounds=(0.95,)), "rounds must be non-decreasing"),
+    (dict(method="iterative", sparsity=0.9, rounds=(0.8, 0.6)), "rounds must be non-decreasing"),
+    (dict(method="iterative", sparsity=0.9, rounds=(0.5, 0.8), epochs=2), "one per round"),
+    (dict(method="iterative", macs_share=0.5, rounds=(0.5,)), r"'iterative' needs sparsity"),
+    (dict(method="agp", sparsity=0.9, rounds=(0.5,)), "'agp' does not take rounds"),
+    (dict(method="lottery"), r"'lottery' needs sparsity"),
+    (dict(method="lottery", sparsity=0.9, lr=0.1), "'lottery' does not take lr"),
+    (dict(method="lottery", sparsity=0.9, reinit_seed=-1), "reinit_seed must be an int"),
+    (dict(method="finetune", reinit_seed=1), "'finetune' does not take reinit_seed"),
+])
+def test_get_pruned_rejects_bad_iterative_and_lottery_settings(tiny_base, tiny_budget, kwargs,
+                                                               match):
+    kwargs = {"epochs": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        lc.zoo.get_pruned(tiny_base, budget=tiny_budget, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="rounds must be a list or tuple"):
+        lc.zoo.get_pruned(tiny_base, "iterative", 3, tiny_budget, sparsity=0.9, rounds=0.5)
+
+
+def _stub(name: str, arch: str = "baseline_cnn") -> "zoo.TrainedModel":
+    """A model that says it came from zoo entry ``name`` (nothing is loaded or trained)."""
+    return zoo.TrainedModel(lc.create_model(arch), 0.9, lc.train.History(),
+                            Path(f"{name}.safetensors"), False, zoo_name=name)
+
+
+def _resolved(monkeypatch, call: Callable[[], object]) -> list:
+    """The entry ``call`` asks the zoo for (``_from_zoo`` stops it before any work)."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    with pytest.raises(_Matched):
+        call()
+    return seen
+
+
+@pytest.mark.parametrize("base, call, expected", [
+    # chapter 04: pruned to 12x (gradual and iterative), channels to half the MACs (L1 and
+    # network slimming), 10 epochs and twice that, beside the fine-tuning control (which
+    # chapter 05's QAT shares)
+    ("baseline_cnn", dict(method="agp", epochs=10, sparsity=zoo.SPARSITY_12X),
+     "baseline_cnn+agp12x_e10"),
+    ("baseline_cnn", dict(method="agp", epochs=20, sparsity=zoo.SPARSITY_12X),
+     "baseline_cnn+agp12x_e20"),
+    ("baseline_cnn", dict(method="iterative", epochs=10, sparsity=zoo.SPARSITY_12X,
+                          rounds=(0.6, 0.85)), "baseline_cnn+iterative12x_e10"),
+    ("baseline_cnn", dict(method="iterative", epochs=20, sparsity=zoo.SPARSITY_12X,
+                          rounds=[0.6, 0.85]), "baseline_cnn+iterative12x_e20"),
+    ("baseline_cnn", dict(method="l1", epochs=10, macs_share=0.5), "baseline_cnn+l1_half_macs_e10"),
+    ("baseline_cnn", dict(method="l1", epochs=20, macs_share=0.5), "baseline_cnn+l1_half_macs_e20"),
+    ("baseline_cnn", dict(method="slimming", epochs=10, macs_share=0.5, penalty=1e-2,
+                          penalty_epochs=3), "baseline_cnn+slimming_half_macs_e10"),
+    ("baseline_cnn", dict(method="slimming", epochs=20, macs_share=0.5, penalty=1e-2,
+                          penalty_epochs=3), "baseline_cnn+slimming_half_macs_e20"),
+    ("baseline_cnn", dict(method="finetune", epochs=10), "baseline_cnn+finetune_e10"),
+    # chapter 04 on LeNet-5: 12x by the same loop, its control, the lottery ticket at 10%
+    # of the weights and its re-initialised control
+    ("lenet5", dict(method="iterative", epochs=10, sparsity=zoo.LENET5_SPARSITY_12X,
+                    rounds=(0.6, 0.85)), "lenet5+iterative12x_e10"),
+    ("lenet5", dict(method="finetune", epochs=10), "lenet5+finetune_e10"),
+    ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9), "lenet5+ticket_keep10_e20"),
+    ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9, reinit_seed=1),
+     "lenet5+reinit_keep10_e20"),
+    # the chapter's old schedules, another round, penalty or seed: no entry
+    ("baseline_cnn", dict(method="agp", epochs=6, sparsity=zoo.SPARSITY_12X), None),
+    ("baseline_cnn", dict(method="l1", epochs=3, macs_share=0.5), None),
+    ("baseline_cnn", dict(method="iterative", epochs=10, sparsity=zoo.SPARSITY_12X,
+                          rounds=(0.5, 0.85)), None),
+    ("baseline_cnn", dict(method="slimming", epochs=10, macs_share=0.5, penalty_epochs=2), None),
+    ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9, reinit_seed=2), None),
+    ("lenet5", dict(method="lottery", epochs=1, sparsity=0.9), None),
+])
+def test_chapter_04s_calls_resolve_to_their_zoo_entries(base, call, expected, monkeypatch):
+    """get_pruned called as chapter 04 calls it finds the entry that ships it, at ci as at
+    full (the chapter asserts at full that it got it)."""
+    for budget in ("ci", "full"):
+        seen = _resolved(monkeypatch, lambda: zoo.get_pruned(
+            _stub(base, base), budget=lc.get_budget(budget), progress=False, **call))
+        assert seen == [expected]
+
+
+def test_every_pruned_entry_is_a_call_of_get_pruned():
+    """Each entry's settings are what get_pruned builds for the same call, so a call can
+    match it; and the 12x sparsities are what chapter 04 computes."""
+    assert zoo.LENET5_SPARSITY_12X == lc.pruning.sparsity_for_ratio(lc.create_model("lenet5"), 12)
+    for entry in zoo.ENTRIES.values():
+        if entry.prune is not None:
+            assert entry.prune == zoo._pruning_settings(**entry.prune), entry.name
+        if entry.prune is not None and entry.prune["method"] == "lottery":
+            assert not zoo.ENTRIES[entry.pruned_from].dependencies()      # from scratch
+
+
+def test_chapter_04s_new_kinds_build_load_and_answer_get_pruned(tiny_zoo, monkeypatch):
+    """Iterative pruning and the lottery ticket (and its control) built into a zoo of their
+    own, loaded back checked, and served to get_pruned; another seed is not served."""
+    base = zoo.ENTRIES["lenet5"]
+    entries = [base,
+               zoo._pruned("lenet5+iterative", base, "iterative", epochs=2, sparsity=0.9,
+                           rounds=[0.5]),
+               zoo._pruned("lenet5+ticket", base, "lottery", epochs=1, sparsity=0.8,
+                           reinit_seed=None),
+               zoo._pruned("lenet5+reinit", base, "lottery", epochs=1, sparsity=0.8,
+                           reinit_seed=1)]
+    monkeypatch.setattr(zoo, "ENTRIES", zoo._entries(*entries))
+    assert zoo.build(progress=False) == [e.name for e in entries]
+    manifest = weights.read_manifest(tiny_zoo)
+    for entry in entries[1:]:
+        meta = manifest[entry.name]
+        assert meta["kind"] == "pruned" and meta["prune"] == entry.prune
+        assert zoo.subset_correct(zoo.load(entry.name).model) == meta["subset_correct"]
+    assert manifest["lenet5+iterative"]["info"]["round_sparsity"][0] == pytest.approx(0.5, abs=1e-3)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped model must not be trained")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    lenet, ci = zoo.load("lenet5"), lc.get_budget("ci")
+    got = zoo.get_pruned(lenet, "lottery", 1, ci, sparsity=0.8, progress=False)
+    assert got.zoo_name == "lenet5+ticket" and _same_state(got.model, zoo.load("lenet5+ticket").model)
+    assert zoo.get_pruned(lenet, "lottery", 1, ci, sparsity=0.8, reinit_seed=1,
+                          progress=False).zoo_name == "lenet5+reinit"
+    assert zoo.get_pruned(lenet, "iterative", 2, ci, sparsity=0.9, rounds=(0.5,),
+                          progress=False).zoo_name == "lenet5+iterative"
+    with pytest.raises(AssertionError, match="must not be trained"):
+        zoo.get_pruned(lenet, "lottery", 1, ci, sparsity=0.8, reinit_seed=2, progress=False)
+
+
 # ------------------------------------------------------------- get_decomposed (chapter 08)
 
 def test_get_decomposed_equals_the_steps_done_by_hand_and_is_cached(tiny_base, tiny_budget,
@@ -368,6 +556,155 @@ def test_get_decomposed_rejects_bad_settings(tiny_base, tiny_budget, kwargs, err
         lc.zoo.get_decomposed(tiny_base, budget=tiny_budget, progress=False, **kwargs)
     with pytest.raises(TypeError, match="base must be a TrainedModel"):
         lc.zoo.get_decomposed(tiny_base.model, "finetune", epochs=1, budget=tiny_budget)
+
+
+# ------------------------------------------------------------- get_quantized (chapter 05)
+
+def test_get_quantized_qat_kmeans_and_control_equal_the_steps_done_by_hand(tiny_base, tiny_budget,
+                                                                           monkeypatch):
+    from lightcnn import quantization as Q
+    from lightcnn import weight_sharing as ws
+    train_loader, test_loader = lc.get_dataloaders(128, tiny_budget, augment=True, seed=0)
+    adamw = dict(lr=1e-4, optimizer="adamw", schedule="cosine", seed=0, progress=False)
+    qat = lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=4,
+                               progress=False)
+    assert qat.trained_now and qat.path.name.startswith("baseline_cnn+quant_qat-ci-")
+    model = Q.prepare_qat(tiny_base.model, 4, 4)        # by hand, as chapter 05 did it
+    history = lc.fit(model, train_loader, 1, test_loader, lr=0.01, schedule="cosine", seed=0,
+                     progress=False)
+    assert _same_state(qat.model, model) and qat.accuracy == history.test_accuracy[-1]
+    assert qat.info == {"method": "qat"}
+    kmeans = lc.zoo.get_quantized(tiny_base, "kmeans", epochs=1, budget=tiny_budget, bits=2,
+                                  lr=1e-4, optimizer="adamw", progress=False)
+    shared = ws.share_weights(tiny_base.model, 2)
+    oneshot = lc.evaluate(shared, test_loader)["accuracy"]
+    history = lc.fit(shared, train_loader, 1, test_loader, **adamw)
+    # stored plain: the shared weights themselves, at most 4 values per layer
+    assert _same_state(kmeans.model, ws.unshare(shared)) and not ws.shared_layers(kmeans.model)
+    assert kmeans.info == {"method": "kmeans", "oneshot_accuracy": oneshot}
+    assert kmeans.accuracy == history.test_accuracy[-1]
+    assert all(layer.weight.unique().numel() <= 4
+               for layer in lc.pruning.prunable_layers(kmeans.model).values())
+    control = lc.zoo.get_quantized(tiny_base, "finetune", epochs=1, budget=tiny_budget, lr=1e-4,
+                                   optimizer="adamw", progress=False)
+    plain = copy.deepcopy(tiny_base.model)
+    lc.fit(plain, train_loader, 1, test_loader, **adamw)
+    assert _same_state(control.model, plain) and control.history.lr == kmeans.history.lr
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    again = lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=4,
+                                 progress=False)
+    assert not again.trained_now and _same_state(again.model, qat.model)   # wrappers rebuilt
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), qat.model.eval()(x))
+    assert not lc.zoo.get_quantized(tiny_base, "kmeans", epochs=1, budget=tiny_budget, bits=2,
+                                    lr=1e-4, optimizer="adamw", progress=False).trained_now
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(method="qat"), ValueError, r"'qat' needs bits, an int in \[2, 8\]"),
+    (dict(method="qat", bits=1), ValueError, "bits must be an int in"),
+    (dict(method="kmeans", bits=9), ValueError, "bits must be an int in"),
+    (dict(method="int8_qat", bits=8), ValueError, "'int8_qat' does not take bits"),
+    (dict(method="finetune", bits=4), ValueError, "'finetune' does not take bits"),
+    (dict(method="ptq"), ValueError, "method must be one of"),
+    (dict(method="qat", bits=4, optimizer="adam"), ValueError, "optimizer must be one of"),
+    (dict(method="qat", bits=4, lr=0), ValueError, "lr must be"),
+    (dict(method="qat", bits=4, epochs=0), ValueError, "epochs must be an int >= 1"),
+    (dict(method="qat", bits=4.0), TypeError, "bits must be an int"),
+])
+def test_get_quantized_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, match):
+    kwargs = {"epochs": 1, **kwargs}
+    with pytest.raises(error, match=match):
+        lc.zoo.get_quantized(tiny_base, budget=tiny_budget, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="base must be a TrainedModel"):
+        lc.zoo.get_quantized(tiny_base.model, "finetune", epochs=1, budget=tiny_budget)
+
+
+@pytest.mark.parametrize("call, expected", [
+    # chapter 05: QAT at 4 and 2 bits and int8 QAT at chapter 04's fine-tuning rate (its
+    # control is chapter 04's baseline_cnn+finetune_e10), k-means at 4 and 2 bits with
+    # AdamW at 1e-4 beside its own control; 2 bits also at twice the schedule
+    (dict(method="qat", epochs=10, bits=4), "baseline_cnn+qat_w4a4_e10"),
+    (dict(method="qat", epochs=10, bits=2), "baseline_cnn+qat_w2a2_e10"),
+    (dict(method="qat", epochs=20, bits=2), "baseline_cnn+qat_w2a2_e20"),
+    (dict(method="int8_qat", epochs=10), "baseline_cnn+int8_qat_e10"),
+    (dict(method="kmeans", epochs=10, bits=4, lr=1e-4, optimizer="adamw"), "baseline_cnn+kmeans4_e10"),
+    (dict(method="kmeans", epochs=10, bits=2, lr=1e-4, optimizer="adamw"), "baseline_cnn+kmeans2_e10"),
+    (dict(method="kmeans", epochs=20, bits=2, lr=1e-4, optimizer="adamw"), "baseline_cnn+kmeans2_e20"),
+    (dict(method="finetune", epochs=10, lr=1e-4, optimizer="adamw"),
+     "baseline_cnn+adamw_finetune_e10"),
+    # the chapter's old schedule, another optimizer or rate: no entry; the SGD control is
+    # get_pruned's, not get_quantized's
+    (dict(method="qat", epochs=3, bits=4), None),
+    (dict(method="kmeans", epochs=10, bits=4, lr=1e-4), None),
+    (dict(method="int8_qat", epochs=10, lr=1e-3), None),
+    (dict(method="finetune", epochs=10), None),
+])
+def test_chapter_05s_calls_resolve_to_their_zoo_entries(call, expected, monkeypatch):
+    """get_quantized called as chapter 05 calls it finds the entry that ships it."""
+    for budget in ("ci", "full"):
+        seen = _resolved(monkeypatch, lambda: zoo.get_quantized(
+            _stub("baseline_cnn"), budget=lc.get_budget(budget), progress=False, **call))
+        assert seen == [expected]
+
+
+def test_every_quantized_entry_is_a_call_of_get_quantized():
+    for entry in zoo.ENTRIES.values():
+        if entry.quantize is not None:
+            assert entry.quantize == zoo._quantization_settings(**entry.quantize), entry.name
+            assert entry.quantize["epochs"] == entry.epochs
+            assert entry.quantize["method"] in zoo.QUANTIZATION_METHODS
+
+
+def test_get_trained_never_answers_with_a_derived_entry(monkeypatch):
+    """The baseline trained on for 10 epochs is no pruned, decomposed or quantized entry,
+    though those record the baseline's architecture and recipe."""
+    assert _resolved(monkeypatch, lambda: zoo.get_trained(
+        "baseline_cnn", lc.get_budget("ci"), epochs=10, progress=False)) == [None]
+
+
+def test_quantized_entries_build_load_and_answer_get_quantized(tiny_zoo, monkeypatch):
+    """Chapter 05's kinds of entry: QAT (its quantizers' scales in the state dict), int8
+    QAT (the export graph captured again on load, the same keys) and k-means (stored
+    plain), built into a zoo of their own, loaded back checked, served to get_quantized."""
+    from lightcnn import int8
+    base = zoo.ZooEntry("base", "baseline_cnn", zoo.RECIPES["baseline_cnn"], version=1,
+                        epochs=1, kwargs=dict(widths=[8, 16, 24]))
+    entries = [base, zoo._quantized("base+qat", base, "qat", epochs=1, bits=4),
+               zoo._quantized("base+int8_qat", base, "int8_qat", epochs=1),
+               zoo._quantized("base+kmeans", base, "kmeans", epochs=1, bits=2, lr=1e-4,
+                              optimizer="adamw")]
+    monkeypatch.setattr(zoo, "ENTRIES", zoo._entries(*entries))
+    assert zoo.build(progress=False) == [e.name for e in entries]
+    manifest = weights.read_manifest(tiny_zoo)
+    loaded = {}
+    for entry in entries[1:]:
+        meta = manifest[entry.name]
+        assert meta["kind"] == "quantized" and meta["quantized_from"] == "base"
+        loaded[entry.name] = zoo.load(entry.name)
+        assert zoo.subset_correct(loaded[entry.name].model) == meta["subset_correct"], entry.name
+    assert any(isinstance(m, lc.quantization.QuantWrapper) for m in loaded["base+qat"].model.modules())
+    x = torch.randn(4, 1, 28, 28)
+    assert int8.convert_int8_qat(loaded["base+int8_qat"].model)(x).shape == (4, 10)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped model must not be trained")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    ci = lc.get_budget("ci")
+    got = zoo.get_quantized(zoo.load("base"), "qat", 1, ci, bits=4, progress=False)
+    assert got.zoo_name == "base+qat"
+    assert zoo.get_quantized(zoo.load("base"), "kmeans", 1, ci, bits=2, lr=1e-4,
+                             optimizer="adamw", progress=False).zoo_name == "base+kmeans"
+    with pytest.raises(AssertionError, match="must not be trained"):
+        zoo.get_quantized(zoo.load("base"), "qat", 1, ci, bits=3, progress=False)
+    text = zoo.table()
+    assert "| `base+qat` | base quantized by qat (lr=0.01, optimizer=sgd, bits=4), fine-tuned | 1 |" in text
 
 
 # --- the shipped zoo ------------------------------------------------------------------------
@@ -562,9 +899,11 @@ def test_entries_are_consistent():
         zoo._entries(dataclasses.replace(one, init_from="b"))
     with pytest.raises(ValueError, match="decomposed_from and decompose go together"):
         dataclasses.replace(one, decomposed_from="a")
-    with pytest.raises(ValueError, match="pruned or decomposed, not both"):
+    with pytest.raises(ValueError, match="pruned, decomposed or quantized, one of them"):
         dataclasses.replace(one, decomposed_from="a", decompose={"method": "cp"},
                             pruned_from="a", prune={"method": "l1"})
+    with pytest.raises(ValueError, match="quantized_from and quantize go together"):
+        dataclasses.replace(one, quantize={"method": "qat"})
 
 
 def test_the_books_zoo_table_matches_the_manifest(shipped_zoo):
