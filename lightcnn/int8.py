@@ -34,7 +34,7 @@ import copy
 import io
 import logging
 import warnings
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -235,7 +235,7 @@ def _converted(prepared: nn.Module) -> nn.Module:
 COMPILED_GRAPHS = 64
 
 
-def compile_cpu(model: nn.Module, examples: Iterable[Tensor] = (), threads: int | None = None
+def compile_cpu(model: nn.Module, examples: Sequence[Tensor] = (), threads: int | None = None
                 ) -> nn.Module:
     """``model`` compiled by Inductor with freezing on, for CPU inference.
 
@@ -257,7 +257,10 @@ def compile_cpu(model: nn.Module, examples: Iterable[Tensor] = (), threads: int 
             ``None``: the current one, which ``lc.setup`` fixes).
     """
     _check_model(model)
-    examples = list(examples)
+    # a tuple or list: a single tensor would iterate over its rows, a dict over its keys
+    if not isinstance(examples, (tuple, list)):
+        raise TypeError(f"examples must be a tuple or list of input batches, got "
+                        f"{type(examples).__name__}")
     for x in examples:
         if not isinstance(x, Tensor) or x.dim() == 0 or len(x) == 0:
             raise TypeError(f"examples must be batches of inputs (tensors with a batch "

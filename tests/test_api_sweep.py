@@ -118,6 +118,8 @@ EXEMPT = {
     "zoo.get_pruned": "fine-tunes a trained model (minutes)",
     "zoo.get_decomposed": "decomposes and fine-tunes a trained model (minutes); its bad "
                           "settings are tested in tests/test_zoo.py",
+    "zoo.get_quantized": "quantizes and fine-tunes a trained model (minutes); its bad "
+                         "settings are tested in tests/test_zoo.py",
     "zoo.build": "trains every zoo entry (hours)",
     "zoo.check": "retrains a zoo entry (minutes)",
     "runtime.fresh_process_latency": "starts a fresh Python process per measurement",
