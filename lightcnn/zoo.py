@@ -628,6 +628,18 @@ def _from_zoo(entry: ZooEntry | None) -> TrainedModel | None:
         return None
     return load(entry.name)
 
+
+def _shipped_from(base: "TrainedModel", source: str, field: str,
+                  settings: dict) -> "TrainedModel | None":
+    """The shipped model of the entry made from zoo model ``base`` with ``settings``:
+    ``source`` and ``field`` name the entry's kind (``pruned_from`` and ``prune``,
+    ``decomposed_from`` and ``decompose``, ``quantized_from`` and ``quantize``)."""
+    if base.zoo_name is None:
+        return None
+    wanted = _jsonable(settings)
+    return _from_zoo(next((e for e in ENTRIES.values() if getattr(e, source) == base.zoo_name
+                           and _jsonable(getattr(e, field)) == wanted), None))
+
 # a teacher's logits on one training set, computed once per process (see get_trained)
 _TEACHER_LOGITS: dict[tuple, torch.Tensor] = {}
 BUDGETS_CI = BUDGETS["ci"]
@@ -1076,13 +1088,11 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     budget = budget or get_budget()
     settings = _pruning_settings(method, epochs, lr, seed, sparsity, macs_share, penalty,
                                  penalty_epochs, rounds, reinit_seed)
-    if _zoo_budget(budget) and base.zoo_name is not None:
-        entry = next((e for e in ENTRIES.values() if e.pruned_from == base.zoo_name
-                      and _jsonable(e.prune) == _jsonable(settings)), None)
-        shipped_model = _from_zoo(entry)
-        if shipped_model is not None:
-            return shipped_model
     scratch = _scratch_entry(base) if method == "lottery" else None   # checked on a hit too
+    shipped_model = (_shipped_from(base, "pruned_from", "prune", settings)
+                     if _zoo_budget(budget) else None)
+    if shipped_model is not None:
+        return shipped_model
     spec = {"pruned_from": base.path.name, "settings": settings,
             "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
             "code": _pruning_code_hash(), "torch": torch.__version__.split("+")[0]}
@@ -1249,12 +1259,10 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
     budget = budget or get_budget()
     settings = _lowrank_settings(method, epochs, lr, seed, keep_best, macs_ratio, round_to,
                                  skip, n_iter_max)
-    if _zoo_budget(budget) and base.zoo_name is not None:
-        entry = next((e for e in ENTRIES.values() if e.decomposed_from == base.zoo_name
-                      and _jsonable(e.decompose) == _jsonable(settings)), None)
-        shipped_model = _from_zoo(entry)
-        if shipped_model is not None:
-            return shipped_model
+    shipped_model = (_shipped_from(base, "decomposed_from", "decompose", settings)
+                     if _zoo_budget(budget) else None)
+    if shipped_model is not None:
+        return shipped_model
     budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
     if keep_best:   # the held-out images change what is trained on
         budget_fields.update(val_size=budget.val_size, val_seed=VAL_SEED)
@@ -1384,12 +1392,10 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
 
     budget = budget or get_budget()
     settings = _quantization_settings(method, epochs, bits, lr, optimizer, seed)
-    if _zoo_budget(budget) and base.zoo_name is not None:
-        entry = next((e for e in ENTRIES.values() if e.quantized_from == base.zoo_name
-                      and _jsonable(e.quantize) == _jsonable(settings)), None)
-        shipped_model = _from_zoo(entry)
-        if shipped_model is not None:
-            return shipped_model
+    shipped_model = (_shipped_from(base, "quantized_from", "quantize", settings)
+                     if _zoo_budget(budget) else None)
+    if shipped_model is not None:
+        return shipped_model
     spec = {"quantized_from": base.path.name, "settings": settings,
             "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
             "code": _quantization_code_hash(), "torch": torch.__version__.split("+")[0]}
