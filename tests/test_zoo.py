@@ -1018,27 +1018,16 @@ class _Matched(Exception):
 ])
 def test_the_chapters_calls_match_their_zoo_entries(call, expected, monkeypatch, tiny_budget):
     """get_trained called as chapters 06, 07 and 08 call it finds the entry that ships it."""
-    seen = []
-
-    def stop(entry):
-        seen.append(None if entry is None else entry.name)
-        raise _Matched
-
-    monkeypatch.setattr(zoo, "_from_zoo", stop)
-    shipped = lambda name, arch="baseline_cnn": zoo.TrainedModel(   # noqa: E731
-        lc.create_model(arch), 0.9, lc.train.History(), Path(f"{name}.safetensors"), False,
-        zoo_name=name)
     call = dict(call)
     name, epochs, seed = call.pop("name"), call.pop("epochs"), call.pop("seed", 0)
     recipe = {"student": zoo.STUDENT_RECIPE, "smooth": dict(zoo.STUDENT_RECIPE, label_smoothing=0.1),
               None: None}[call.pop("recipe", None)]
     init = call.pop("init", None)
     teacher = call.pop("teacher", None)
-    with pytest.raises(_Matched):
-        zoo.get_trained(name, lc.get_budget("ci"), seed=seed, epochs=epochs, recipe=recipe,
-                        init_from=None if init is None else shipped(init),
-                        teacher=None if teacher is None else shipped(teacher),
-                        progress=False, **call)
+    seen = _resolved(monkeypatch, lambda: zoo.get_trained(
+        name, lc.get_budget("ci"), seed=seed, epochs=epochs, recipe=recipe,
+        init_from=None if init is None else _stub(init),
+        teacher=None if teacher is None else _stub(teacher), progress=False, **call))
     assert seen == [expected]
 
 
@@ -1060,35 +1049,17 @@ _HALF = dict(macs_ratio=2.0, round_to=8, skip=("features.0.0",))
 ])
 def test_chapter_08s_calls_match_their_zoo_entries(call, expected, monkeypatch):
     """get_decomposed called as chapter 08 should call it finds the entry that ships it."""
-    seen = []
-
-    def stop(entry):
-        seen.append(None if entry is None else entry.name)
-        raise _Matched
-
-    monkeypatch.setattr(zoo, "_from_zoo", stop)
-    base = zoo.TrainedModel(lc.create_model("baseline_cnn"), 0.9, lc.train.History(),
-                            Path("baseline_cnn.safetensors"), False, zoo_name="baseline_cnn")
     call = {"lr": zoo.LOWRANK_LR, "keep_best": True, **call}
-    with pytest.raises(_Matched):
-        zoo.get_decomposed(base, budget=lc.get_budget("ci"), progress=False, **call)
+    seen = _resolved(monkeypatch, lambda: zoo.get_decomposed(
+        _stub("baseline_cnn"), budget=lc.get_budget("ci"), progress=False, **call))
     assert seen == [expected]
 
 
 def test_chapter_08s_pruned_comparator_is_chapter_04s_zoo_model(monkeypatch):
     """Chapter 08 sets chapter 04's L1-pruned model at half the MACs beside its
     decompositions: get_pruned called as chapter 08 calls it finds that entry."""
-    seen = []
-
-    def stop(entry):
-        seen.append(None if entry is None else entry.name)
-        raise _Matched
-
-    monkeypatch.setattr(zoo, "_from_zoo", stop)
-    base = zoo.TrainedModel(lc.create_model("baseline_cnn"), 0.9, lc.train.History(),
-                            Path("baseline_cnn.safetensors"), False, zoo_name="baseline_cnn")
-    with pytest.raises(_Matched):
-        zoo.get_pruned(base, "l1", 10, lc.get_budget("ci"), macs_share=0.5, progress=False)
+    seen = _resolved(monkeypatch, lambda: zoo.get_pruned(
+        _stub("baseline_cnn"), "l1", 10, lc.get_budget("ci"), macs_share=0.5, progress=False))
     assert seen == ["baseline_cnn+l1_half_macs_e10"]
 
 
@@ -1107,16 +1078,8 @@ def test_the_thinner_dense_network_has_half_the_baselines_macs():
 
 def _resolves_to(monkeypatch, name, **kwargs):
     """The zoo entry get_trained(name, **kwargs) finds at the ci budget (None: no entry)."""
-    seen = []
-
-    def stop(entry):
-        seen.append(None if entry is None else entry.name)
-        raise _Matched
-
-    monkeypatch.setattr(zoo, "_from_zoo", stop)
-    with pytest.raises(_Matched):
-        zoo.get_trained(name, lc.get_budget("ci"), progress=False, **kwargs)
-    return seen[0]
+    return _resolved(monkeypatch, lambda: zoo.get_trained(name, lc.get_budget("ci"),
+                                                          progress=False, **kwargs))[0]
 
 
 def _chapter_02_calls() -> list[tuple[str, dict]]:
