@@ -65,6 +65,10 @@ BACKENDS = ("torch", "numba")
 # The numba kernel's register tile: 4 rows (output positions) x 32 columns (output
 # channels) = 4 x 4 vectors of 8 uint64 counts, 16 of AVX-512's 32 vector registers.
 TILE_ROWS, TILE_COLS = 4, 32
+# a packed conv with fewer binary MACs than this runs on one thread whatever torch's thread
+# count: measured on the book's CPU (2 cores, numba's OpenMP layer), a 64-channel 3x3 conv on
+# a 14x14 map (7.2 M) was no faster on 2 threads, one on a 28x28 map (29 M) 1.3x faster
+PARALLEL_MIN_MACS = 16_000_000
 _BIT = torch.tensor([1 << i for i in range(63)] + [-(1 << 63)], dtype=torch.int64)
 _POPCOUNT_TABLE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
@@ -395,16 +399,20 @@ def _numba_kernels() -> SimpleNamespace:
         return starts, offsets
 
     def fill_border(padded, ph, pw, channels):
-        # the +1 padding: every channel bit set in the border pixels
+        # the +1 padding: every channel bit set in the border pixels (and only there)
         batch, hp, wp, wc = padded.shape
         for w in range(wc):
             m = min(64, channels - 64 * w)
             ones = ~np.uint64(0) if m == 64 else (np.uint64(1) << np.uint64(m)) - np.uint64(1)
             for n in range(batch):
                 for y in range(hp):
-                    for x in range(wp):
-                        if y < ph or y >= hp - ph or x < pw or x >= wp - pw:
+                    if y < ph or y >= hp - ph:
+                        for x in range(wp):
                             padded[n, y, x, w] = ones
+                    else:
+                        for x in range(pw):
+                            padded[n, y, x, w] = ones
+                            padded[n, y, wp - 1 - x, w] = ones
 
     def pack_padded(x, ph, pw):
         # x (B, C, H, W) float32, C-contiguous -> (B, H + 2 ph, W + 2 pw, ceil(C/64)) words of
@@ -478,6 +486,41 @@ def _numba_kernels() -> SimpleNamespace:
 
     pack_padded = njit(**fast)(pack_padded)
 
+    @njit(parallel=True, **fast)
+    def conv_parallel(x, ph, pw, starts, offsets, b, n_cols, n_bits, out, thresholds, flip,
+                      out_bits, n_chunks):
+        # the whole float-in conv on n_chunks threads in one compiled call (one dispatch):
+        # the input packed on one thread, then each thread does a share of the tiles
+        src = pack_padded(x, ph, pw).reshape(-1)
+        for chunk in prange(n_chunks):
+            tiles(src, starts, offsets, b, n_cols, n_bits, out, thresholds, flip, out_bits,
+                  chunk, n_chunks)
+
+    def pack_images(x, out, n0, n1):
+        # images n0..n1 of x (B, C, H, W) float32 -> out (B, H W, ceil(C/64)) words of x >= 0,
+        # a plane of H W pixels at a time (contiguous in x: the loop vectorizes)
+        channels, hw = x.shape[1], x.shape[2] * x.shape[3]
+        planes = x.reshape(x.shape[0], channels, hw)
+        plane = np.empty(hw, np.uint64)
+        for n in range(n0, n1):
+            for k in range(out.shape[2]):
+                plane[:] = 0
+                for j in range(min(64, channels - 64 * k)):
+                    bit = np.uint64(1) << np.uint64(j)
+                    src = planes[n, 64 * k + j]
+                    for p in range(hw):
+                        plane[p] |= bit if src[p] >= 0 else np.uint64(0)
+                out[n, :, k] = plane
+
+    pack_images = njit(**fast)(pack_images)
+
+    @njit(parallel=True, **fast)
+    def pack_signs(x, out, n_chunks):
+        # pack_images with the images shared among n_chunks threads
+        batch = x.shape[0]
+        for chunk in prange(n_chunks):
+            pack_images(x, out, chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks)
+
     @njit(**fast)
     def conv_serial(x, ph, pw, starts, offsets, b, n_cols, n_bits, thresholds, flip, oh, ow):
         # the whole float-in, float-out conv on one thread in one call: pack, then the tiles
@@ -488,7 +531,8 @@ def _numba_kernels() -> SimpleNamespace:
 
     return SimpleNamespace(
         numba=numba, max_threads=numba.config.NUMBA_NUM_THREADS, tiles=tiles,
-        tiles_parallel=tiles_parallel, conv_serial=conv_serial,
+        tiles_parallel=tiles_parallel, conv_serial=conv_serial, conv_parallel=conv_parallel,
+        pack_signs=pack_signs, pack_images=pack_images,
         conv_indices=njit(**fast)(conv_indices), pack_padded=pack_padded,
         pack_padded_nhwc=njit(**fast)(pack_padded_nhwc), pad_words=njit(**fast)(pad_words),
         pack_rows=njit(**fast)(pack_rows))
@@ -500,11 +544,12 @@ _NO_BITS = np.empty((0, 0), np.uint32)
 _NO_OUT = np.empty((0, 0), np.float32)
 
 
-def _run_tiles(*args) -> None:
-    """Run the tiled kernel with one chunk of tiles per thread (torch's thread setting,
-    capped at numba's pool); on one thread, without opening a parallel region."""
+def _run_tiles(*args, threads: int | None = None) -> None:
+    """Run the tiled kernel with one chunk of tiles per thread (``threads``, by default
+    torch's thread setting, capped at numba's pool); on one thread, without opening a
+    parallel region."""
     kernels = _numba_kernels()
-    threads = min(torch.get_num_threads(), kernels.max_threads)
+    threads = min(torch.get_num_threads() if threads is None else threads, kernels.max_threads)
     if threads <= 1:
         kernels.tiles(*args, 0, 1)
     else:
@@ -822,6 +867,14 @@ class _PackedLayer(nn.Module):
         self.register_buffer("thresholds", t)
         self.register_buffer("descending", descending)
         self._cache: dict = {}
+        self._plans: dict = {}
+
+    def __getstate__(self) -> dict:
+        # the caches hold numpy arrays and closures built from this module's buffers: a copy
+        # or an unpickled module rebuilds its own (closures do not pickle)
+        state = self.__dict__.copy()
+        state["_cache"], state["_plans"] = {}, {}
+        return state
 
     def _cached(self, key: str, build, *tensors: Tensor | None):
         """A value derived from ``tensors`` (buffers), rebuilt when one of them is replaced or
@@ -960,49 +1013,105 @@ class PackedBinaryConv2d(_PackedLayer):
         return x.shape[0], x.shape[2], x.shape[3]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "numba":
+            return self._numba_forward(x)
+        b, h, w = self._check_input(x)
+        oh, ow = self.output_size(h, w)
+        padded = self.pad_words(x) if self.packed_input else self.pack_input(x)
+        dots = xnor_gemm(self.im2col(padded), self.kernel_words(), self.n_bits, "torch",
+                         b_transposed=True)                         # (B OH OW, O) int32
+        if self.thresholds is not None:
+            return _threshold_bits(dots, self.thresholds, self.descending).view(b, oh, ow, -1)
+        return self._scale(dots.view(b, oh, ow, -1).permute(0, 3, 1, 2).float(), x)
+
+    def _numba_forward(self, x: Tensor) -> Tensor:
+        # Everything that depends only on the input's shape, layout and dtype, the thread
+        # count and the buffers (the checks, the operands, which kernel) is decided once, in
+        # a plan kept under that key: at 64 channels on a 14x14 map the kernel takes about
+        # 10 us, and the Python around it used to take as long again (issue 31).
+        if not isinstance(x, Tensor):
+            self._check_input(x)                                    # raises, naming x
+        threads = min(torch.get_num_threads(), _numba_kernels().max_threads)
+        buffers = self._buffers     # not self.weight_bits: nn.Module.__getattr__ is slow
+        w, t = buffers["weight_bits"], buffers["thresholds"]
+        key = (x.shape, x.stride(), x.dtype, x.requires_grad, threads, w.data_ptr(),
+               w._version) if t is None else (
+               x.shape, x.stride(), x.dtype, x.requires_grad, threads, w.data_ptr(),
+               w._version, t.data_ptr(), t._version, buffers["descending"]._version)
+        run = self._plans.get(key)
+        if run is None:
+            self._check_input(x)
+            if len(self._plans) > 16:   # input shapes and versions come and go
+                self._plans.clear()
+            run = self._plans[key] = self._numba_plan(x, threads)
+        y = run(x)
+        if t is None and (buffers["alpha"] is not None or buffers["bias"] is not None
+                          or self.scheme.activation_scale):
+            y = self._scale(y, x)
+        return y
+
+    def _numba_plan(self, x: Tensor, threads: int):
+        """The numba path for inputs like ``x`` on ``threads`` threads: a function of the
+        input that runs steps 1-3 (pack, im2col, XNOR GEMM) and returns the dot products
+        (B, O, OH, OW) float32 in channels-last memory, or the thresholded words."""
+        kernels = _numba_kernels()
         b, h, w = self._check_input(x)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = self.output_size(h, w)
-        o = self.out_channels
-        if self.backend == "numba":
-            kernels = _numba_kernels()
-            hp, wp = h + 2 * ph, w + 2 * pw
-            kernel, t, flip, starts, offsets = self._operands((b, h, w), lambda: kernels.conv_indices(
-                b, hp, wp, -(-self.in_channels // 64), kh, kw, sh, sw, oh, ow))
-            if (self.thresholds is None and not self.packed_input and x.is_contiguous()
-                    and min(torch.get_num_threads(), kernels.max_threads) <= 1):
-                # the common case on one thread: one compiled call does steps 1 to 3
-                dots = kernels.conv_serial(_float_array(x), ph, pw, starts, offsets, kernel, o,
-                                           self.n_bits, t, flip, oh, ow)
-                return self._scale(torch.from_numpy(dots).permute(0, 3, 1, 2), x)
-            # step 1: the padded input's words, in one pass over x (or its words)
-            if self.packed_input:
-                padded = kernels.pad_words(_as_u64(x), ph, pw, self.in_channels)
-            elif not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-                padded = kernels.pack_padded_nhwc(
+        o, n_bits, c = self.out_channels, self.n_bits, self.in_channels
+        kernel, t, flip, starts, offsets = self._operands((b, h, w), lambda: kernels.conv_indices(
+            b, h + 2 * ph, w + 2 * pw, -(-c // 64), kh, kw, sh, sw, oh, ow))
+        plain = x.dtype == torch.float32 and not x.requires_grad
+        if self.packed_input:
+            def pack(x):
+                return kernels.pad_words(_as_u64(x), ph, pw, c)
+        elif not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            def pack(x):
+                return kernels.pack_padded_nhwc(
                     x.detach().permute(0, 2, 3, 1).float().numpy(), ph, pw)
-            else:
-                padded = kernels.pack_padded(_float_array(x), ph, pw)
-            # steps 2 and 3: the XNOR GEMM reads the windows in place, through two index arrays
-            src = padded.reshape(-1)
-            if self.thresholds is not None:
-                words = torch.zeros(b * oh * ow, -(-o // 64), dtype=torch.int64)
-                _run_tiles(src, starts, offsets, kernel, o, self.n_bits, _NO_OUT, t, flip,
-                           words.numpy().view(np.uint32))
-                return words.view(b, oh, ow, -1)
-            # (B, OH, OW, O) float32 -> NCHW view in channels-last memory, as oneDNN likes it
-            dots = np.empty((b, oh, ow, o), np.float32)
-            _run_tiles(src, starts, offsets, kernel, o, self.n_bits, dots.reshape(-1, o), t, flip,
-                       _NO_BITS)
-            y = torch.from_numpy(dots).permute(0, 3, 1, 2)
+        elif x.is_contiguous() and plain:
+            def pack(x):
+                return kernels.pack_padded(x.numpy(), ph, pw)
         else:
-            padded = self.pad_words(x) if self.packed_input else self.pack_input(x)
-            dots = xnor_gemm(self.im2col(padded), self.kernel_words(), self.n_bits, "torch",
-                             b_transposed=True)                     # (B OH OW, O) int32
-            if self.thresholds is not None:
-                return _threshold_bits(dots, self.thresholds, self.descending).view(b, oh, ow, -1)
-            y = dots.view(b, oh, ow, -1).permute(0, 3, 1, 2).float()
-        return self._scale(y, x)
+            def pack(x):
+                return kernels.pack_padded(_float_array(x), ph, pw)
+        if b * oh * ow * o * n_bits < PARALLEL_MIN_MACS:
+            threads = 1     # too little work to share: a parallel region costs more than it saves
+        if self.thresholds is not None:
+            def run(x):
+                words = torch.zeros(b * oh * ow, -(-o // 64), dtype=torch.int64)
+                _run_tiles(pack(x).reshape(-1), starts, offsets, kernel, o, n_bits, _NO_OUT, t,
+                           flip, words.numpy().view(np.uint32), threads=threads)
+                return words.view(b, oh, ow, -1)
+            return run
+        if threads <= 1 and not self.packed_input and x.is_contiguous():
+            get = Tensor.numpy if plain else _float_array
+
+            def run(x):    # the common case on one thread: one compiled call does steps 1 to 3
+                dots = kernels.conv_serial(get(x), ph, pw, starts, offsets, kernel, o, n_bits,
+                                           t, flip, oh, ow)
+                # (B, OH, OW, O) -> an NCHW view in channels-last memory, as oneDNN likes it
+                return torch.from_numpy(dots.transpose(0, 3, 1, 2))
+            return run
+
+        if not self.packed_input and x.is_contiguous():
+            get = Tensor.numpy if plain else _float_array
+
+            def run(x):    # the same on several threads, still one compiled call
+                dots = np.empty((b, oh, ow, o), np.float32)
+                kernels.numba.set_num_threads(threads)
+                kernels.conv_parallel(get(x), ph, pw, starts, offsets, kernel, o, n_bits,
+                                      dots.reshape(-1, o), t, flip, _NO_BITS, threads)
+                return torch.from_numpy(dots.transpose(0, 3, 1, 2))
+            return run
+
+        def run(x):
+            # steps 2 and 3: the XNOR GEMM reads the windows in place, through two index arrays
+            dots = np.empty((b, oh, ow, o), np.float32)
+            _run_tiles(pack(x).reshape(-1), starts, offsets, kernel, o, n_bits,
+                       dots.reshape(-1, o), t, flip, _NO_BITS, threads=threads)
+            return torch.from_numpy(dots.transpose(0, 3, 1, 2))
+        return run
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -1105,6 +1214,42 @@ class PackedMaxPool2d(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
+class PackSigns(nn.Module):
+    """The signs of a float feature map as packed words, ``(B, C, H, W)`` float ->
+    ``(B, H, W, ceil(C/64))`` int64, bit ``c % 64`` of word ``c // 64`` set where
+    ``x >= 0`` (+1), as the packed layers read them.
+
+    :func:`pack_model` puts it in front of the max pools before the first binary layer, so
+    they run on words (:class:`PackedMaxPool2d`) instead of float maps 32x larger:
+    ``sign(max x) = max sign(x)``.
+    """
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = _backend(backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"expected a float (B, C, H, W) tensor, got "
+                             f"{(x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else x}")
+        b, c, h, w = x.shape
+        if self.backend != "numba":
+            return _pack_bits(x.permute(0, 2, 3, 1) >= 0)
+        kernels = _numba_kernels()
+        words = torch.empty(b, h, w, -(-c // 64), dtype=torch.int64)
+        out = words.numpy().view(np.uint64).reshape(b, h * w, -1)
+        threads = min(torch.get_num_threads(), kernels.max_threads, b)
+        if threads <= 1 or x.numel() < PARALLEL_MIN_MACS // 64:
+            kernels.pack_images(_float_array(x), out, 0, b)
+        else:
+            kernels.numba.set_num_threads(threads)
+            kernels.pack_signs(_float_array(x), out, threads)
+        return words
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}"
+
+
 class _LeafTracer(torch.fx.Tracer):
     """torch.fx tracer that keeps binary layers as single nodes."""
 
@@ -1194,7 +1339,34 @@ def _integer_plan(model: nn.Module) -> dict[str, dict]:
                              "for XNOR-Net's K, so its input cannot stay packed")
         plan[name] = {"thresholds": thresholds, "removed": ops + removed, "pools": pools,
                       "consumer": consumer}
-    return plan
+    return plan, _first_inputs(graph, modules, binary, calls, plan)
+
+
+def _first_inputs(graph, modules: dict, binary: set, calls: Counter, plan: dict
+                  ) -> dict[str, list[str]]:
+    """For each binary conv whose input is a float map (no binary layer feeds it) reached
+    through max pools: the modules between the float producer and it, in order (max pools
+    and sign-keeping ones such as the Hardtanh before the pool). Packing the signs before
+    them lets the pools run on words: ``sign(max x) = max sign(x)``, and a sign-keeping
+    module changes no sign."""
+    consumers = {p["consumer"] for p in plan.values()}
+    chains = {}
+    for node in graph.nodes:
+        if (node.op != "call_module" or node.target not in binary
+                or node.target in consumers
+                or not isinstance(modules[node.target], BinaryConv2d)
+                or modules[node.target].scheme.activation_scale):
+            continue
+        chain, cur = [], node.args[0] if node.args else None
+        while (isinstance(cur, torch.fx.Node) and cur.op == "call_module"
+               and len(cur.users) == 1 and calls[cur.target] == 1
+               and (isinstance(modules[cur.target], nn.MaxPool2d)
+                    or _keeps_sign(modules[cur.target]))):
+            chain.insert(0, cur.target)
+            cur = cur.args[0] if cur.args else None
+        if any(isinstance(modules[m], nn.MaxPool2d) for m in chain):
+            chains[node.target] = chain
+    return chains
 
 
 def pack_model(model: nn.Module, backend: str = "auto", thresholds: bool = False) -> nn.Module:
@@ -1208,8 +1380,11 @@ def pack_model(model: nn.Module, backend: str = "auto", thresholds: bool = False
     the next sign become integer thresholds (:func:`integer_thresholds`), the modules between
     them are removed, and max pools on the way run on the words (:class:`PackedMaxPool2d`).
     From the first binary layer's input to the last binary layer's output the network then
-    holds only bits and integers; the last binary layers return floats as before. The bits
-    equal the float simulation's signs exactly.
+    holds only bits and integers; the last binary layers return floats as before. Where max
+    pools (and sign-keeping modules such as Hardtanh) sit between a float layer and the first
+    binary conv, the signs are packed before them (:class:`PackSigns`) and the pools run on
+    words, 32x less memory than the float maps. The bits equal the float simulation's signs
+    exactly.
 
     Raises:
         ValueError: the model has no layer with binary weights and activations (weight-only
@@ -1227,8 +1402,8 @@ def pack_model(model: nn.Module, backend: str = "auto", thresholds: bool = False
         raise ValueError("model has no binary layer with binary activations to pack "
                          "(binarize it with scheme 'bnn' or 'xnor')")
     packed = copy.deepcopy(model).eval()
-    plan = _integer_plan(packed) if thresholds else {}
-    consumers = {p["consumer"] for p in plan.values()}
+    plan, first = _integer_plan(packed) if thresholds else ({}, {})
+    consumers = {p["consumer"] for p in plan.values()} | set(first)
     for name, layer in layers.items():
         cls = PackedBinaryConv2d if isinstance(layer, BinaryConv2d) else PackedBinaryLinear
         packed.set_submodule(name, cls(layer, backend, plan[name]["thresholds"] if name in plan
@@ -1238,4 +1413,11 @@ def pack_model(model: nn.Module, backend: str = "auto", thresholds: bool = False
             packed.set_submodule(name, nn.Identity())
         for name in p["pools"]:
             packed.set_submodule(name, PackedMaxPool2d(packed.get_submodule(name)))
+    for chain in first.values():   # the signs packed at the start of the chain
+        for i, name in enumerate(chain):
+            module = packed.get_submodule(name)
+            module = PackedMaxPool2d(module) if isinstance(module, nn.MaxPool2d) else None
+            if i == 0:
+                module = nn.Sequential(PackSigns(backend), module) if module else PackSigns(backend)
+            packed.set_submodule(name, module or nn.Identity())
     return packed

@@ -1,6 +1,7 @@
 """lightcnn.binary_kernels: packing round trips, XNOR GEMM against float products, the
 packed model against its float simulation, and bad input."""
 
+import copy
 import io
 
 import numpy as np
@@ -211,13 +212,16 @@ def test_gemm_instructions_show_vpopcntq_where_the_cpu_has_it():
 _CONV_CASES = [  # channels in, out, size, kernel, stride, padding, batch
     (3, 5, 2, 3, 1, 1, 1), (64, 64, 14, 3, 1, 1, 1), (70, 33, 9, 3, 1, 1, 2),
     (70, 20, 11, 3, 2, 2, 2), (20, 33, 8, 2, 1, 0, 3), (130, 7, 5, 1, 1, 0, 1),
-    (32, 40, 7, 3, 2, 0, 1)]
+    (32, 40, 7, 3, 2, 0, 1), (64, 64, 28, 3, 1, 1, 1), (130, 70, 17, 3, 2, 1, 8)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("c, o, size, k, s, p, batch", _CONV_CASES)
-def test_fused_conv_equals_the_reference_and_the_simulation(threads, c, o, size, k, s, p, batch):
+def test_fused_conv_equals_the_reference_and_the_simulation(threads, c, o, size, k, s, p, batch,
+                                                            monkeypatch):
     torch.set_num_threads(threads)
+    if threads > 1:   # every case through the parallel kernels, however small
+        monkeypatch.setattr(K, "PARALLEL_MIN_MACS", 0)
     torch.manual_seed(c + o)
     layer = B.BinaryConv2d(c, o, k, stride=s, padding=p, bias=True, scheme="bnn").eval()
     x = torch.randn(batch, c, size, size)
@@ -363,8 +367,10 @@ def _inputs_of(model: nn.Module, x: torch.Tensor, kinds) -> tuple[dict, torch.Te
     (_Chain, (4, 3, 13, 13), "bnn"), (_MLP, (8, 1, 7, 7), "bnn"),
     (_Chain, (4, 3, 13, 13), "bireal"),
     (lambda: lc.create_model("baseline_cnn"), (8, 1, 28, 28), "bnn")])
-def test_thresholded_network_is_bit_exact(threads, backend, make, shape, scheme):
+def test_thresholded_network_is_bit_exact(threads, backend, make, shape, scheme, monkeypatch):
     torch.set_num_threads(threads)
+    if threads > 1:
+        monkeypatch.setattr(K, "PARALLEL_MIN_MACS", 0)
     torch.manual_seed(0)
     sim = _negate_some_scales(randomize_bn(B.binarize(make(), scheme)))
     packed = K.pack_model(sim, backend, thresholds=True)
@@ -372,7 +378,10 @@ def test_thresholded_network_is_bit_exact(threads, backend, make, shape, scheme)
     sim_in, sim_y = _inputs_of(sim, x, (B.BinaryConv2d, B.BinaryLinear))
     packed_in, packed_y = _inputs_of(packed, x, (K.PackedBinaryConv2d, K.PackedBinaryLinear))
     integer = [n for n, v in packed_in.items() if v.dtype == torch.int64]
-    assert len(integer) == len(packed_in) - 1        # every binary input but the first
+    # every binary input but the first; that one too where a max pool precedes it (its
+    # signs are packed before the pool)
+    first_pooled = make is not _Chain and make is not _MLP
+    assert len(integer) == len(packed_in) - (0 if first_pooled else 1)
     for name in integer:
         signs = sim_in[name]
         signs = signs.permute(0, 2, 3, 1) if signs.ndim == 4 else signs
@@ -382,7 +391,8 @@ def test_thresholded_network_is_bit_exact(threads, backend, make, shape, scheme)
     # each thresholded layer's batch norm is gone, folded into its thresholds
     def norms(model):
         return sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
-    assert norms(packed) == norms(sim) - len(integer)
+    thresholded = [m for m in packed.modules() if getattr(m, "thresholds", None) is not None]
+    assert norms(packed) == norms(sim) - len(thresholded) == norms(sim) - (len(packed_in) - 1)
 
 
 def test_thresholds_survive_a_state_dict_round_trip():
@@ -480,3 +490,75 @@ def test_packed_layers_reject_bad_thresholds_and_inputs():
         packed(torch.randn(1, 8, 5, 5))
     with pytest.raises(ValueError, match="expected a \\(B, 8, H, W\\) tensor"):
         K.PackedBinaryConv2d(layer)(torch.randn(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (4, 70, 9, 7), (3, 130, 6, 6), (2, 64, 1, 1)])
+def test_pack_signs_equals_the_reference_packing(threads, shape, monkeypatch):
+    torch.set_num_threads(threads)
+    if threads > 1:
+        monkeypatch.setattr(K, "PARALLEL_MIN_MACS", 0)
+    x = torch.randn(*shape)
+    x.view(-1)[:2] = torch.tensor([0.0, -0.0])                 # both are +1
+    expected = K._pack_bits(x.permute(0, 2, 3, 1) >= 0)
+    for backend in BACKENDS:
+        assert torch.equal(K.PackSigns(backend)(x), expected), backend
+    assert torch.equal(K.PackSigns()(x.contiguous(memory_format=torch.channels_last)), expected)
+    with pytest.raises(ValueError, match="float"):
+        K.PackSigns()(torch.ones(2, 3, 4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="float"):
+        K.PackSigns()(torch.ones(1, 2, 3, 4, dtype=torch.int64))
+
+
+def test_pack_model_packs_the_signs_before_the_first_pool():
+    torch.manual_seed(0)
+    sim = _negate_some_scales(randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "bnn")))
+    packed = K.pack_model(sim, thresholds=True)
+    # the Hardtanh before the pool becomes the packing, the pool runs on words
+    assert isinstance(packed.features[0][2], K.PackSigns)
+    assert isinstance(packed.features[1], K.PackedMaxPool2d)
+    assert packed.features[2][0].packed_input
+    assert isinstance(packed.features[0][1], nn.BatchNorm2d)     # the float layer's norm stays
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), sim(x), atol=1e-4)
+    # without thresholds nothing changes before the first binary layer
+    plain = K.pack_model(sim)
+    assert isinstance(plain.features[1], nn.MaxPool2d)
+    assert not plain.features[2][0].packed_input
+
+
+def test_a_pool_used_twice_is_not_moved_onto_words():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.a = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.pool(self.stem(x))
+            return self.head(self.pool(self.a(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    sim = B.binarize(Twice(), "bnn").eval()
+    packed = K.pack_model(sim, thresholds=True)
+    assert isinstance(packed.pool, nn.MaxPool2d) and not packed.a.packed_input
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), sim(x), atol=1e-4)
+
+
+def test_packed_models_pickle_and_copy_after_running():
+    torch.manual_seed(0)
+    sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "bnn"))
+    packed = K.pack_model(sim, thresholds=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        y = packed(x)                      # fills the layers' plans (closures)
+        buffer = io.BytesIO()
+        torch.save(packed, buffer)         # the whole module, pickled
+        again = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+        assert torch.equal(again(x), y)
+        assert torch.equal(copy.deepcopy(packed)(x), y)
