@@ -40,12 +40,13 @@ Taught in chapters/06_binary_networks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
 from collections import Counter
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +67,11 @@ BACKENDS = ("torch", "numba")
 # channels) = 4 x 4 vectors of 8 uint64 counts, 16 of AVX-512's 32 vector registers.
 TILE_ROWS, TILE_COLS = 4, 32
 # a packed conv with fewer binary MACs than this runs on one thread whatever torch's thread
-# count: measured on the book's CPU (2 cores, numba's OpenMP layer), a 64-channel 3x3 conv on
-# a 14x14 map (7.2 M) was no faster on 2 threads, one on a 28x28 map (29 M) 1.3x faster
+# count (see parallel_threshold). Measured on the book's CPU (2 cores, numba's OpenMP layer),
+# timed interleaved with other layers as in a network: a 64-channel 3x3 conv on a 14x14 map
+# (7.2 M) took 0.019 ms on 1 thread and 0.029 ms forced onto 2 (waking the second thread
+# costs more than its half of the work), on a 28x28 map (29 M) 0.046 and 0.044 ms, and a
+# 256-channel one on 14x14 (116 M) 0.123 and 0.092 ms
 PARALLEL_MIN_MACS = 16_000_000
 _BIT = torch.tensor([1 << i for i in range(63)] + [-(1 << 63)], dtype=torch.int64)
 _POPCOUNT_TABLE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
@@ -542,6 +546,21 @@ _NO_THRESHOLDS = np.empty(0, np.int64)
 _NO_FLIP = np.empty(0, np.bool_)
 _NO_BITS = np.empty((0, 0), np.uint32)
 _NO_OUT = np.empty((0, 0), np.float32)
+
+
+@contextlib.contextmanager
+def parallel_threshold(macs: int) -> Iterator[None]:
+    """Inside the block, packed convs with at least ``macs`` binary MACs (``B OH OW O n``)
+    share their work among torch's threads; smaller ones run on one thread. Outside it the
+    threshold is :data:`PARALLEL_MIN_MACS`. ``parallel_threshold(0)`` sends every conv
+    through the parallel kernel, to measure what a second thread costs on a small layer."""
+    global PARALLEL_MIN_MACS
+    check_int("macs", macs, 0)
+    previous, PARALLEL_MIN_MACS = PARALLEL_MIN_MACS, macs
+    try:
+        yield
+    finally:
+        PARALLEL_MIN_MACS = previous
 
 
 def _run_tiles(*args, threads: int | None = None) -> None:
@@ -1034,10 +1053,11 @@ class PackedBinaryConv2d(_PackedLayer):
         threads = min(torch.get_num_threads(), _numba_kernels().max_threads)
         buffers = self._buffers     # not self.weight_bits: nn.Module.__getattr__ is slow
         w, t = buffers["weight_bits"], buffers["thresholds"]
-        key = (x.shape, x.stride(), x.dtype, x.requires_grad, threads, w.data_ptr(),
-               w._version) if t is None else (
-               x.shape, x.stride(), x.dtype, x.requires_grad, threads, w.data_ptr(),
-               w._version, t.data_ptr(), t._version, buffers["descending"]._version)
+        key = (x.shape, x.stride(), x.dtype, x.requires_grad, threads, PARALLEL_MIN_MACS,
+               w.data_ptr(), w._version) if t is None else (
+               x.shape, x.stride(), x.dtype, x.requires_grad, threads, PARALLEL_MIN_MACS,
+               w.data_ptr(), w._version, t.data_ptr(), t._version,
+               buffers["descending"]._version)
         run = self._plans.get(key)
         if run is None:
             self._check_input(x)

@@ -562,3 +562,28 @@ def test_packed_models_pickle_and_copy_after_running():
         again = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
         assert torch.equal(again(x), y)
         assert torch.equal(copy.deepcopy(packed)(x), y)
+
+
+def test_parallel_threshold_sets_and_restores_the_split(monkeypatch):
+    torch.set_num_threads(2)
+    layer = B.BinaryConv2d(16, 16, 3, padding=1, scheme="bnn").eval()
+    packed = K.PackedBinaryConv2d(layer, "numba")
+    x = torch.randn(1, 16, 6, 6)
+    calls = []
+    kernels = K._numba_kernels()
+    monkeypatch.setattr(kernels, "conv_parallel",
+                        lambda *a, f=kernels.conv_parallel: calls.append(1) or f(*a))
+    with torch.no_grad():
+        expected = packed(x)                              # small: one thread
+        assert not calls
+        with K.parallel_threshold(0):
+            assert K.PARALLEL_MIN_MACS == 0
+            assert torch.equal(packed(x), expected)       # the parallel kernel, same result
+        assert calls and K.PARALLEL_MIN_MACS == 16_000_000
+        calls.clear()
+        packed(x)
+        assert not calls                                  # its plan is the one-thread one again
+    for bad in (-1, 1.5, "0"):
+        with pytest.raises((ValueError, TypeError), match="macs"):
+            with K.parallel_threshold(bad):
+                pass
