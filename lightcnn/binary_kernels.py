@@ -60,7 +60,8 @@ from .runtime import cpuinfo_fields
 __all__ = ["BACKENDS", "TILE_ROWS", "TILE_COLS", "available_backends", "popcount_peak",
            "gemm_instructions", "measure_xnor_gemm", "pack_signs", "unpack_signs", "popcount",
            "xnor_gemm", "integer_thresholds", "PackedBinaryConv2d", "PackedBinaryLinear",
-           "PackedMaxPool2d", "pack_model"]
+           "PackedMaxPool2d", "PackSigns", "pack_model", "PARALLEL_MIN_MACS",
+           "parallel_threshold"]
 
 BACKENDS = ("torch", "numba")
 # The numba kernel's register tile: 4 rows (output positions) x 32 columns (output
@@ -548,14 +549,19 @@ _NO_BITS = np.empty((0, 0), np.uint32)
 _NO_OUT = np.empty((0, 0), np.float32)
 
 
+def parallel_threshold(macs: int) -> contextlib.AbstractContextManager:
+    """A context: inside it, packed convs with at least ``macs`` binary MACs
+    (``B OH OW O n``) share their work among torch's threads; smaller ones run on one
+    thread. Outside it the threshold is :data:`PARALLEL_MIN_MACS`. ``parallel_threshold(0)``
+    sends every conv through the parallel kernel, to measure what a second thread costs on a
+    small layer."""
+    check_int("macs", macs, 0)   # here, not on entering the block
+    return _parallel_threshold(macs)
+
+
 @contextlib.contextmanager
-def parallel_threshold(macs: int) -> Iterator[None]:
-    """Inside the block, packed convs with at least ``macs`` binary MACs (``B OH OW O n``)
-    share their work among torch's threads; smaller ones run on one thread. Outside it the
-    threshold is :data:`PARALLEL_MIN_MACS`. ``parallel_threshold(0)`` sends every conv
-    through the parallel kernel, to measure what a second thread costs on a small layer."""
+def _parallel_threshold(macs: int) -> Iterator[None]:
     global PARALLEL_MIN_MACS
-    check_int("macs", macs, 0)
     previous, PARALLEL_MIN_MACS = PARALLEL_MIN_MACS, macs
     try:
         yield

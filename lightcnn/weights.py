@@ -28,13 +28,19 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_bool, check_mapping, check_path, check_str
+from ._checks import check_bool, check_mapping, check_path, check_str, check_tensor
 
-__all__ = ["ZooError", "MANIFEST", "zoo_dir", "read_manifest", "check_store", "load_state_dict",
+__all__ = ["ZooError", "MANIFEST", "ENCODING", "bitwise_equal", "zoo_dir", "read_manifest", "check_store", "load_state_dict",
            "read_history", "write_entry", "sha256_file", "rebuild_command"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1   # the manifest's own layout; bump when its fields change meaning
+# How tensors are laid out in a file: 0, as they are; 1, each float tensor in the smallest
+# of three exact forms (see _encode). A manifest entry names its file's encoding (none: 0),
+# so a retrained model is serialized as its shipped file was before their SHA-256 compare.
+ENCODING = 1
+_SEP = "::"          # "<tensor>::<part>" names the parts of an encoded tensor
+_MIN_ENCODED = 256   # smaller tensors stay as they are: their parts' headers cost more
 
 
 class ZooError(RuntimeError):
@@ -167,7 +173,7 @@ def load_state_dict(name: str, folder: Path | None = None) -> tuple[dict[str, to
     except Exception as err:  # the header or a tensor record is malformed
         raise ZooError(f"zoo: {path} is not a readable safetensors file ({err}); rebuild "
                        f"it with {rebuild_command(name)}") from err
-    return state, entry
+    return _decode(state, path), entry
 
 
 def read_history(name: str, folder: Path | None = None) -> dict[str, list[float]]:
@@ -185,14 +191,135 @@ def read_history(name: str, folder: Path | None = None) -> dict[str, list[float]
     return json.loads(path.read_text())
 
 
-def _serialize(name: str, state_dict: dict[str, torch.Tensor], recipe_version) -> bytes:
-    """The bytes of model ``name``'s safetensors file (what the manifest's SHA-256 hashes)."""
+def _as_bits(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor's bit patterns as integers of its width: equal patterns are equal
+    values *and* keep -0.0 apart from 0.0 and every NaN payload, which ``==`` would not."""
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors have the same dtype, shape and bits (-0.0 differs from 0.0, a NaN
+    equals the same NaN): what equal SHA-256s of two files of them would say."""
+    check_tensor("a", a)
+    check_tensor("b", b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return torch.equal(_as_bits(a.contiguous()), _as_bits(b.contiguous()))
+    return torch.equal(a, b)
+
+
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes below ``2**bits`` (bits 1, 2, 4 or 8), ``8 // bits`` per byte, the first code
+    in the lowest bits."""
+    per = 8 // bits
+    codes = torch.cat([codes.to(torch.uint8), codes.new_zeros(-len(codes) % per, dtype=torch.uint8)])
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    return (codes.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
+
+
+def _unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    return ((packed.view(-1, 1) >> shifts) & (2 ** bits - 1)).reshape(-1)[:n]
+
+
+def _encode(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Tensor ``key`` in the smallest of three exact forms (ties keep the earlier):
+
+    * as it is;
+    * a *palette*, where it holds at most 256 distinct values (k-means weight sharing holds
+      ``2**bits``): ``key::palette`` (the values) and ``key::codes<b>`` (each element's
+      index, packed ``b`` = 1, 2, 4 or 8 bits each);
+    * *sparse*, where at least half of it is 0 (pruning): ``key::mask`` (one bit per
+      element, set where it is not 0) and ``key::values`` (those elements, in order), and
+      ``key::negzero`` (one bit per element, set at -0.0) where some zeros are negative.
+
+    Both carry ``key::shape``. Values are compared by bit pattern, so the decoded tensor is
+    bitwise the original (-0.0 and NaN included)."""
+    t = t.detach().contiguous()
+    if not t.is_floating_point() or t.numel() < _MIN_ENCODED:
+        return {key: t}
+    flat = t.reshape(-1)
+    bits_of = _as_bits(flat)
+    shape = {f"{key}{_SEP}shape": torch.tensor(t.shape, dtype=torch.int64)}
+    forms = [{key: t}]
+    values, codes = torch.unique(bits_of, return_inverse=True)   # sorted: deterministic
+    if len(values) <= 256:
+        b = next(b for b in (1, 2, 4, 8) if len(values) <= 2 ** b)
+        forms.append({f"{key}{_SEP}palette": values.view(t.dtype),
+                      f"{key}{_SEP}codes{b}": _pack_codes(codes, b), **shape})
+    zero = flat == 0                  # +0.0 and -0.0 (x * mask gives -0.0 for x < 0)
+    if 2 * int(zero.sum()) >= flat.numel():
+        form = {f"{key}{_SEP}mask": _pack_codes(~zero, 1),
+                f"{key}{_SEP}values": flat[~zero], **shape}
+        negative = zero & (bits_of != 0)
+        if negative.any():
+            form[f"{key}{_SEP}negzero"] = _pack_codes(negative, 1)
+        forms.append(form)
+    return min(forms, key=lambda f: sum(v.numel() * v.element_size() + 64 for v in f.values()))
+
+
+def _decode(state: dict[str, torch.Tensor], path: Path | str = "the file") -> dict[str, torch.Tensor]:
+    """The state dict an encoded file stores (:func:`_encode`'s parts put back together).
+
+    Raises:
+        ZooError: an encoded tensor without its shape, or whose parts do not fit it."""
+    out, parts = {}, {}
+    for key, value in state.items():
+        if _SEP in key:
+            base, part = key.rsplit(_SEP, 1)
+            parts.setdefault(base, {})[part] = value
+        else:
+            out[key] = value
+    for key, p in parts.items():
+        try:
+            shape = tuple(p["shape"].tolist())
+            n = int(torch.tensor(shape).prod()) if shape else 1
+            codes = [k for k in p if k.startswith("codes")]
+            if "palette" in p and len(codes) == 1:
+                index = _unpack_codes(p[codes[0]], int(codes[0][5:]), n).long()
+                tensor = p["palette"][index]
+            elif "mask" in p and "values" in p:
+                mask = _unpack_codes(p["mask"], 1, n).bool()
+                tensor = torch.zeros(n, dtype=p["values"].dtype)
+                tensor[mask] = p["values"]
+                if "negzero" in p:
+                    tensor[_unpack_codes(p["negzero"], 1, n).bool()] = -0.0
+            else:
+                raise KeyError(f"parts {sorted(p)}")
+            out[key] = tensor.reshape(shape)
+        except (KeyError, RuntimeError, ValueError, IndexError) as err:
+            raise ZooError(f"zoo: {path} holds a damaged encoded tensor {key!r} ({err})") from err
+    return out
+
+
+def _serialize(name: str, state_dict: dict[str, torch.Tensor], recipe_version,
+               encoding: int = ENCODING) -> bytes:
+    """The bytes of model ``name``'s safetensors file (what the manifest's SHA-256 hashes),
+    its tensors laid out by ``encoding`` (0: as they are; 1: :func:`_encode`). Either way it
+    is a plain safetensors file any reader opens; encoding 1 names some tensors' parts
+    ``<tensor>::<part>``, which :func:`load_state_dict` puts back together."""
     from safetensors.torch import save as _save_safetensors
 
+    if encoding not in (0, ENCODING):
+        raise ValueError(f"encoding must be 0 or {ENCODING}, got {encoding!r}")
+    clash = [k for k in state_dict if _SEP in k]
+    if clash:
+        raise ValueError(f"state_dict names may not contain {_SEP!r} (the encoding's "
+                         f"separator), got {clash[0]!r}")
     # safetensors stores each tensor once, contiguous; shared storage is not allowed
-    tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
-    return _save_safetensors(tensors, metadata={"name": name,
-                                                "recipe_version": str(recipe_version)})
+    tensors = {}
+    for k, v in state_dict.items():
+        tensors.update(_encode(k, v) if encoding else {k: v.detach().contiguous()})
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    if not encoding:   # the layout of the first files (safetensors writes their two keys in
+        # either order, so two serializations of the same weights can differ in bytes)
+        return _save_safetensors(tensors, metadata={"name": name,
+                                                    "recipe_version": str(recipe_version)})
+    # one metadata key: the same weights always give the same bytes
+    info = json.dumps({"name": name, "recipe_version": str(recipe_version),
+                       "encoding": encoding}, sort_keys=True)
+    return _save_safetensors(tensors, metadata={"lightcnn": info})
 
 
 def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
@@ -232,7 +359,7 @@ def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
         raise ZooError(f"zoo: {name!r} is already shipped ({folder / models[name]['file']}); "
                        "a shipped model is replaced only when its recipe version changes")
     blob = _serialize(name, state_dict, meta.get("recipe_version"))
-    entry = dict(meta, file=f"{name}.safetensors", bytes=len(blob),
+    entry = dict(meta, file=f"{name}.safetensors", bytes=len(blob), encoding=ENCODING,
                  sha256=hashlib.sha256(blob).hexdigest(), history=f"{name}.history.json",
                  written=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     _atomic_write(folder / entry["file"], blob)

@@ -396,6 +396,8 @@ EXAMPLES = {
     "binary_kernels.PackedBinaryLinear": lambda: dict(
         layer=lc.binary.BinaryLinear(64, 4, scheme="bnn")),
     "binary_kernels.PackedMaxPool2d": lambda: dict(pool=nn.MaxPool2d(2)),
+    "binary_kernels.PackSigns": R(backend="torch"),
+    "binary_kernels.parallel_threshold": R(macs=0),
     "binary_kernels.pack_model": lambda: dict(model=binary_cnn()),
     # binary_openvino (OpenVINO's BinaryConvolution)
     "binary_openvino.binary_conv_model": lambda: dict(
@@ -776,6 +778,7 @@ EXAMPLES = {
         history={"train_loss": [1.0]}, folder=Path(tempfile.mkdtemp(dir=_TMP)),
         replace=True),
     "weights.sha256_file": lambda: dict(path=shipped_zoo() / "manifest.json"),
+    "weights.bitwise_equal": lambda: dict(a=torch.zeros(3), b=torch.zeros(3)),
     "weights.rebuild_command": R(name="lenet5"),
     # zoo
     "zoo.TrainedModel": lambda: dict(model=tiny_cnn(), accuracy=0.5, history=history(),

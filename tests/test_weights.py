@@ -112,3 +112,98 @@ def test_unreadable_manifest_and_unknown_name(store):
 def test_folder_without_manifest_ships_nothing(tmp_path):
     assert weights.read_manifest(tmp_path) == {}
     weights.check_store(tmp_path)
+
+
+# --- compact, lossless encodings: sparse tensors and tensors of few values -----------------
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _bitwise_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and (torch.equal(_bits(a[k]), _bits(b[k])) if a[k].is_floating_point()
+             else torch.equal(a[k], b[k])) for k in a)
+
+
+def _compressible_state() -> dict:
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(64, 32, 3, 3, generator=g)
+    sparse = dense * (torch.rand(dense.shape, generator=g) < 0.08)     # 92% zeros
+    sparse.view(-1)[:3] = torch.tensor([-0.0, float("nan"), float("-inf")])
+    centroids = torch.randn(16, generator=g)
+    palette = centroids[torch.randint(0, 16, (128, 64, 3, 3), generator=g)]   # k-means 4 bits
+    two = centroids[:4][torch.randint(0, 4, (40, 33), generator=g)]    # 2 bits, odd count
+    pruned_palette = palette * (torch.rand(palette.shape, generator=g) < 0.1)
+    return {"dense": dense, "sparse": sparse, "palette": palette, "two": two,
+            "pruned_palette": pruned_palette, "one_value": torch.full((300,), 0.25),
+            "half": torch.randn(500, generator=g).half() * (torch.rand(500, generator=g) < 0.1),
+            "double": palette[:2].double(), "small": torch.zeros(10), "scalar": torch.tensor(3.0),
+            "empty": torch.zeros(0, 4), "count": torch.tensor(7), "ints": torch.arange(1000),
+            "strided": palette.transpose(0, 1)}
+
+
+def test_encoded_files_decode_bitwise_and_are_smaller(tmp_path):
+    state = _compressible_state()
+    weights.write_entry("c", state, {"recipe_version": 1}, {}, tmp_path)
+    loaded, entry = weights.load_state_dict("c", tmp_path)
+    assert _bitwise_equal(loaded, {k: v.contiguous() for k, v in state.items()})
+    assert entry["encoding"] == weights.ENCODING
+    plain = len(weights._serialize("c", state, 1, encoding=0))
+    assert entry["bytes"] < plain / 3
+    # each tensor takes the smallest exact form: a sparse one a mask and its values, one of
+    # few values a palette and packed indices, a dense one stays as it is
+    from safetensors.torch import load
+    keys = set(load((tmp_path / entry["file"]).read_bytes()))
+    assert {"sparse::mask", "sparse::values", "palette::palette", "palette::codes4",
+            "two::codes2", "one_value::codes1", "dense", "small", "count"} <= keys
+    assert not any(k.startswith("dense::") for k in keys)
+
+
+def test_the_same_weights_give_the_same_bytes_and_old_plain_files_still_load(tmp_path):
+    state = _compressible_state()
+    a = weights._serialize("c", state, 1)
+    assert a == weights._serialize("c", {k: v.clone() for k, v in state.items()}, 1)
+    old = tmp_path / "old"
+    blob = weights._serialize("p", state, 1, encoding=0)           # a file from before
+    old.mkdir()
+    (old / "p.safetensors").write_bytes(blob)
+    import hashlib
+    manifest = {"format": weights.FORMAT, "models": {"p": {
+        "file": "p.safetensors", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}}
+    (old / weights.MANIFEST).write_text(json.dumps(manifest))
+    loaded, _ = weights.load_state_dict("p", old)
+    assert _bitwise_equal(loaded, {k: v.contiguous() for k, v in state.items()})
+
+
+def test_encoding_refuses_names_it_would_confuse_and_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="::"):
+        weights.write_entry("x", {"a::mask": torch.zeros(3)}, {}, {}, tmp_path)
+    with pytest.raises(ValueError, match="encoding"):
+        weights._serialize("x", {"a": torch.zeros(3)}, 1, encoding=5)
+
+
+def test_a_damaged_encoded_tensor_is_refused_by_name(tmp_path):
+    import hashlib
+    from safetensors.torch import save
+    parts = weights._encode("w", torch.zeros(1000).index_fill_(0, torch.tensor([3]), 1.0))
+    assert "w::mask" in parts
+    del parts["w::shape"]
+    blob = save(parts)
+    (tmp_path / "d.safetensors").write_bytes(blob)
+    manifest = {"format": weights.FORMAT, "models": {"d": {
+        "file": "d.safetensors", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}}
+    (tmp_path / weights.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ZooError, match="d.safetensors.*damaged encoded tensor 'w'"):
+        weights.load_state_dict("d", tmp_path)
+
+
+def test_bitwise_equal_tells_signed_zeros_and_nans_apart():
+    a = torch.tensor([0.0, float("nan"), 1.0])
+    assert weights.bitwise_equal(a, a.clone())
+    assert not weights.bitwise_equal(a, torch.tensor([-0.0, float("nan"), 1.0]))
+    assert not weights.bitwise_equal(a, a.double())
+    assert weights.bitwise_equal(torch.arange(3), torch.arange(3))
+    with pytest.raises(TypeError, match="b must be a"):
+        weights.bitwise_equal(a, [0.0])
