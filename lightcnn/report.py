@@ -22,7 +22,9 @@ Taught in chapters/05_quantization and chapters/09_putting_it_together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from .profile import (INPUT_SHAPE, MAX_NUMBER, UNSTABLE, Latency, Ratio, Table,
                       compare_latency, speedup)
 
 __all__ = ["EAGER", "engine_speedups", "compare_engines", "engine_table", "verdict",
-           "relative_error"]
+           "relative_error", "mean_std", "t_interval", "paired_verdict"]
 
 # The engine tag of eager PyTorch, the reference of every speed table.
 EAGER = "eager"
@@ -193,3 +195,62 @@ def relative_error(approx: torch.Tensor, reference: torch.Tensor) -> float:
     if norm == 0:
         raise ValueError("reference is all zeros: its relative error is undefined")
     return ((approx - reference).norm() / norm).item()
+
+
+def _check_values(values, least: int = 2) -> list[float]:
+    """``values`` as a list of at least ``least`` finite floats (runs of several seeds)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"values must be a list of numbers (one per seed), got "
+                        f"{type(values).__name__}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+           for v in values):
+        raise TypeError(f"values must be numbers, got {list(values)!r}")
+    if len(values) < least or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values must hold at least {least} finite numbers (a standard "
+                         f"deviation needs two), got {list(values)!r}")
+    return [float(v) for v in values]
+
+
+def mean_std(values: Sequence[float], sign: str = "", digits: int = 2) -> str:
+    """``"mean ± std"`` of runs with different seeds: the sample mean and the sample
+    standard deviation ``s = sqrt(sum (x - mean)^2 / (n - 1))``, ``digits`` decimals;
+    ``sign="+"`` writes the mean's sign (for differences)."""
+    values = _check_values(values)
+    if sign not in ("", "+"):
+        raise ValueError(f"sign must be '' or '+', got {sign!r}")
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 6:
+        raise ValueError(f"digits must be an int in [0, 6], got {digits!r}")
+    return (f"{statistics.mean(values):{sign}.{digits}f} ± "
+            f"{statistics.stdev(values):.{digits}f}")
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t confidence interval of the mean of ``values`` (paired differences, one
+    per seed): ``mean ± t_{(1 + c)/2, n - 1} s / sqrt(n)``, with ``s`` the sample standard
+    deviation. With 3 seeds, ``t_{0.975, 2} = 4.303``: the interval is wide, and a
+    difference it keeps on one side of 0 is one that 3 seeds can see.
+
+    Raises:
+        TypeError, ValueError: fewer than 2 finite values, or ``confidence`` not in (0, 1).
+    """
+    from scipy.stats import t as student_t   # local: only seed statistics need scipy
+
+    values = _check_values(values)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) \
+            or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    n = len(values)
+    half = student_t.ppf((1 + confidence) / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    mean = statistics.mean(values)
+    return mean - half, mean + half
+
+
+def paired_verdict(values: Sequence[float], above: str, below: str, neither: str,
+                   confidence: float = 0.95) -> str:
+    """``above`` when the t interval of the paired differences ``values`` lies above 0,
+    ``below`` when it lies below, ``neither`` when it contains 0 (:func:`t_interval`)."""
+    for name, text in (("above", above), ("below", below), ("neither", neither)):
+        if not isinstance(text, str):
+            raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    low, high = t_interval(values, confidence)
+    return above if low > 0 else below if high < 0 else neither

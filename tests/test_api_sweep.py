@@ -708,6 +708,9 @@ EXAMPLES = {
         {"a": (tiny_cnn(), "eager")}, {"eager": "a"}, batch_sizes=(1,), warmup=1, repeats=2,
         threads=1)),
     "report.verdict": R(ok=True),
+    "report.mean_std": R(values=[1.0, 2.0, 3.0]),
+    "report.t_interval": R(values=[1.0, 2.0, 3.0]),
+    "report.paired_verdict": R(values=[1.0, 2.0, 3.0], above="a", below="b", neither="c"),
     "report.relative_error": lambda: dict(approx=randn(4), reference=randn(4) + 1),
     # results (LIGHTCNN_RESULTS_DIR points at a temporary folder)
     "results.results_dir": {},

@@ -141,3 +141,50 @@ def test_relative_error_is_the_frobenius_ratio():
         report.relative_error(w, torch.zeros_like(w))
     with pytest.raises(TypeError, match="tensors"):
         report.relative_error(w.numpy(), w)
+
+
+# --- seeds: mean ± std, the paired difference and its t interval -------------------------
+
+def test_mean_std_formats_the_sample_mean_and_standard_deviation():
+    import statistics
+    values = [93.1, 92.8, 93.4]
+    assert report.mean_std(values) == (f"{statistics.mean(values):.2f} ± "
+                                       f"{statistics.stdev(values):.2f}")
+    assert report.mean_std([0.25, 0.5, 0.1], sign="+") == "+0.28 ± 0.20"
+    assert report.mean_std([-1.0, -2.0, -3.0], digits=1) == "-2.0 ± 1.0"
+    for bad in ([], [1.0], "abc", [1.0, "x"], [1.0, float("nan")]):
+        with pytest.raises((TypeError, ValueError), match="values"):
+            report.mean_std(bad)
+    with pytest.raises(ValueError, match="sign"):
+        report.mean_std([1.0, 2.0], sign="-")
+
+
+@pytest.mark.parametrize("values", [[0.1, 0.3, 0.2], [1.0, -0.5, 0.2, 0.9, 0.4], [2.0, 2.5]])
+@pytest.mark.parametrize("confidence", [0.95, 0.9, 0.99])
+def test_t_interval_matches_scipy(values, confidence):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+    low, high = report.t_interval(values, confidence)
+    expected = scipy_stats.t.interval(confidence, len(values) - 1, loc=np.mean(values),
+                                      scale=scipy_stats.sem(values))
+    assert low == pytest.approx(expected[0], rel=1e-9)
+    assert high == pytest.approx(expected[1], rel=1e-9)
+
+
+def test_t_interval_of_three_seeds_uses_t_with_two_degrees_of_freedom():
+    low, high = report.t_interval([1.0, 2.0, 3.0])
+    assert (low + high) / 2 == pytest.approx(2.0)
+    assert (high - low) / 2 == pytest.approx(4.302652729749462 * 1.0 / 3 ** 0.5)
+    for bad in ({"values": [1.0]}, {"values": [1.0, 2.0], "confidence": 1.0},
+                {"values": [1.0, 2.0], "confidence": 0.0}, {"values": "12"}):
+        with pytest.raises((TypeError, ValueError), match="values|confidence"):
+            report.t_interval(**bad)
+
+
+def test_paired_verdict_reads_the_interval():
+    above, below, neither = "a beats b", "b beats a", "no difference"
+    assert report.paired_verdict([0.5, 0.6, 0.55], above, below, neither) == above
+    assert report.paired_verdict([-0.5, -0.6, -0.55], above, below, neither) == below
+    assert report.paired_verdict([0.5, -0.6, 0.1], above, below, neither) == neither
+    with pytest.raises(TypeError, match="above"):
+        report.paired_verdict([0.5, 0.6], 1, below, neither)
