@@ -20,7 +20,7 @@ from .profile import (Latency, Table, compare, compare_latency, count_macs,
                       simulated_row, time_by_op_category, time_interleaved)
 from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
-from .train import History, confusion_matrix, evaluate, fit, predict
+from .train import History, accuracy, confusion_matrix, evaluate, fit, predict
 from . import weights, zoo
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing

@@ -40,7 +40,7 @@ from . import distributed
 from ._checks import (check_bool, check_callable, check_float, check_int, check_module,
                       check_str, check_tensor, is_real)
 
-__all__ = ["History", "fit", "evaluate", "predict", "confusion_matrix", "make_optimizer",
+__all__ = ["History", "fit", "evaluate", "accuracy", "predict", "confusion_matrix", "make_optimizer",
            "resolve_device"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -475,6 +475,12 @@ def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     logits, labels = predict(model, loader)
     return {"loss": nn.functional.cross_entropy(logits, labels).item(),
             "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+
+def accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """The fraction of ``loader``'s images ``model`` classifies right:
+    ``evaluate(model, loader)["accuracy"]``, the number every chapter's tables print."""
+    return evaluate(model, loader)["accuracy"]
 
 
 def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None

@@ -61,7 +61,7 @@ from .weights import ZooError
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
            "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
            "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
-           "ZooError", "load", "shipped", "build",
+           "ZooError", "load", "shipped", "expect_entry", "build",
            "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
@@ -541,6 +541,45 @@ def shipped(name: str) -> bool:
     """Whether the zoo folder's manifest holds model ``name`` (its bytes are checked on load)."""
     check_str("name", name)
     return name in _weights.read_manifest()
+
+
+def expect_entry(trained: "TrainedModel", name: str, budget: Budget | str | None = None
+                 ) -> "TrainedModel":
+    """``trained`` itself, after checking that it is zoo entry ``name`` wherever it must be:
+    whenever the entry is shipped (a call that describes a shipped entry loads it, at any
+    budget), and always at the ``full`` budget (a chapter's published numbers rest on the
+    zoo's converged models, never on one trained inside the chapter). At ``ci`` an entry not
+    shipped yet may be trained small.
+
+    A chapter wraps each call whose result it quotes:
+    ``agp = lc.zoo.expect_entry(lc.zoo.get_pruned(base, "agp", ...), "baseline_cnn+agp12x_e10")``,
+    so a call that no longer describes its entry (a changed argument) fails loudly instead
+    of training something else.
+
+    Raises:
+        ValueError: ``name`` is not a zoo entry.
+        ZooError: ``trained`` is not entry ``name`` where it must be (what came instead,
+            and the command that builds the entry).
+        TypeError: ``trained`` is not a :class:`TrainedModel`.
+    """
+    check_instance("trained", trained, TrainedModel)
+    entry = _entry(name)
+    if budget is not None and not isinstance(budget, (str, Budget)):
+        raise TypeError(f"budget must be a Budget, a budget's name or None (LIGHTCNN_BUDGET), "
+                        f"got {type(budget).__name__}: {budget!r}")
+    budget = budget if isinstance(budget, Budget) else get_budget(budget)
+    if trained.zoo_name == entry.name:
+        return trained
+    if shipped(entry.name) or budget.name == "full":
+        came = (f"zoo entry {trained.zoo_name!r}" if trained.zoo_name else
+                "a model trained in this process" if trained.trained_now else
+                f"the user cache's {trained.path.name}")
+        raise ZooError(f"zoo: expected entry {entry.name!r} at the {budget.name} budget, got "
+                       f"{came}: the call no longer describes the entry (compare its arguments "
+                       f"with lc.zoo.ENTRIES[{entry.name!r}])"
+                       + ("" if shipped(entry.name) else
+                          f", or the entry is not built yet ({_weights.rebuild_command(entry.name)})"))
+    return trained
 
 
 def _entry(name: str) -> ZooEntry:

@@ -758,7 +758,7 @@ EXAMPLES = {
     # train
     "train.History": {},
     "train.fit": {},
-    "train.evaluate": {}, "train.predict": {},
+    "train.evaluate": {}, "train.predict": {}, "train.accuracy": {},
     "train.confusion_matrix": lambda: dict(logits=randn(8, 10), labels=torch.arange(8)),
     "train.make_optimizer": R(optimizer="sgd", lr=0.1, weight_decay=0.0),
     "train.resolve_device": {},
@@ -791,12 +791,13 @@ EXAMPLES = {
     "zoo.ZooEntry": R(name="sweep", model="lenet5", recipe=dict(lc.zoo.RECIPES["lenet5"]), version=1, epochs=1),
     "zoo.load": R(name="lenet5"),
     "zoo.shipped": R(name="lenet5"),
+    "zoo.expect_entry": lambda: dict(trained=lc.zoo.load("lenet5"), name="lenet5", budget="ci"),
     "zoo.main": R(argv=["list"]),
     "zoo.table": R(),
 }
 
 # Functions that read the shipped zoo (the tests' conftest points LIGHTCNN_ZOO elsewhere).
-NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.main", "zoo.table", "weights.rebuild_command"}
+NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.expect_entry", "zoo.main", "zoo.table", "weights.rebuild_command"}
 
 
 def _sweep_model_factory():

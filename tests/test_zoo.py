@@ -1193,3 +1193,32 @@ def test_no_two_entries_train_the_same_model():
     spec would ship one model twice, and the second would never be loaded."""
     specs = [json.dumps(e.spec(), sort_keys=True) for e in zoo.ENTRIES.values()]
     assert len(set(specs)) == len(specs)
+
+
+def test_expect_entry_insists_on_the_zoo_where_it_must(monkeypatch):
+    shipped = {"baseline_cnn"}
+    monkeypatch.setattr(zoo, "shipped", lambda name: name in shipped)
+    loaded = _stub("baseline_cnn")
+    assert zoo.expect_entry(loaded, "baseline_cnn", "full") is loaded
+    trained_here = zoo.TrainedModel(lc.create_model("lenet5"), 0.9, lc.train.History(),
+                                    Path("lenet5-abc.pt"), True)
+    # a shipped entry must come from the zoo at any budget
+    with pytest.raises(ZooError, match="expected entry 'baseline_cnn' at the ci budget, got "
+                                       "a model trained in this process"):
+        zoo.expect_entry(trained_here, "baseline_cnn", "ci")
+    # an entry not built yet: trained small at ci, refused at full (with the build command)
+    assert zoo.expect_entry(trained_here, "lenet5", "ci") is trained_here
+    with pytest.raises(ZooError, match="not built yet.*lightcnn.zoo build lenet5"):
+        zoo.expect_entry(trained_here, "lenet5", "full")
+    with pytest.raises(ZooError, match="got zoo entry 'baseline_cnn'"):
+        zoo.expect_entry(loaded, "lenet5", lc.get_budget("full"))
+    with pytest.raises(ValueError, match="unknown zoo entry"):
+        zoo.expect_entry(loaded, "nope", "ci")
+    with pytest.raises(TypeError, match="trained"):
+        zoo.expect_entry(lc.create_model("lenet5"), "lenet5", "ci")
+
+
+def test_accuracy_is_evaluate_s_accuracy(tiny_budget):
+    model = lc.create_model("lenet5").eval()
+    _, test_loader = lc.get_dataloaders(64, tiny_budget)
+    assert lc.accuracy(model, test_loader) == lc.evaluate(model, test_loader)["accuracy"]
