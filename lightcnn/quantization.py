@@ -559,41 +559,55 @@ class QuantWrapper(nn.Module):
 
 
 def _wrap_layers(model: nn.Module, weight_bits: int, activation_bits: int, per_channel: bool,
-                 make: Callable[..., FakeQuantize]) -> nn.Module:
+                 make: Callable[..., FakeQuantize], edge_bits: int | None = None) -> nn.Module:
     """A deep copy with every Conv2d/Linear in a :class:`QuantWrapper`: weights symmetric
-    signed (per output channel, axis 0, when ``per_channel``), inputs asymmetric unsigned."""
+    signed (per output channel, axis 0, when ``per_channel``), inputs asymmetric unsigned;
+    with ``edge_bits``, the first and the last of them (in module order) at that width."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_bits(weight_bits, arg="weight_bits")
     _check_bits(activation_bits, arg="activation_bits")
     check_bool("per_channel", per_channel)
+    if edge_bits is not None:
+        _check_bits(edge_bits, arg="edge_bits")
     model = copy.deepcopy(model)
 
-    def wrap(layer):
-        return QuantWrapper(layer, make(weight_bits, True, 0 if per_channel else None, weight=True),
-                            make(activation_bits, False, None, weight=False))
+    def wrap(layer, w_bits=weight_bits, a_bits=activation_bits):
+        return QuantWrapper(layer, make(w_bits, True, 0 if per_channel else None, weight=True),
+                            make(a_bits, False, None, weight=False))
 
     if isinstance(model, (nn.Conv2d, nn.Linear)):
         return wrap(model)
-    for name, layer in list(model.named_modules()):
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, wrap(layer))
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    edges = {names[0], names[-1]} if edge_bits is not None and names else set()
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        layer = model.get_submodule(name)
+        setattr(model.get_submodule(parent), child,
+                wrap(layer, edge_bits, edge_bits) if name in edges else wrap(layer))
     return model
 
 
 def prepare_qat(model: nn.Module, weight_bits: int = 8, activation_bits: int = 8,
-                per_channel: bool = True) -> nn.Module:
+                per_channel: bool = True, edge_bits: int | None = None) -> nn.Module:
     """A copy of ``model`` with every Conv2d and Linear wrapped for quantization-aware training.
 
     Weights: symmetric signed, per output channel when ``per_channel``, range of the
-    current weight at each training forward (``averaging_constant=1``). Input activations:
-    asymmetric unsigned, moving average of batch ranges (constant 0.01, PyTorch's default).
-    Run one forward in train mode before evaluating: eval uses the last training ranges.
+    current weight at each training forward (``averaging_constant=1``): with ``b`` bits the
+    codes run over ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, so 2 bits give three levels, a
+    ternary grid. Input activations: asymmetric unsigned, moving average of batch ranges
+    (constant 0.01, PyTorch's default). Run one forward in train mode before evaluating:
+    eval uses the last training ranges.
+
+    Args:
+        edge_bits: the first and the last Conv2d/Linear (in module order: the layer that
+            sees the pixels and the classifier) quantized to this many bits, weights and
+            inputs, instead of ``weight_bits``/``activation_bits``; None: like the others.
     """
     return _wrap_layers(model, weight_bits, activation_bits, per_channel,
                         lambda bits, sym, axis, weight: FakeQuantize(
-                            bits, sym, axis, averaging_constant=1.0 if weight else 0.01))
+                            bits, sym, axis, averaging_constant=1.0 if weight else 0.01),
+                        edge_bits)
 
 
 def ptq_simulate(model: nn.Module, calib_batches: Iterable[torch.Tensor | tuple],

@@ -30,7 +30,8 @@ import torch
 
 from ._checks import check_bool, check_mapping, check_path, check_str, check_tensor
 
-__all__ = ["ZooError", "MANIFEST", "ENCODING", "bitwise_equal", "zoo_dir", "read_manifest", "check_store", "load_state_dict",
+__all__ = ["ZooError", "MANIFEST", "ENCODING", "bitwise_equal", "zoo_dir", "read_manifest",
+           "check_store", "load_state_dict",
            "read_history", "write_entry", "sha256_file", "rebuild_command"]
 
 MANIFEST = "manifest.json"
@@ -213,7 +214,8 @@ def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes below ``2**bits`` (bits 1, 2, 4 or 8), ``8 // bits`` per byte, the first code
     in the lowest bits."""
     per = 8 // bits
-    codes = torch.cat([codes.to(torch.uint8), codes.new_zeros(-len(codes) % per, dtype=torch.uint8)])
+    pad = codes.new_zeros(-len(codes) % per, dtype=torch.uint8)
+    codes = torch.cat([codes.to(torch.uint8), pad])
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
     return (codes.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
 
@@ -259,7 +261,8 @@ def _encode(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
     return min(forms, key=lambda f: sum(v.numel() * v.element_size() + 64 for v in f.values()))
 
 
-def _decode(state: dict[str, torch.Tensor], path: Path | str = "the file") -> dict[str, torch.Tensor]:
+def _decode(state: dict[str, torch.Tensor], path: Path | str = "the file"
+            ) -> dict[str, torch.Tensor]:
     """The state dict an encoded file stores (:func:`_encode`'s parts put back together).
 
     Raises:

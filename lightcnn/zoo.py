@@ -289,20 +289,23 @@ QUANTIZATION_METHODS = ("qat", "int8_qat", "kmeans", "finetune")
 
 
 def _quantization_settings(method: str, epochs: int, bits: int | None = None,
-                           lr: float = 0.01, optimizer: str = "sgd", seed: int = 0) -> dict:
+                           lr: float = 0.01, optimizer: str = "sgd", seed: int = 0,
+                           edge_bits: int | None = None) -> dict:
     """get_quantized's settings as an entry stores them (one dict shape for both)."""
     settings = {"method": method, "epochs": epochs, "lr": lr, "optimizer": optimizer,
                 "seed": seed}
     if method in ("qat", "kmeans"):
         settings["bits"] = bits
+    if edge_bits is not None:   # absent otherwise: entries made before it keep their shape
+        settings["edge_bits"] = edge_bits
     return settings
 
 
 def _quantized(name: str, base: ZooEntry, method: str, epochs: int, bits: int | None = None,
                lr: float = 0.01, optimizer: str = "sgd", seed: int = 0, version: int = 1,
-               minutes_per_epoch: float = 1.0) -> ZooEntry:
+               minutes_per_epoch: float = 1.0, edge_bits: int | None = None) -> ZooEntry:
     """An entry made by :func:`get_quantized` from entry ``base`` (same keyword arguments)."""
-    quantize = _quantization_settings(method, epochs, bits, lr, optimizer, seed)
+    quantize = _quantization_settings(method, epochs, bits, lr, optimizer, seed, edge_bits)
     return ZooEntry(name, base.model, base.recipe, version=version, epochs=epochs, seed=seed,
                     kwargs=base.kwargs, quantized_from=base.name, quantize=quantize,
                     minutes_per_epoch=minutes_per_epoch)
@@ -449,7 +452,9 @@ ENTRIES: dict[str, ZooEntry] = _entries(
                                            epochs=20)),
       )),
     # chapter 05: the baseline quantized and fine-tuned from its weights: QAT at 4 and 2
-    # bits (simulated, weights and activations) and int8 QAT through the pt2e flow, at
+    # bits (simulated, weights and activations; the first conv and the classifier at 8 bits,
+    # where the pixels come in and the classes go out; 2-bit weights are ternary, the
+    # symmetric grid's three levels) and int8 QAT through the pt2e flow, at
     # get_pruned's rate and schedule, so baseline_cnn+finetune_e10 is their control; k-means
     # codebooks at 4 and 2 bits with their centroids fine-tuned by AdamW at 1e-4 (a
     # centroid's gradient sums its cluster's), beside their own control; the 2-bit ones at
@@ -459,9 +464,9 @@ ENTRIES: dict[str, ZooEntry] = _entries(
     # baseline's 60 s and the codebook lookups).
     *(_quantized(f"baseline_cnn+{tag}", _BASELINE, minutes_per_epoch=minutes, **settings)
       for tag, minutes, settings in (
-          ("qat_w4a4_e10", 1.4, dict(method="qat", bits=4, epochs=10)),
-          ("qat_w2a2_e10", 1.3, dict(method="qat", bits=2, epochs=10)),
-          ("qat_w2a2_e20", 1.3, dict(method="qat", bits=2, epochs=20)),
+          ("qat_w4a4_e10", 1.4, dict(method="qat", bits=4, epochs=10, edge_bits=8)),
+          ("qat_w2a2_e10", 1.3, dict(method="qat", bits=2, epochs=10, edge_bits=8)),
+          ("qat_w2a2_e20", 1.3, dict(method="qat", bits=2, epochs=20, edge_bits=8)),
           ("int8_qat_e10", 1.4, dict(method="int8_qat", epochs=10)),
           ("kmeans4_e10", 1.2, dict(method="kmeans", bits=4, epochs=10, lr=1e-4,
                                     optimizer="adamw")),
@@ -577,8 +582,8 @@ def expect_entry(trained: "TrainedModel", name: str, budget: Budget | str | None
         raise ZooError(f"zoo: expected entry {entry.name!r} at the {budget.name} budget, got "
                        f"{came}: the call no longer describes the entry (compare its arguments "
                        f"with lc.zoo.ENTRIES[{entry.name!r}])"
-                       + ("" if shipped(entry.name) else
-                          f", or the entry is not built yet ({_weights.rebuild_command(entry.name)})"))
+                       + ("" if shipped(entry.name) else ", or the entry is not built yet "
+                          f"({_weights.rebuild_command(entry.name)})"))
     return trained
 
 
@@ -1366,7 +1371,8 @@ def _quantized_shapes(base: nn.Module, settings: dict) -> nn.Module:
     from . import int8, quantization
 
     if settings["method"] == "qat":
-        return quantization.prepare_qat(base, settings["bits"], settings["bits"])
+        return quantization.prepare_qat(base, settings["bits"], settings["bits"],
+                                        edge_bits=settings.get("edge_bits"))
     if settings["method"] == "int8_qat":
         return int8.prepare_int8_qat(copy.deepcopy(base), torch.zeros(_INT8_EXAMPLE_SHAPE))
     return copy.deepcopy(base)
@@ -1374,7 +1380,8 @@ def _quantized_shapes(base: nn.Module, settings: dict) -> nn.Module:
 
 def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
                   bits: int | None = None, lr: float = 0.01, optimizer: str = "sgd",
-                  seed: int = 0, progress: bool = True) -> TrainedModel:
+                  seed: int = 0, progress: bool = True, edge_bits: int | None = None
+                  ) -> TrainedModel:
     """``base`` quantized by ``method`` and fine-tuned ``epochs`` epochs: from the zoo, the
     cache, or made now and cached (the key hashes ``base``'s cache entry, the settings, the
     budget, the seed and the source of the quantization, weight-sharing, int8, training
@@ -1387,7 +1394,8 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
     Methods:
         ``"qat"``: quantization-aware training, simulated (``quantization.prepare_qat``):
             weights (per channel) and input activations of every conv and linear layer
-            fake-quantized to ``bits``, straight-through gradients. The model keeps its
+            fake-quantized to ``bits``, straight-through gradients; with ``edge_bits``,
+            the first conv and the last layer at that width instead. The model keeps its
             quantizers; their scales and zero points are in its state dict.
         ``"int8_qat"``: the same through PyTorch's export flow (``int8.prepare_int8_qat``:
             X86InductorQuantizer's int8 fake quantizers, batch norm folded in training);
@@ -1430,7 +1438,12 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
         check_int("bits", bits, allowed[0], allowed[1])
 
     budget = budget or get_budget()
-    settings = _quantization_settings(method, epochs, bits, lr, optimizer, seed)
+    if edge_bits is not None:
+        if method != "qat":
+            raise ValueError(f"edge_bits is a setting of method 'qat', got method {method!r}")
+        check_int("edge_bits", edge_bits, quantization.UNIFORM_BITS[0],
+                  quantization.UNIFORM_BITS[1])
+    settings = _quantization_settings(method, epochs, bits, lr, optimizer, seed, edge_bits)
     shipped_model = (_shipped_from(base, "quantized_from", "quantize", settings)
                      if _zoo_budget(budget) else None)
     if shipped_model is not None:

@@ -560,3 +560,22 @@ def test_uniform_model_bytes_rejects_bad_arguments():
         Q.uniform_model_bytes("model", 8)
     with pytest.raises(ValueError, match="bits"):
         Q.uniform_model_bytes(nn.Linear(2, 2), 1)
+
+
+def test_prepare_qat_keeps_the_first_and_last_layers_at_edge_bits():
+    model = _lenet()
+    qat = Q.prepare_qat(model, 2, 2, edge_bits=8)
+    wrapped = [(n, m) for n, m in qat.named_modules() if isinstance(m, Q.QuantWrapper)]
+    bits = [(m.weight_fake_quant.observer.bits, m.input_fake_quant.observer.bits)
+            for _, m in wrapped]
+    assert bits == [(8, 8)] + [(2, 2)] * (len(wrapped) - 2) + [(8, 8)]
+    assert wrapped[0][0] == next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    # a symmetric 2-bit weight grid is ternary: three levels per channel
+    x = _randn(4, 1, 28, 28)
+    qat.train()(x)
+    inner = wrapped[1][1]
+    levels = inner.weight_fake_quant(inner.module.weight).detach()
+    per_channel = levels.flatten(1) / inner.weight_fake_quant.scale.view(-1, 1)
+    assert set(per_channel.round().unique().tolist()) <= {-1.0, 0.0, 1.0}
+    with pytest.raises(ValueError, match="edge_bits"):
+        Q.prepare_qat(model, 2, 2, edge_bits=1)

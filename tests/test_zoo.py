@@ -616,6 +616,8 @@ def test_get_quantized_qat_kmeans_and_control_equal_the_steps_done_by_hand(tiny_
     (dict(method="qat", bits=4, lr=0), ValueError, "lr must be"),
     (dict(method="qat", bits=4, epochs=0), ValueError, "epochs must be an int >= 1"),
     (dict(method="qat", bits=4.0), TypeError, "bits must be an int"),
+    (dict(method="kmeans", bits=4, edge_bits=8), ValueError, "edge_bits is a setting of"),
+    (dict(method="qat", bits=2, edge_bits=9), ValueError, "edge_bits must be an int in"),
 ])
 def test_get_quantized_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, match):
     kwargs = {"epochs": 1, **kwargs}
@@ -629,9 +631,10 @@ def test_get_quantized_rejects_bad_settings(tiny_base, tiny_budget, kwargs, erro
     # chapter 05: QAT at 4 and 2 bits and int8 QAT at chapter 04's fine-tuning rate (its
     # control is chapter 04's baseline_cnn+finetune_e10), k-means at 4 and 2 bits with
     # AdamW at 1e-4 beside its own control; 2 bits also at twice the schedule
-    (dict(method="qat", epochs=10, bits=4), "baseline_cnn+qat_w4a4_e10"),
-    (dict(method="qat", epochs=10, bits=2), "baseline_cnn+qat_w2a2_e10"),
-    (dict(method="qat", epochs=20, bits=2), "baseline_cnn+qat_w2a2_e20"),
+    (dict(method="qat", epochs=10, bits=4, edge_bits=8), "baseline_cnn+qat_w4a4_e10"),
+    (dict(method="qat", epochs=10, bits=2, edge_bits=8), "baseline_cnn+qat_w2a2_e10"),
+    (dict(method="qat", epochs=20, bits=2, edge_bits=8), "baseline_cnn+qat_w2a2_e20"),
+    (dict(method="qat", epochs=10, bits=2), None),   # every layer at 2 bits: no entry
     (dict(method="int8_qat", epochs=10), "baseline_cnn+int8_qat_e10"),
     (dict(method="kmeans", epochs=10, bits=4, lr=1e-4, optimizer="adamw"), "baseline_cnn+kmeans4_e10"),
     (dict(method="kmeans", epochs=10, bits=2, lr=1e-4, optimizer="adamw"), "baseline_cnn+kmeans2_e10"),
@@ -1222,3 +1225,18 @@ def test_accuracy_is_evaluate_s_accuracy(tiny_budget):
     model = lc.create_model("lenet5").eval()
     _, test_loader = lc.get_dataloaders(64, tiny_budget)
     assert lc.accuracy(model, test_loader) == lc.evaluate(model, test_loader)["accuracy"]
+
+
+def test_get_quantized_keeps_the_edge_layers_at_edge_bits(tiny_base, tiny_budget, monkeypatch):
+    from lightcnn import quantization as Q
+    qat = lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=2,
+                               edge_bits=8, progress=False)
+    bits = [m.weight_fake_quant.observer.bits for m in qat.model.modules()
+            if isinstance(m, Q.QuantWrapper)]
+    assert bits[0] == bits[-1] == 8 and set(bits[1:-1]) == {2}
+    monkeypatch.setattr(zoo, "fit", lambda *a, **k: pytest.fail("a cache hit must not train"))
+    again = lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=2,
+                                 edge_bits=8, progress=False)     # rebuilt with the same widths
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), qat.model.eval()(x))
