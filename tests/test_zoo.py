@@ -404,11 +404,12 @@ def _resolved(monkeypatch, call: Callable[[], object]) -> list:
                           rounds=[0.6, 0.85]), "baseline_cnn+iterative12x_e20"),
     ("baseline_cnn", dict(method="l1", epochs=10, macs_share=0.5), "baseline_cnn+l1_half_macs_e10"),
     ("baseline_cnn", dict(method="l1", epochs=20, macs_share=0.5), "baseline_cnn+l1_half_macs_e20"),
-    ("baseline_cnn", dict(method="slimming", epochs=10, macs_share=0.5, penalty=1e-2,
+    ("baseline_cnn", dict(method="slimming", epochs=10, macs_share=0.5, penalty=2e-2,
                           penalty_epochs=3), "baseline_cnn+slimming_half_macs_e10"),
-    ("baseline_cnn", dict(method="slimming", epochs=20, macs_share=0.5, penalty=1e-2,
+    ("baseline_cnn", dict(method="slimming", epochs=20, macs_share=0.5, penalty=2e-2,
                           penalty_epochs=3), "baseline_cnn+slimming_half_macs_e20"),
     ("baseline_cnn", dict(method="finetune", epochs=10), "baseline_cnn+finetune_e10"),
+    ("baseline_cnn", dict(method="finetune", epochs=13), "baseline_cnn+finetune_e13"),
     # chapter 04 on LeNet-5: 12x by the same loop, its control, the lottery ticket at 10%
     # of the weights and its re-initialised control
     ("lenet5", dict(method="iterative", epochs=10, sparsity=zoo.LENET5_SPARSITY_12X,
