@@ -336,14 +336,20 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
                 ylabel: str, title: str | None = None, percent: bool = False,
                 reference: float | None = None, reference_label: str = "reference",
                 markers: bool = True, errors: dict[str, Sequence[float]] | None = None,
-                logx: bool = False):
+                logx: bool = False, samples: dict[str, Sequence[Sequence[float]]] | None = None,
+                legend: str = "inside"):
     """One line per named series over shared ``x`` values (e.g. accuracy vs sparsity).
 
     ``percent`` multiplies the series by 100 (fractions to %); ``reference`` draws a
     dashed horizontal line (e.g. the unpruned model's accuracy); ``markers=False`` draws
     plain lines (for curves sampled at hundreds of points, such as a function's graph).
     ``errors`` gives some series error bars (e.g. one standard deviation over seeds, in
-    the series' units); ``logx`` puts x on a log scale, ticked at the given values.
+    the series' units); ``samples`` draws, for some series, the values the line
+    summarizes as small dots in its colour (e.g. one per seed: ``samples[name][i]`` are
+    the values at ``x[i]``, each list its own length); ``logx`` puts x on a log scale,
+    ticked at the given values. ``legend="outside"`` puts the legend right of the axes,
+    where it covers no line (many series, or lines that fill the plot); ``"inside"``
+    lets matplotlib pick the emptiest corner.
     """
     _check_values("x", x)
     check_mapping("series", series)
@@ -360,14 +366,22 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
     for name, values in (errors or {}).items():
         _check_values(f"errors[{name!r}]", values)
     check_bool("logx", logx)
+    check_mapping("samples", samples, none=True)
+    for name, values in (samples or {}).items():
+        _check_values(f"samples[{name!r}]", values)
+        for i, at in enumerate(values):
+            _check_values(f"samples[{name!r}][{i}]", at)
+    check_str("legend", legend, ("inside", "outside"))
     if not series:
         raise ValueError("series must name at least one curve")
     lengths = {k: len(v) for k, v in series.items() if len(v) != len(x)}
     errors = errors or {}
-    unknown = sorted(set(errors) - set(series))
-    if unknown:
-        raise ValueError(f"errors names series that are not plotted: {unknown}")
-    lengths.update({f"errors[{k}]": len(v) for k, v in errors.items() if len(v) != len(x)})
+    samples = samples or {}
+    for arg, given in (("errors", errors), ("samples", samples)):
+        unknown = sorted(set(given) - set(series))
+        if unknown:
+            raise ValueError(f"{arg} names series that are not plotted: {unknown}")
+        lengths.update({f"{arg}[{k}]": len(v) for k, v in given.items() if len(v) != len(x)})
     if lengths:
         raise ValueError(f"every series needs {len(x)} values (one per x), got {lengths}")
     if logx and any(v <= 0 for v in x):
@@ -376,8 +390,13 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
     scale = 100 if percent else 1
     for name, values in series.items():
         yerr = None if name not in errors else [scale * e for e in errors[name]]
-        ax.errorbar(list(x), [scale * v for v in values], yerr=yerr, capsize=3 if yerr else 0,
-                    marker="o" if markers else None, markersize=3, label=name)
+        line = ax.errorbar(list(x), [scale * v for v in values], yerr=yerr,
+                           capsize=3 if yerr else 0, marker="o" if markers else None,
+                           markersize=3, label=name)
+        if name in samples:   # the values behind each point, in the line's colour
+            xs = [xi for xi, at in zip(x, samples[name]) for _ in at]
+            ys = [scale * v for at in samples[name] for v in at]
+            ax.scatter(xs, ys, s=9, color=line.lines[0].get_color(), alpha=0.5, zorder=3)
     if reference is not None:
         ax.axhline(scale * reference, color="grey", linestyle="--", linewidth=1,
                    label=reference_label)
@@ -391,6 +410,9 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8)
+    if legend == "outside":   # right of the axes; tight_layout narrows the axes to fit it
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig, ax

@@ -160,3 +160,41 @@ def test_plot_curves_marks_whole_numbers_when_x_is_whole():
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     matplotlib.pyplot.close(fig)
+
+
+def test_plot_curves_puts_the_legend_outside_the_axes_and_inside_the_figure():
+    # chapter 07's case: nine 20-epoch curves that fill the plot
+    series = {f"student {i}, {kind}": [0.8 + 0.005 * e + 0.001 * i for e in range(20)]
+              for i in range(3) for kind in ("alone", "distilled", "smoothed")}
+    fig, ax = lc.plotting.plot_curves(range(1, 21), series, "epoch", "accuracy", percent=True,
+                                      reference=0.93, legend="outside")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box, axes, figure = (ax.get_legend().get_window_extent(renderer),
+                         ax.get_window_extent(renderer), fig.bbox)
+    assert box.x0 >= axes.x1                                    # right of the axes: covers no line
+    assert box.x1 <= figure.x1 + 1 and box.y0 >= figure.y0 - 1  # and not cut off
+    assert len(ax.get_legend().get_texts()) == 10               # nine series and the reference
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="legend must be one of"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", legend="upper left")
+
+
+def test_plot_curves_draws_the_samples_behind_each_point():
+    # chapter 07's case: the mean paired gain of three seeds, and each seed's gain
+    per_seed = [[0.01, 0.02, 0.03], [0.0, -0.01, 0.01], [-0.02, -0.01, -0.03]]
+    fig, ax = lc.plotting.plot_curves([1, 2, 4], {"kd - alone": [0.02, 0.0, -0.02]}, "T", "gain",
+                                      percent=True, errors={"kd - alone": [0.01, 0.01, 0.01]},
+                                      samples={"kd - alone": per_seed}, logx=True)
+    (dots,) = [c for c in ax.collections if len(c.get_offsets()) == 9]
+    assert np.allclose(dots.get_offsets(), [(x, 100 * v) for x, at in zip([1, 2, 4], per_seed)
+                                            for v in at])
+    line_colour = ax.get_lines()[0].get_color()
+    assert matplotlib.colors.same_color(dots.get_facecolor()[0][:3], line_colour)
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="not plotted"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", samples={"b": [[1], [2]]})
+    with pytest.raises(ValueError, match=r"samples\[a\]"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", samples={"a": [[1]]})
+    with pytest.raises(TypeError, match=r"samples\['a'\]\[1\]"):
+        lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", samples={"a": [[1], 2]})
