@@ -1038,6 +1038,49 @@ def test_the_chapters_calls_match_their_zoo_entries(call, expected, monkeypatch,
     assert seen == [expected]
 
 
+def _chapter_07_fetch_cell() -> str:
+    """The code cell of chapter 07 that defines its students (STUDENTS, KINDS, SEEDS) and
+    ``fetch(student, kind, seed)``, the one call through which it loads every student."""
+    import json
+
+    notebook = Path(__file__).resolve().parents[1] / "chapters" / "07_distillation.ipynb"
+    cells = ["".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"]
+             if cell["cell_type"] == "code" and "def fetch(" in "".join(cell["source"])]
+    assert len(cells) == 1, "chapter 07 must define fetch in exactly one code cell"
+    return cells[0]
+
+
+@pytest.mark.parametrize("budget_name", ["ci", "full"])
+def test_chapter_07s_students_resolve_to_their_zoo_entries(budget_name, monkeypatch, capsys):
+    """Chapter 07's own fetch cell, run as the chapter runs it: every (student, kind, seed)
+    it fetches resolves to the zoo entry f"{student}+{kind}_s{seed}" at both budgets, so
+    with the entries shipped the chapter trains none of them; and it fetches every one of
+    the zoo's chapter-07 entries (the students' recipe, plain or smoothed)."""
+    seen = []
+
+    def stop(entry):
+        seen.append(None if entry is None else entry.name)
+        raise _Matched
+
+    monkeypatch.setattr(zoo, "_from_zoo", stop)
+    teacher = zoo.TrainedModel(lc.create_model("baseline_cnn"), 0.9, lc.train.History(),
+                               Path("baseline_cnn.safetensors"), False, zoo_name="baseline_cnn")
+    chapter = {"lc": lc, "budget": lc.get_budget(budget_name), "teacher": teacher}
+    exec(_chapter_07_fetch_cell(), chapter)     # defines the students; prints their counts
+    fetched = []
+    for student in chapter["STUDENTS"]:
+        for kind in chapter["KINDS"][student]:
+            for seed in chapter["SEEDS"]:
+                with pytest.raises(_Matched):
+                    chapter["fetch"](student, kind, seed)
+                fetched.append(f"{student}+{kind}_s{seed}")
+    assert seen == fetched
+    students_recipe = [name for name, entry in zoo.ENTRIES.items()
+                       if {k: v for k, v in entry.recipe.items() if k != "label_smoothing"}
+                       == zoo.STUDENT_RECIPE]
+    assert sorted(fetched) == sorted(students_recipe) and len(fetched) == 33
+
+
 _HALF = dict(macs_ratio=2.0, round_to=8, skip=("features.0.0",))
 
 
