@@ -59,16 +59,14 @@ class Budget:
             chapter's time limit on a 2-core CPU (on an AMD EPYC one epoch took 1.1
             minutes in float32 and with binary weights, 1.4 to 1.8 with binary
             activations; the chapter ran 27.7 minutes cold).
-        distill_epochs: epochs of each student of chapter 7's main comparison (three
-            students, three seeds, alone and distilled: 18 trainings on all the training
-            images), fewer than ``epochs`` so that they and the sweeps fit a chapter's
-            time limit on a 2-core CPU (on an AMD EPYC an epoch took 13 s for the narrow
-            CNN, 29 s for the half-width one and 39 s for SqueezeNet 1.1 x0.25).
-        distill_long_epochs: epochs of chapter 7's longer pair (one student, one seed,
-            alone and distilled), which asks how far distillation takes a model under
-            100K parameters.
+        distill_epochs: epochs of chapter 9's distillation step (a pruned baseline
+            distilled from the unpruned one). Chapter 7's students come from the zoo,
+            converged (20 epochs, three seeds), and train no epoch in the chapter.
         distill_sweep_size: class-balanced training images of each run of chapter 7's
-            sweeps (temperature, label weight, features, missing class).
+            sweeps (temperature, label weight, features) and of its missing-class
+            experiment: small enough that three seeds of every setting fit the chapter's
+            time limit on a 2-core CPU (a narrow CNN's run took 9 s alone, 13 s distilled
+            and 25 s with feature hints on an AMD EPYC).
         distill_sweep_epochs: epochs of each sweep run.
         prune_epochs: fine-tuning epochs of chapter 4's zoo-cached pruned models (gradual
             pruning to 12x, network slimming after its cut): twice ``finetune_epochs``,
@@ -98,7 +96,6 @@ class Budget:
     latency_until_stable: bool = True
     binary_epochs: int = 1
     distill_epochs: int = 1
-    distill_long_epochs: int = 1
     distill_sweep_size: int = 500
     distill_sweep_epochs: int = 1
     prune_epochs: int = 1
@@ -128,7 +125,7 @@ BUDGETS: dict[str, Budget] = {
                    proxy_epochs=2, survey_epochs=1, overfit_train_size=6000, overfit_epochs=10,
                    search_train_size=10000, search_final_epochs=6, val_size=5000,
                    calib_size=1024, latency_warmup=10, latency_repeats=50, binary_epochs=3,
-                   distill_epochs=2, distill_long_epochs=10, distill_sweep_size=5000,
+                   distill_epochs=2, distill_sweep_size=5000,
                    distill_sweep_epochs=5, prune_epochs=6, slim_penalty_epochs=3),
     # Small, class-balanced subsets: every notebook runs end to end in about a minute.
     "ci": Budget("ci", train_size=2000, test_size=1000, epochs=1, finetune_epochs=1,
@@ -136,7 +133,7 @@ BUDGETS: dict[str, Budget] = {
                  search_train_size=500, search_final_epochs=1, val_size=500, calib_size=128,
                  latency_warmup=1, latency_repeats=3, latency_until_stable=False,
                  binary_epochs=1,
-                 distill_epochs=1, distill_long_epochs=1, distill_sweep_size=500,
+                 distill_epochs=1, distill_sweep_size=500,
                  distill_sweep_epochs=1, prune_epochs=1, slim_penalty_epochs=1),
 }
 
