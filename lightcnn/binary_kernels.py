@@ -1060,10 +1060,9 @@ class PackedBinaryConv2d(_PackedLayer):
         buffers = self._buffers     # not self.weight_bits: nn.Module.__getattr__ is slow
         w, t = buffers["weight_bits"], buffers["thresholds"]
         key = (x.shape, x.stride(), x.dtype, x.requires_grad, threads, PARALLEL_MIN_MACS,
-               w.data_ptr(), w._version) if t is None else (
-               x.shape, x.stride(), x.dtype, x.requires_grad, threads, PARALLEL_MIN_MACS,
-               w.data_ptr(), w._version, t.data_ptr(), t._version,
-               buffers["descending"]._version)
+               w.data_ptr(), w._version)
+        if t is not None:
+            key += (t.data_ptr(), t._version, buffers["descending"]._version)
         run = self._plans.get(key)
         if run is None:
             self._check_input(x)

@@ -678,6 +678,23 @@ def _from_zoo(entry: ZooEntry | None) -> TrainedModel | None:
     return load(entry.name)
 
 
+def _training_fields(budget: Budget) -> dict:
+    """The budget's fields that change a trained model (part of every cache key)."""
+    return {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
+
+
+def _derived_cache_path(base: "TrainedModel", source: str, tag: str, settings: dict,
+                        budget: Budget, budget_fields: dict, code: str) -> tuple[Path, str]:
+    """Where get_pruned, get_decomposed and get_quantized cache a model made from ``base``,
+    and its key: the SHA-256 of ``base``'s cache entry (under ``source``), the settings,
+    ``budget_fields``, the hash of the ``code`` that made it and torch's version."""
+    spec = {source: base.path.name, "settings": settings, "budget": budget_fields,
+            "code": code, "torch": torch.__version__.split("+")[0]}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    stem = base.path.stem.split("-")[0]
+    return user_cache_dir() / "zoo" / f"{stem}+{tag}-{budget.name}-{key}.pt", key
+
+
 def _shipped_from(base: "TrainedModel", source: str, field: str,
                   settings: dict) -> "TrainedModel | None":
     """The shipped model of the entry made from zoo model ``base`` with ``settings``:
@@ -772,7 +789,7 @@ def cache_key(name: str, budget: Budget, seed: int = 0, recipe: dict | None = No
     check_mapping("distill", distill, none=True)
     check_str("device", device, ("cpu", "cuda", "mps"))
     recipe = recipe or RECIPES.get(name, DEFAULT_RECIPE)
-    budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
+    budget_fields = _training_fields(budget)
     spec = {"model": name, "model_kwargs": model_kwargs, "recipe": recipe,
             "budget": budget_fields, "seed": seed, "code": _source_hash(name),
             "torch": torch.__version__.split("+")[0]}
@@ -1142,12 +1159,8 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
                      if _zoo_budget(budget) else None)
     if shipped_model is not None:
         return shipped_model
-    spec = {"pruned_from": base.path.name, "settings": settings,
-            "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
-            "code": _pruning_code_hash(), "torch": torch.__version__.split("+")[0]}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    stem = base.path.stem.split("-")[0]
-    path = user_cache_dir() / "zoo" / f"{stem}+{method}-{budget.name}-{key}.pt"
+    path, key = _derived_cache_path(base, "pruned_from", method, settings, budget,
+                                    _training_fields(budget), _pruning_code_hash())
 
     def restore(state: dict) -> nn.Module:
         # a copy of the base resized to the stored shapes (removed channels) and loaded
@@ -1312,14 +1325,11 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
                      if _zoo_budget(budget) else None)
     if shipped_model is not None:
         return shipped_model
-    budget_fields = {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS}
+    budget_fields = _training_fields(budget)
     if keep_best:   # the held-out images change what is trained on
         budget_fields.update(val_size=budget.val_size, val_seed=VAL_SEED)
-    spec = {"decomposed_from": base.path.name, "settings": settings, "budget": budget_fields,
-            "code": _lowrank_code_hash(), "torch": torch.__version__.split("+")[0]}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    stem = base.path.stem.split("-")[0]
-    path = user_cache_dir() / "zoo" / f"{stem}+lowrank_{method}-{budget.name}-{key}.pt"
+    path, key = _derived_cache_path(base, "decomposed_from", f"lowrank_{method}", settings,
+                                    budget, budget_fields, _lowrank_code_hash())
     cached = _load(path)
     if cached is not None:
         info = cached["info"]
@@ -1453,12 +1463,8 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
                      if _zoo_budget(budget) else None)
     if shipped_model is not None:
         return shipped_model
-    spec = {"quantized_from": base.path.name, "settings": settings,
-            "budget": {k: v for k, v in budget.as_dict().items() if k in TRAINING_BUDGET_FIELDS},
-            "code": _quantization_code_hash(), "torch": torch.__version__.split("+")[0]}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    stem = base.path.stem.split("-")[0]
-    path = user_cache_dir() / "zoo" / f"{stem}+quant_{method}-{budget.name}-{key}.pt"
+    path, key = _derived_cache_path(base, "quantized_from", f"quant_{method}", settings, budget,
+                                    _training_fields(budget), _quantization_code_hash())
     cached = _load(path)
     if cached is not None:
         model = _quantized_shapes(base.model, settings)
