@@ -444,8 +444,8 @@ ENTRIES: dict[str, ZooEntry] = _entries(
     # chapter 04 on LeNet-5: Han et al.'s own 12x with the same loop and fine-tuning, beside
     # its control; and the lottery ticket at 10% of the weights (Frankle & Carbin): the
     # survivors rewound to LeNet-5's initial weights, or drawn afresh (seed 1, the control),
-    # each trained 20 epochs with LeNet-5's own recipe, masks kept. The chapter's full run:
-    # 4.1 s an epoch without augmentation (the fine-tunes augment).
+    # three seeds of each, trained 20 epochs with LeNet-5's own recipe, masks kept. The
+    # chapter's full run: 4.1 s an epoch without augmentation (the fine-tunes augment).
     *(_pruned(f"lenet5+{tag}", _LENET5, minutes_per_epoch=minutes, **settings)
       for tag, minutes, settings in (
           ("iterative12x_e10", 0.1, dict(method="iterative", sparsity=LENET5_SPARSITY_12X,
@@ -455,6 +455,11 @@ ENTRIES: dict[str, ZooEntry] = _entries(
                                            epochs=20)),
           ("reinit_keep10_e20", 0.07, dict(method="lottery", sparsity=0.9, reinit_seed=1,
                                            epochs=20)),
+          # two more seeds of each (ticket and control differ by under a point on seed 0):
+          # seed k trains with seed k; control k draws its weights with seed k + 1
+          *((f"{kind}_keep10_e20_s{k}", 0.07,
+             dict(method="lottery", sparsity=0.9, reinit_seed=reseed, epochs=20, seed=k))
+            for k in (1, 2) for kind, reseed in (("ticket", None), ("reinit", k + 1))),
       )),
     # chapter 05: the baseline quantized and fine-tuned from its weights: QAT at 4 and 2
     # bits (simulated, weights and activations; the first conv and the classifier at 8 bits,
