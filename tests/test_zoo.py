@@ -282,11 +282,26 @@ def test_finetune_control_trains_the_same_schedule_and_removes_nothing(tiny_base
     (dict(method="finetune", penalty_epochs=1), ValueError, "does not take penalty_epochs"),
     (dict(method="l1", macs_share=0.5, epochs=0), ValueError, "epochs must be an int >= 1"),
     (dict(method="l1", macs_share=0.5, lr=-1), ValueError, "lr must be"),
+    (dict(method="l1", macs_share=0.5, round_to=0), ValueError, "round_to must be"),
+    (dict(method="agp", sparsity=0.9, round_to=8), ValueError, "'agp' does not take round_to"),
 ])
 def test_get_pruned_rejects_bad_settings(tiny_base, tiny_budget, kwargs, error, match):
     kwargs = {"epochs": 1, **kwargs}
     with pytest.raises(error, match=match):
         lc.zoo.get_pruned(tiny_base, budget=tiny_budget, progress=False, **kwargs)
+
+
+def test_get_pruned_l1_rounds_widths_as_prune_to_macs_does(tiny_base, tiny_budget):
+    from lightcnn import channel_pruning as cp
+    pruned = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget, macs_share=0.5,
+                               round_to=16, progress=False)
+    widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+    by_hand, _ = cp.prune_to_macs(tiny_base.model, cp.l1_importance, share=0.5, round_to=16)
+    assert widths(pruned.model) == widths(by_hand) and all(w % 16 == 0 for w in widths(by_hand))
+    # another cache entry than the unrounded one
+    plain = lc.zoo.get_pruned(tiny_base, "l1", epochs=1, budget=tiny_budget, macs_share=0.5,
+                              progress=False)
+    assert plain.path != pruned.path and widths(plain.model) != widths(pruned.model)
 
 
 def test_get_pruned_needs_a_trained_model(tiny_base, tiny_budget):
@@ -418,6 +433,14 @@ def _resolved(monkeypatch, call: Callable[[], object]) -> list:
     ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9), "lenet5+ticket_keep10_e20"),
     ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9, reinit_seed=1),
      "lenet5+reinit_keep10_e20"),
+    ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9, seed=2),
+     "lenet5+ticket_keep10_e20_s2"),
+    ("lenet5", dict(method="lottery", epochs=20, sparsity=0.9, reinit_seed=2, seed=1),
+     "lenet5+reinit_keep10_e20_s1"),
+    # chapter 09: L1 with rounded widths; unrounded is another entry
+    ("baseline_cnn", dict(method="l1", epochs=10, macs_share=0.5, round_to=16),
+     "baseline_cnn+l1_half_macs_r16_e10"),
+    ("baseline_cnn", dict(method="l1", epochs=10, macs_share=0.5, round_to=8), None),
     # the chapter's old schedules, another round, penalty or seed: no entry
     ("baseline_cnn", dict(method="agp", epochs=6, sparsity=zoo.SPARSITY_12X), None),
     ("baseline_cnn", dict(method="l1", epochs=3, macs_share=0.5), None),
