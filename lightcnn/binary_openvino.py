@@ -49,8 +49,8 @@ from ._checks import (check_bool, check_instance, check_int, check_ints, check_m
 from .binary import BinaryConv2d, BinaryLinear, binary_layers
 
 __all__ = ["require_openvino", "binary_conv_model", "compile_model", "runtime_layer_types",
-           "run_binary_conv", "export_bnn", "compile_bnn", "benchmark_binary_conv",
-           "benchmark_bnn"]
+           "run_binary_conv", "export_bnn", "compile_bnn", "openvino_bnn",
+           "benchmark_binary_conv", "benchmark_bnn"]
 
 # FakeQuantize sets the bit where x > t: with t the largest float32 below 0, -2**-149,
 # that is x >= 0, the book's sign
@@ -512,6 +512,27 @@ class _OpenVinoNet(nn.Module):
             raise ValueError(f"compiled for batch sizes {sorted(self.requests)}, got {len(x)}")
         out = request.infer({0: x.detach().float().contiguous().numpy()}, share_inputs=True)
         return torch.from_numpy(out[0])
+
+
+def openvino_bnn(model: nn.Module, batch_sizes: Sequence[int] = (1, 256),
+                 input_shape: Sequence[int] = (1, 28, 28), threads: int = 2) -> nn.Module:
+    """The binarized network in OpenVINO with BinaryConvolution kernels, called like a
+    PyTorch model (``logits = m(x)``) at each of ``batch_sizes``, so it can be timed beside
+    other engines (:func:`lightcnn.report.compare_engines`).
+
+    One compiled model per batch size (:func:`compile_bnn`: the runtime graph checked for
+    BinaryConvolution in every binary layer, float32, ``threads`` threads, one stream); a
+    call at another batch size is refused.
+
+    Args:
+        input_shape: ``(C, H, W)`` of one input.
+    """
+    check_module("model", model)
+    _check_positive_ints("batch_sizes", batch_sizes)
+    check_ints("input_shape", input_shape, 1, length=3)
+    check_int("threads", threads, 1)
+    return _OpenVinoNet({b: compile_bnn(model, (b, *input_shape), threads)[0]
+                         for b in dict.fromkeys(batch_sizes)})
 
 
 # benchmark_bnn's rows: model and engine; each engine's float32 row is its reference

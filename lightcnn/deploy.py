@@ -35,8 +35,10 @@ Taught in chapters/09_putting_it_together.
 
 from __future__ import annotations
 
+import copy
 import functools
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +47,8 @@ from torch import nn
 from ._checks import check_bool, check_module, check_path
 
 __all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
-           "quantize_onnx_int8", "max_abs_difference"]
+           "quantize_onnx_int8", "max_abs_difference", "Deployment", "deployments", "ENGINES",
+           "engine_accuracy"]
 
 
 def _require(module: str, user: str = "lightcnn.deploy",
@@ -331,3 +334,200 @@ def max_abs_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
         return float((a.eval()(x) - b.eval()(x)).abs().max())
 
+
+
+# the engines :func:`deployments` runs a model in, in the order its rows come out
+ENGINES = ("eager", "inductor", "ort", "openvino")
+_DEPLOYED_PRECISIONS = ("fp32", "int8", "bf16", "f16", "binary")
+_ENGINE_LABELS = {"eager": "eager", "inductor": "Inductor", "ort": "ORT", "openvino": "OpenVINO"}
+
+
+@dataclass
+class Deployment:
+    """One way to run a model on the CPU: what to call, in which engine, at which precision.
+
+    Attributes:
+        model: the callable (``logits = model(x)``): the PyTorch model, its compiled
+            graph, an :class:`OnnxModel` or an :class:`OpenVinoModel`.
+        engine: ``"eager"``, ``"inductor"``, ``"ort"`` or ``"openvino"``.
+        precision: what it computes in: ``"fp32"``, ``"int8"``, ``"bf16"`` (OpenVINO's
+            default on CPUs with AVX512-BF16 or AMX; read back from the compiled model),
+            ``"f16"``, or ``"binary"`` (a binary network's packed signs).
+        size_bytes: bytes of what the engine loads: ``torch.save`` of the float weights
+            (eager, Inductor fp32), of the int8 tensors (Inductor int8), the ONNX file.
+
+    Take its accuracy with :func:`engine_accuracy`, which runs exactly this callable.
+    """
+
+    model: nn.Module
+    engine: str
+    precision: str
+    size_bytes: int
+
+    def __post_init__(self):
+        check_module("model", self.model)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.precision not in _DEPLOYED_PRECISIONS:
+            raise ValueError(f"precision must be one of {_DEPLOYED_PRECISIONS}, "
+                             f"got {self.precision!r}")
+        if isinstance(self.size_bytes, bool) or not isinstance(self.size_bytes, int) \
+                or self.size_bytes < 1:
+            raise ValueError(f"size_bytes must be an int >= 1, got {self.size_bytes!r}")
+
+
+def _check_engines(engines) -> tuple[str, ...]:
+    if isinstance(engines, str) or not isinstance(engines, (tuple, list)) or not engines:
+        raise TypeError(f"engines must be a non-empty tuple of names from {ENGINES}, "
+                        f"got {engines!r}")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or len(set(engines)) != len(engines):
+        raise ValueError(f"engines must be distinct names from {ENGINES}, got {tuple(engines)!r}")
+    return tuple(e for e in ENGINES if e in engines)
+
+
+def deployments(model: nn.Module, name: str, folder: str | Path, example: torch.Tensor,
+                calibration: torch.Tensor | None = None, engines: tuple[str, ...] = ENGINES,
+                threads: int = 2, compile_batches: tuple[int, ...] = (1, 256),
+                openvino_default: bool = True) -> dict[str, Deployment]:
+    """Every way this book runs ``model`` on a CPU, ready to time side by side.
+
+    Per engine, float32 and (with ``calibration``) int8:
+
+    - ``eager``: the model itself (float32 only: PyTorch's eager int8 is a simulation).
+    - ``inductor``: ``torch.compile`` with freezing (:func:`lightcnn.int8.compile_cpu`),
+      compiled now for each of ``compile_batches``; int8 by torchao's pt2e flow
+      (:func:`lightcnn.int8.quantize_int8`, ``X86InductorQuantizer``).
+    - ``ort``: the ONNX export (:func:`export_onnx`) in ONNX Runtime; int8 by ORT's static
+      quantizer (:func:`quantize_onnx_int8`, QDQ).
+    - ``openvino``: the same ONNX files in OpenVINO, float32 forced
+      (``INFERENCE_PRECISION_HINT=f32``), the plugin's default precision when it is not
+      float32 (``openvino_default``: bf16 on CPUs with AVX512-BF16 or AMX), and the QDQ
+      int8 file, which OpenVINO runs with int8 kernels.
+
+    The int8 variants are calibrated on the same images, so the engines differ only as
+    engines (and in their quantizers: pt2e and ORT pick scales the same way, min-max,
+    per-channel weights).
+
+    Args:
+        model: a float PyTorch model (put in eval mode; copied where compiled).
+        name: the prefix of every row name: ``f"{name} ({engine} {precision})"``.
+        folder: where the ONNX files go (created).
+        example: an input batch, for export and tracing.
+        calibration: normalized images for int8 calibration, or ``None`` for float only.
+        engines: which of :data:`ENGINES` to build.
+        threads: threads for every engine (PyTorch's is set by ``lc.setup``).
+        compile_batches: the batch sizes to compile the Inductor graphs for now.
+        openvino_default: also build OpenVINO at its default precision when that is not
+            float32.
+
+    Returns:
+        Row name -> :class:`Deployment`, engine by engine in :data:`ENGINES`' order,
+        float32 before int8.
+    """
+    check_module("model", model)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    check_path("folder", folder)
+    _check_example(example)
+    if calibration is not None:
+        _check_example(calibration, "calibration")
+    engines = _check_engines(engines)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    if not isinstance(compile_batches, (tuple, list)) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in compile_batches):
+        raise ValueError(f"compile_batches must be a tuple of ints >= 1, got {compile_batches!r}")
+    check_bool("openvino_default", openvino_default)
+    from . import int8 as _int8
+    from .profile import model_size_bytes
+
+    model.eval()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = lambda engine, precision: f"{name} ({_ENGINE_LABELS[engine]} {precision})"
+    shape = tuple(example.shape[1:])
+    compile_examples = [torch.randn(b, *shape) for b in compile_batches]
+    fp32_bytes = model_size_bytes(model)
+    rows: dict[str, Deployment] = {}
+    onnx_fp32 = onnx_int8 = None
+    if "ort" in engines or "openvino" in engines:
+        stem = "".join(c if c.isalnum() else "_" for c in name)
+        onnx_fp32 = export_onnx(model, folder / f"{stem}.onnx", example[:1])
+        if calibration is not None:
+            onnx_int8 = quantize_onnx_int8(onnx_fp32, folder / f"{stem}_int8.onnx", calibration)
+    for engine in engines:
+        if engine == "eager":
+            rows[label("eager", "fp32")] = Deployment(model, "eager", "fp32", fp32_bytes)
+        elif engine == "inductor":
+            compiled = _int8.compile_cpu(copy.deepcopy(model), compile_examples, threads)
+            rows[label("inductor", "fp32")] = Deployment(compiled, "inductor", "fp32",
+                                                         fp32_bytes)
+            if calibration is not None:
+                q8 = _int8.quantize_int8(model, list(calibration.split(128)))
+                rows[label("inductor", "int8")] = Deployment(
+                    _int8.compile_cpu(q8, compile_examples, threads), "inductor", "int8",
+                    _int8.saved_size_bytes(q8))
+        elif engine == "ort":
+            session = OnnxModel(onnx_fp32, threads)
+            rows[label("ort", "fp32")] = Deployment(session, "ort", "fp32",
+                                                    session.size_bytes)
+            if onnx_int8 is not None:
+                session = OnnxModel(onnx_int8, threads)
+                rows[label("ort", "int8")] = Deployment(session, "ort", "int8",
+                                                        session.size_bytes)
+        else:
+            runtime = OpenVinoModel(onnx_fp32, threads, precision="f32")
+            rows[label("openvino", "fp32")] = Deployment(runtime, "openvino", "fp32",
+                                                         runtime.size_bytes)
+            if openvino_default:
+                default = OpenVinoModel(onnx_fp32, threads, precision=None)
+                if default.precision != "f32":
+                    rows[label("openvino", default.precision)] = Deployment(
+                        default, "openvino", default.precision, default.size_bytes)
+            if onnx_int8 is not None:
+                runtime = OpenVinoModel(onnx_int8, threads, precision="f32")
+                rows[label("openvino", "int8")] = Deployment(runtime, "openvino", "int8",
+                                                             runtime.size_bytes)
+    return rows
+
+
+def engine_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int = 256, threads: int | None = None) -> float:
+    """The fraction of ``images`` a deployed callable classifies as ``labels``.
+
+    It runs as the book times it (``lc.compare_latency``): inference mode, ``lc.setup``'s
+    deterministic mode off, ``threads`` threads (default: the current count), every batch
+    at ``batch_size`` with the last one padded by zero images whose logits are dropped. So
+    a compiled graph meets the very global state and shape it was compiled and timed
+    with, and the accuracy is that of the graph that was timed. It matters: a pt2e int8
+    graph compiled by :func:`lightcnn.int8.compile_cpu` for the timing state and then called
+    under deterministic mode compiles a second graph, which scored 92.79% where the
+    first scored 93.38% (the baseline, torch 2.14.1).
+
+    Args:
+        images: normalized images ``(N, C, H, W)``, as the model takes them.
+        labels: ``(N,)`` classes.
+    """
+    from .profile import _inference
+
+    check_module("model", model)
+    _check_example(images, "images")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be a 1-d tensor of {len(images)} classes, one per image, "
+                         f"got {getattr(labels, 'shape', type(labels).__name__)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    # padded here, outside inference mode: a tensor made inside it has other dispatch keys
+    # than the inputs a graph was compiled with, so Dynamo would compile again for it
+    n = len(images)
+    padded = torch.cat([images, images.new_zeros(-n % batch_size, *images.shape[1:])])
+    correct = 0
+    with _inference(model, threads or torch.get_num_threads()):
+        for start in range(0, n, batch_size):
+            predicted = model(padded[start:start + batch_size])[:n - start].argmax(1)
+            correct += int((predicted == labels[start:start + batch_size]).sum())
+    return correct / n

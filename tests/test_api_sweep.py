@@ -92,6 +92,7 @@ ALLOWED = {
     "search.Trial.score": {"-1"},                          # any finite score
     "plotting.plot_curves.reference": {"-1"},              # a reference line below zero
     "profile.Table.notes": {"list"},                       # no footnotes
+    "deploy.deployments.compile_batches": {"list"},        # compile at the first call
     "profile.Latency.times_ms": {"list"},                  # no samples kept
     "channel_pruning.ChannelGroup.producers": {"list"},    # plain dataclass lists
     "channel_pruning.ChannelGroup.prunable": {"list"},
@@ -409,6 +410,8 @@ EXAMPLES = {
         layer=lc.binary.BinaryConv2d(8, 8, 3, scheme="bnn"), x=signs(1, 8, 6, 6)),
     "binary_openvino.export_bnn": lambda: dict(model=binary_cnn(widths=(8, 8, 8))),
     "binary_openvino.compile_bnn": lambda: dict(model=binary_cnn(widths=(8, 8, 8))),
+    "binary_openvino.openvino_bnn": lambda: dict(model=binary_cnn(widths=(8, 8, 8)),
+                                                 batch_sizes=(1,), threads=1),
     "binary_openvino.benchmark_binary_conv": R(channels=(8,), sizes=(4,), threads=(1,),
                                                warmup=1, repeats=1),
     "binary_openvino.benchmark_bnn": lambda: dict(
@@ -500,6 +503,12 @@ EXAMPLES = {
     "deploy.quantize_onnx_int8": lambda: dict(fp32_path=onnx_file(), path=_TMP / "int8.onnx",
                                               calibration=randn(8, 1, 28, 28), batch_size=4),
     "deploy.max_abs_difference": lambda: dict(a=tiny_net(), b=tiny_net(), x=randn(2, 1, 28, 28)),
+    "deploy.deployments": lambda: dict(model=tiny_net(), name="tiny", folder=_TMP / "deploy",
+                                       example=randn(2, 1, 28, 28), engines=("eager",)),
+    "deploy.Deployment": lambda: dict(model=tiny_net(), engine="eager", precision="fp32",
+                                      size_bytes=1),
+    "deploy.engine_accuracy": lambda: dict(model=tiny_net(), images=randn(4, 1, 28, 28),
+                                           labels=torch.arange(4), batch_size=2),
     # design
     "design.DesignCNN": R(widths=(4, 8, 8)),
     "design.design_cnn": R(widths=(4, 8, 8)),

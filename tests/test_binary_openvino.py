@@ -129,6 +129,25 @@ def test_exported_network_runs_binary_convolution_for_every_binary_layer(scheme,
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
+def test_openvino_bnn_is_callable_at_its_batch_sizes_only():
+    torch.manual_seed(0)
+    sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "bnn")).eval()
+    net = BO.openvino_bnn(sim, batch_sizes=(1, 3), threads=1)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        for batch in (1, 3):
+            expected = sim(x[:batch])
+            got = net(x[:batch])
+            assert torch.allclose(got, expected, atol=1e-4)
+            assert torch.equal(got.argmax(1), expected.argmax(1))
+    with pytest.raises(ValueError, match="batch sizes"):
+        net(x[:2])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        BO.openvino_bnn(sim, batch_sizes=(0,))
+    with pytest.raises(ValueError, match="input_shape"):
+        BO.openvino_bnn(sim, input_shape=(28, 28))
+
+
 def test_export_saves_ir_and_refuses_unknown_layers(tmp_path):
     sim = randomize_bn(B.binarize(lc.create_model("baseline_cnn"), "bnn"))
     BO.export_bnn(sim, (1, 1, 28, 28), path=str(tmp_path / "bnn.xml"))

@@ -169,6 +169,23 @@ def test_openvino_int8_agrees_with_onnx_runtime_int8(shipped_zoo, data_dir, tmp_
     assert (deploy.OpenVinoModel(path, precision=precision)(x).argmax(1) == ort).float().mean() >= 0.99
 
 
+def test_engine_accuracy_scores_the_compiled_int8_graph_that_was_timed(shipped_zoo, data_dir):
+    # compile_cpu(examples) compiles for the timing state; called under lc.setup's
+    # deterministic mode the int8 graph compiled again, and that second graph scored
+    # 0.6 points lower (torch 2.14.1): engine_accuracy runs in the timing state
+    from lightcnn import int8
+    model = lc.zoo.load("baseline_cnn").model
+    train, test = lc.get_dataloaders(256, lc.get_budget("ci"), augment=False)
+    calibration, _ = next(iter(train))
+    x, y = (torch.cat(t) for t in zip(*test))       # the ci budget's 1,000 test images
+    q8 = int8.quantize_int8(model, [calibration])
+    reference = deploy.engine_accuracy(q8, x, y)     # the converted graph, not compiled
+    torch.use_deterministic_algorithms(True)         # as lc.setup leaves it
+    compiled = int8.compile_cpu(q8, [x[:256]], threads=torch.get_num_threads())
+    assert abs(deploy.engine_accuracy(compiled, x, y) - reference) <= 0.002
+    assert torch.are_deterministic_algorithms_enabled()   # the caller's state restored
+
+
 @needs_openvino
 def test_openvino_times_side_by_side_with_pytorch_and_onnx_runtime(baseline, exported):
     models = {"torch": baseline, "ort": deploy.OnnxModel(exported),
@@ -239,3 +256,88 @@ def test_openvino_missing_says_how_to_install_it(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)      # `import openvino` now fails
     with pytest.raises(ImportError, match=r"OpenVinoModel needs 'openvino': pip install openvino"):
         deploy.OpenVinoModel(exported)
+
+
+@needs_openvino
+def test_deployments_run_one_model_in_every_engine(baseline, images, tmp_path):
+    rows = deploy.deployments(baseline, "cnn", tmp_path, images, calibration=images,
+                              engines=("openvino", "eager", "ort"), compile_batches=())
+    # ENGINES' order whatever the order asked, float before int8
+    names = list(rows)
+    assert names[:3] == ["cnn (eager fp32)", "cnn (ORT fp32)", "cnn (ORT int8)"]
+    assert names[3] == "cnn (OpenVINO fp32)" and names[-1] == "cnn (OpenVINO int8)"
+    default = names[4:-1]        # bf16 where the CPU has it, else nothing (it would be f32)
+    assert default in ([], ["cnn (OpenVINO bf16)"])
+    with torch.no_grad():
+        expected = baseline(images)
+    for name, row in rows.items():
+        assert row.engine in deploy.ENGINES and name.endswith(f" {row.precision})")
+        got = row.model(images)
+        if row.precision == "fp32":
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        else:
+            # int8 and bf16: the same network, at most a few percent of the logits' range off
+            assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+    assert rows["cnn (eager fp32)"].model is baseline
+    assert rows["cnn (eager fp32)"].size_bytes == lc.model_size_bytes(baseline)
+    assert rows["cnn (ORT int8)"].size_bytes < rows["cnn (ORT fp32)"].size_bytes / 3
+    # ORT and OpenVINO run the same QDQ file: the same quantized network
+    assert rows["cnn (ORT int8)"].model.path == rows["cnn (OpenVINO int8)"].model.path
+    assert (rows["cnn (ORT int8)"].model(images).argmax(1)
+            == rows["cnn (OpenVINO int8)"].model(images).argmax(1)).float().mean() >= 0.9
+
+
+def test_deployments_compile_with_inductor_in_fp32_and_int8(baseline, images, tmp_path):
+    rows = deploy.deployments(baseline, "cnn", tmp_path, images, calibration=images,
+                              engines=("inductor",), compile_batches=(4,))
+    assert list(rows) == ["cnn (Inductor fp32)", "cnn (Inductor int8)"]
+    fp32, q8 = rows.values()
+    x = images[:4]
+    with torch.no_grad():
+        expected = baseline(x)
+        torch.testing.assert_close(fp32.model(x), expected, atol=1e-4, rtol=1e-4)
+        assert q8.model(x).shape == expected.shape     # int8 error: test_int8's subject
+    assert fp32.model is not baseline and fp32.size_bytes == lc.model_size_bytes(baseline)
+    assert q8.size_bytes < fp32.size_bytes / 3
+    # without calibration: float32 only
+    assert list(deploy.deployments(baseline, "cnn", tmp_path, images, engines=("eager",))) \
+        == ["cnn (eager fp32)"]
+
+
+def test_engine_accuracy_runs_the_compiled_graph_without_compiling_again(baseline, images,
+                                                                         tmp_path):
+    rows = deploy.deployments(baseline, "cnn", tmp_path, images, engines=("inductor",),
+                              compile_batches=(4,))
+    labels = torch.arange(10) % 10
+    with torch.no_grad():
+        expected = int((baseline(images[:10]).argmax(1) == labels).sum()) / 10
+    # batches of 4, 4 and 2 padded to 4, in the state and thread count it was compiled
+    # for (deployments' threads=2): the very graph timed; a recompile would raise
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = deploy.engine_accuracy(rows["cnn (Inductor fp32)"].model, images[:10], labels,
+                                     batch_size=4, threads=2)
+    assert got == expected
+
+
+def test_engine_accuracy_counts_every_image_once(baseline, images):
+    labels = baseline(images).argmax(1)
+    labels[:3] = (labels[:3] + 1) % 10           # three wrong on purpose
+    for batch_size in (1, 5, 16, 64):
+        assert deploy.engine_accuracy(baseline, images, labels, batch_size) == 13 / 16
+    with pytest.raises(ValueError, match="labels"):
+        deploy.engine_accuracy(baseline, images, labels[:-1])
+    with pytest.raises(ValueError, match="batch_size"):
+        deploy.engine_accuracy(baseline, images, labels, 0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(engines="ort"), "engines"), (dict(engines=("tensorrt",)), "engines"),
+    (dict(engines=("ort", "ort")), "engines"), (dict(engines=()), "engines"),
+    (dict(name=""), "name"), (dict(threads=0), "threads"),
+    (dict(compile_batches=(0,)), "compile_batches"), (dict(openvino_default=1), "openvino_default"),
+    (dict(calibration=[1, 2]), "calibration"),
+])
+def test_deployments_bad_arguments_name_themselves(baseline, images, tmp_path, kwargs, match):
+    args = dict(model=baseline, name="cnn", folder=tmp_path, example=images)
+    with pytest.raises((TypeError, ValueError), match=match):
+        deploy.deployments(**{**args, **kwargs})
