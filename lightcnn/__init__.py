@@ -21,7 +21,7 @@ from .profile import (Latency, Table, compare, compare_latency, count_macs,
 from .results import load_all_results, load_results, results_dir, save_results
 from .runtime import seed_everything, set_threads, setup
 from .train import History, accuracy, confusion_matrix, evaluate, fit, predict
-from . import weights, zoo
+from . import weights
 from . import architectures, blocks, design, search
 from . import channel_pruning, int8, pruning, quantization, sparse, weight_sharing
 from . import equalization, integer
@@ -34,3 +34,14 @@ from . import report
 from .fusion import fuse_conv_bn, measure_fusion
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # lightcnn.zoo is imported on first use (lc.zoo), not above: `python -m lightcnn.zoo`
+    # then runs the module once, as __main__, instead of after a first copy imported with
+    # the package (which runpy warns about)
+    if name == "zoo":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.zoo")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
