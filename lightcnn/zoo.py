@@ -61,7 +61,7 @@ from .weights import ZooError
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
            "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
            "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
-           "ZooError", "load", "shipped", "expect_entry", "build",
+           "ZooError", "load", "shipped", "expect_entry", "estimate_pace", "build",
            "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
@@ -1612,6 +1612,24 @@ def _plan(names: list[str] | None, rebuild: bool) -> list[str]:
     return todo
 
 
+def estimate_pace(manifest: dict[str, dict] | None = None) -> tuple[float, int]:
+    """How much longer the shipped models took to train than their entries estimated:
+    ``(median of train_minutes / estimated_minutes over the shipped entries, how many)``;
+    ``(1.0, 0)`` when none is shipped. The estimates come from one epoch of each model in
+    a chapter on an idle machine; a build shares the cores (``-j``) and the machine, so the
+    book's estimates of what is left are scaled by this factor."""
+    manifest = _weights.read_manifest() if manifest is None else manifest
+    check_mapping("manifest", manifest, what="a dict of name -> manifest entry")
+    ratios = sorted(meta["train_minutes"] / ENTRIES[name].estimated_minutes()
+                    for name, meta in manifest.items()
+                    if name in ENTRIES and meta.get("train_minutes"))
+    if not ratios:
+        return 1.0, 0
+    middle = len(ratios) // 2
+    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    return median, len(ratios)
+
+
 def build(names: list[str] | None = None, jobs: int = 1, device: str | None = None,
           progress: bool = True) -> list[str]:
     """Train the zoo's models that are not shipped at their current recipe version and
@@ -1647,9 +1665,12 @@ def build(names: list[str] | None = None, jobs: int = 1, device: str | None = No
         return []
     manifest = _weights.read_manifest()
     total = sum(ENTRIES[n].estimated_minutes() for n in todo)
+    pace, shipped_count = estimate_pace(manifest)
     say(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), about {total:.0f} min "
-        f"on the book's 2-core CPU" + (f", in {_distributed.get_world_size()} processes"
-                                        if parallel else ""))
+        f"on the book's 2-core CPU by the entries' estimates" + (
+            f", about {total * pace:.0f} at the pace of the {shipped_count} shipped models "
+            f"(x{pace:.2f})" if shipped_count else "")
+        + (f", in {_distributed.get_world_size()} processes" if parallel else ""))
     written: list[str] = []
     spent, estimated_done = 0.0, 0.0
 
@@ -1757,7 +1778,9 @@ def table() -> str:
               f"weights, {minutes:.0f} minutes of training as recorded (on a machine shared with "
               f"other work, so longer than a quiet run)"
               + (f"; the {len(ENTRIES) - shipped_count} not built are estimated at about "
-                 f"{todo:.0f} minutes on 2 cores." if todo else ".")]
+                 f"{todo:.0f} minutes on 2 cores, about {todo * estimate_pace(manifest)[0]:.0f} "
+                 f"at the shipped models' pace (the median ratio of their recorded to their "
+                 f"estimated minutes)." if todo else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -1844,8 +1867,12 @@ def main(argv: list[str] | None = None) -> int:
                               f"v{meta['recipe_version']}")
                 print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
             todo = [e for n, e in ENTRIES.items() if n not in manifest]
-            print(f"{len(todo)} of {len(ENTRIES)} entries not built: about "
-                  f"{sum(e.estimated_minutes() for e in todo):.0f} min on the book's 2-core CPU")
+            estimate = sum(e.estimated_minutes() for e in todo)
+            pace, shipped_count = estimate_pace(manifest)
+            print(f"{len(todo)} of {len(ENTRIES)} entries not built: about {estimate:.0f} min "
+                  f"on the book's 2-core CPU by the entries' estimates, about "
+                  f"{estimate * pace:.0f} at the pace of the {shipped_count} shipped models "
+                  f"(median x{pace:.2f} of their estimates)")
             return 0
         if args.command == "table":
             text = table()

@@ -797,6 +797,7 @@ EXAMPLES = {
                                      path=_TMP / "m.pt", trained_now=False),
     "zoo.cache_key": lambda: dict(name="lenet5", budget=tiny_budget()),
     "zoo.cache_path": lambda: dict(name="lenet5", budget=tiny_budget(), key="0" * 16),
+    "zoo.estimate_pace": lambda: dict(manifest={}),
     "zoo.ZooEntry": R(name="sweep", model="lenet5", recipe=dict(lc.zoo.RECIPES["lenet5"]), version=1, epochs=1),
     "zoo.load": R(name="lenet5"),
     "zoo.shipped": R(name="lenet5"),

@@ -1307,3 +1307,18 @@ def test_get_quantized_keeps_the_edge_layers_at_edge_bits(tiny_base, tiny_budget
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(again.model(x), qat.model.eval()(x))
+
+
+def test_estimate_pace_is_the_median_ratio_of_recorded_to_estimated_minutes():
+    names = list(zoo.ENTRIES)[:4]
+    estimated = [zoo.ENTRIES[n].estimated_minutes() for n in names]
+    manifest = {n: {"train_minutes": e * r} for n, e, r in zip(names, estimated, (1, 2, 4, 8))}
+    pace, count = zoo.estimate_pace(manifest)
+    assert count == 4 and pace == pytest.approx(3.0)        # median of 1, 2, 4, 8
+    del manifest[names[3]]
+    assert zoo.estimate_pace(manifest) == (pytest.approx(2.0), 3)
+    manifest["not an entry"] = {"train_minutes": 99.0}     # an unknown name counts for nothing
+    assert zoo.estimate_pace(manifest)[1] == 3
+    assert zoo.estimate_pace({}) == (1.0, 0)
+    with pytest.raises((TypeError, ValueError), match="manifest"):
+        zoo.estimate_pace([1, 2])
