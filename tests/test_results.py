@@ -122,3 +122,26 @@ def test_a_full_budget_save_rewrites_the_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(lc.results, "_repo_results_dir", lambda: tmp_path)
     lc.save_results("98_test", [dict(ROW, budget="full")], lc.get_budget("full"))
     assert "| 98 test | none smaller | none measured faster |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_row_naming_its_control_is_measured_against_it():
+    # a distilled student: the student alone has its bytes and speed, so distillation made
+    # nothing smaller or faster; the architecture did
+    student = dict(ROW, baseline="base", accuracy=0.925, size_bytes=10, latency_ms_b256=2.0)
+    rows = [ROW, dict(student, name="alone", technique="control"),
+            dict(student, name="distilled", control="alone")]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["smallest"] is None and row["fastest"] is None
+    # a pruned network against the baseline fine-tuned as long (a control of the same size
+    # as the baseline): the ratio is against the control, named in the summary
+    rows = [ROW, dict(ROW, name="finetuned", baseline="base", size_bytes=30, latency_ms_b256=8.0,
+                      technique="control"),
+            dict(student, name="pruned", control="finetuned")]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["smallest"]["ratio"] == 3.0 and row["smallest"]["control"] == "finetuned"
+    assert row["fastest"]["ratio"] == 4.0
+    text = lc.results.summary_markdown({"99_test": rows})
+    assert "pruned: **3.00x** fewer bytes than its control finetuned (-0.50 points vs base)" in text
+    # a control name that is not a row of the chapter: the baseline, as before
+    (row,) = lc.results.summary_rows({"99_test": [ROW, dict(student, name="x", control="nope")]})
+    assert row["smallest"]["control"] is None and row["smallest"]["ratio"] == ROW["size_bytes"] / 10
