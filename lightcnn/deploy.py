@@ -405,9 +405,10 @@ def deployments(model: nn.Module, name: str, folder: str | Path, example: torch.
       float32 (``openvino_default``: bf16 on CPUs with AVX512-BF16 or AMX), and the QDQ
       int8 file, which OpenVINO runs with int8 kernels.
 
-    The int8 variants are calibrated on the same images, so the engines differ only as
-    engines (and in their quantizers: pt2e and ORT pick scales the same way, min-max,
-    per-channel weights).
+    The int8 variants are calibrated on the same images with int8 weights per output
+    channel; their quantizers differ in how they set activation ranges (pt2e's x86
+    quantizer: a histogram observer; ORT's here: min-max), so their int8 networks can
+    differ slightly, while ORT and OpenVINO run the very same QDQ file.
 
     Args:
         model: a float PyTorch model (put in eval mode; copied where compiled).
