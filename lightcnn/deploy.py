@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_module, check_path
+from ._checks import (check_bool, check_int, check_ints, check_module, check_path, check_str,
+                      check_tensor)
 
 __all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
            "quantize_onnx_int8", "max_abs_difference", "Deployment", "deployments", "ENGINES",
@@ -371,9 +372,7 @@ class Deployment:
         if self.precision not in _DEPLOYED_PRECISIONS:
             raise ValueError(f"precision must be one of {_DEPLOYED_PRECISIONS}, "
                              f"got {self.precision!r}")
-        if isinstance(self.size_bytes, bool) or not isinstance(self.size_bytes, int) \
-                or self.size_bytes < 1:
-            raise ValueError(f"size_bytes must be an int >= 1, got {self.size_bytes!r}")
+        check_int("size_bytes", self.size_bytes, 1)
 
 
 def _check_engines(engines) -> tuple[str, ...]:
@@ -427,18 +426,14 @@ def deployments(model: nn.Module, name: str, folder: str | Path, example: torch.
         float32 before int8.
     """
     check_module("model", model)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    check_str("name", name)
     check_path("folder", folder)
     _check_example(example)
     if calibration is not None:
         _check_example(calibration, "calibration")
     engines = _check_engines(engines)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    if not isinstance(compile_batches, (tuple, list)) or not all(
-            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in compile_batches):
-        raise ValueError(f"compile_batches must be a tuple of ints >= 1, got {compile_batches!r}")
+    check_int("threads", threads, 1)
+    check_ints("compile_batches", compile_batches, 1, nonempty=False)
     check_bool("openvino_default", openvino_default)
     from . import int8 as _int8
     from .profile import model_size_bytes
@@ -514,14 +509,12 @@ def engine_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
     check_module("model", model)
     _check_example(images, "images")
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or len(labels) != len(images):
-        raise ValueError(f"labels must be a 1-d tensor of {len(images)} classes, one per image, "
-                         f"got {getattr(labels, 'shape', type(labels).__name__)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    check_tensor("labels", labels, 1, integer=True)
+    if len(labels) != len(images):
+        raise ValueError(f"labels must hold one class per image ({len(images)}), "
+                         f"got {len(labels)}")
+    check_int("batch_size", batch_size, 1)
+    check_int("threads", threads, 1, none=True)
     # padded here, outside inference mode: a tensor made inside it has other dispatch keys
     # than the inputs a graph was compiled with, so Dynamo would compile again for it
     n = len(images)

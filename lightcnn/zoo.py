@@ -34,6 +34,7 @@ import importlib
 import inspect
 import io
 import json
+import statistics
 import os
 import sys
 import tempfile
@@ -1620,14 +1621,17 @@ def estimate_pace(manifest: dict[str, dict] | None = None) -> tuple[float, int]:
     book's estimates of what is left are scaled by this factor."""
     manifest = _weights.read_manifest() if manifest is None else manifest
     check_mapping("manifest", manifest, what="a dict of name -> manifest entry")
-    ratios = sorted(meta["train_minutes"] / ENTRIES[name].estimated_minutes()
-                    for name, meta in manifest.items()
-                    if name in ENTRIES and meta.get("train_minutes"))
-    if not ratios:
-        return 1.0, 0
-    middle = len(ratios) // 2
-    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
-    return median, len(ratios)
+    ratios = [meta["train_minutes"] / ENTRIES[name].estimated_minutes()
+              for name, meta in manifest.items() if name in ENTRIES and meta.get("train_minutes")]
+    return (statistics.median(ratios), len(ratios)) if ratios else (1.0, 0)
+
+
+def _estimate_text(minutes: float, manifest: dict[str, dict]) -> str:
+    """``minutes`` of entry estimates, said as is and at the shipped models' pace."""
+    pace, shipped_count = estimate_pace(manifest)
+    return (f"about {minutes:.0f} min on the book's 2-core CPU by the entries' estimates"
+            + (f", about {minutes * pace:.0f} at the pace of the {shipped_count} shipped "
+               f"models (median x{pace:.2f} of their estimates)" if shipped_count else ""))
 
 
 def build(names: list[str] | None = None, jobs: int = 1, device: str | None = None,
@@ -1665,11 +1669,8 @@ def build(names: list[str] | None = None, jobs: int = 1, device: str | None = No
         return []
     manifest = _weights.read_manifest()
     total = sum(ENTRIES[n].estimated_minutes() for n in todo)
-    pace, shipped_count = estimate_pace(manifest)
-    say(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), about {total:.0f} min "
-        f"on the book's 2-core CPU by the entries' estimates" + (
-            f", about {total * pace:.0f} at the pace of the {shipped_count} shipped models "
-            f"(x{pace:.2f})" if shipped_count else "")
+    say(f"zoo: {len(todo)} model(s) to train ({', '.join(todo)}), "
+        f"{_estimate_text(total, manifest)}"
         + (f", in {_distributed.get_world_size()} processes" if parallel else ""))
     written: list[str] = []
     spent, estimated_done = 0.0, 0.0
@@ -1867,12 +1868,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"v{meta['recipe_version']}")
                 print(f"{name:40s} v{entry.version} {entry.epochs:3d} epochs  {state}")
             todo = [e for n, e in ENTRIES.items() if n not in manifest]
-            estimate = sum(e.estimated_minutes() for e in todo)
-            pace, shipped_count = estimate_pace(manifest)
-            print(f"{len(todo)} of {len(ENTRIES)} entries not built: about {estimate:.0f} min "
-                  f"on the book's 2-core CPU by the entries' estimates, about "
-                  f"{estimate * pace:.0f} at the pace of the {shipped_count} shipped models "
-                  f"(median x{pace:.2f} of their estimates)")
+            print(f"{len(todo)} of {len(ENTRIES)} entries not built: "
+                  f"{_estimate_text(sum(e.estimated_minutes() for e in todo), manifest)}")
             return 0
         if args.command == "table":
             text = table()
