@@ -425,6 +425,7 @@ def _resolved(monkeypatch, call: Callable[[], object]) -> list:
                           penalty_epochs=3), "baseline_cnn+slimming_half_macs_e20"),
     ("baseline_cnn", dict(method="finetune", epochs=10), "baseline_cnn+finetune_e10"),
     ("baseline_cnn", dict(method="finetune", epochs=13), "baseline_cnn+finetune_e13"),
+    ("baseline_cnn", dict(method="finetune", epochs=20), "baseline_cnn+finetune_e20"),
     # chapter 04 on LeNet-5: 12x by the same loop, its control, the lottery ticket at 10%
     # of the weights and its re-initialised control
     ("lenet5", dict(method="iterative", epochs=10, sparsity=zoo.LENET5_SPARSITY_12X,
