@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ._checks import check_float, check_instance, check_mapping, check_path
 from .budget import Budget, get_budget
+from .profile import STABLE_RELATIVE_IQR
 from .runtime import cpu_name
 
 __all__ = ["REQUIRED_KEYS", "CONTRACT_KEYS", "TECHNIQUES", "results_dir", "save_results", "load_results", "load_all_results",
@@ -174,7 +175,9 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
     still held to the baseline's. Rows whose ``technique`` is ``"control"`` (the baseline trained
     on as long as a compressed model, to separate the technique from the extra epochs) or
     ``"reference"`` compete for neither column: they are the same network as the baseline,
-    and their speed-up, if any, is timing noise.
+    and their speed-up, if any, is timing noise. A row whose ``speedup_relative_iqr_b256``
+    is above :data:`lightcnn.profile.STABLE_RELATIVE_IQR` (a flagged, unstable ratio) does
+    not compete for the fastest.
     """
     _check_results(results, max_drop)
     out = []
@@ -198,7 +201,11 @@ def summary_rows(results: dict[str, list[dict]], max_drop: float = 0.01) -> list
             if size_ratio > 1 and (smallest is None or (size_ratio, -drop)
                                    > (smallest["ratio"], -smallest["drop"])):
                 smallest = candidate
-            if row["latency_ms_b256"] and ref["latency_ms_b256"]:
+            # a speed-up whose per-round spread is above STABLE_RELATIVE_IQR of its median
+            # is flagged by the chapter's table and is not a result (lightcnn.profile.Ratio)
+            spread = row.get("speedup_relative_iqr_b256")
+            stable = spread is None or spread <= STABLE_RELATIVE_IQR
+            if stable and row["latency_ms_b256"] and ref["latency_ms_b256"]:
                 speedup = ref["latency_ms_b256"] / row["latency_ms_b256"]
                 if speedup > 1 and (fastest is None or (speedup, -drop)
                                     > (fastest["ratio"], -fastest["drop"])):
@@ -215,7 +222,10 @@ def summary_markdown(results: dict[str, list[dict]], max_drop: float = 0.01) -> 
             return "none smaller" if unit == "fewer bytes" else "none measured faster"
         points = -100 * entry["drop"]
         points = 0.0 if abs(points) < 0.005 else points   # no "-0.00" for an equal accuracy
-        against = f" than its control {entry['control']}" if entry.get("control") else ""
+        control = entry.get("control")
+        # "than its control X", unless X's name already says it is the control
+        against = "" if not control else f" than {control}" if control.startswith("control") \
+            else f" than its control {control}"
         return (f"{entry['name']}: **{entry['ratio']:.2f}x** {unit}{against} "
                 f"({points:+.2f} points vs {entry['baseline']})")
 

@@ -107,6 +107,19 @@ def test_controls_and_references_compete_for_no_column():
     assert row["smallest"] is None and row["fastest"] is None
 
 
+def test_an_unstable_speedup_is_not_the_fastest():
+    # a ratio whose per-round spread is above 20% of its median is flagged, not a result
+    rows = [ROW, dict(ROW, name="noisy", baseline="base", accuracy=0.93, size_bytes=20,
+                      latency_ms_b256=3.0, speedup_relative_iqr_b256=0.25),
+            dict(ROW, name="steady", baseline="base", accuracy=0.93, size_bytes=30,
+                 latency_ms_b256=6.0, speedup_relative_iqr_b256=0.05)]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["fastest"]["name"] == "steady" and row["fastest"]["ratio"] == 1.5
+    assert row["smallest"]["name"] == "noisy"       # its bytes are not a timing
+    (row,) = lc.results.summary_rows({"99_test": rows[:2]})
+    assert row["fastest"] is None
+
+
 def test_the_front_page_summary_matches_the_published_results(tmp_path):
     book = Path(__file__).resolve().parents[1] / "book" / "results"
     for f in book.glob("*.json"):
@@ -142,6 +155,10 @@ def test_a_row_naming_its_control_is_measured_against_it():
     assert row["fastest"]["ratio"] == 4.0
     text = lc.results.summary_markdown({"99_test": rows})
     assert "pruned: **3.00x** fewer bytes than its control finetuned (-0.50 points vs base)" in text
+    named = [dict(r, name="control (fine-tuned)") if r["name"] == "finetuned" else
+             dict(r, control="control (fine-tuned)") if r.get("control") == "finetuned" else r
+             for r in rows]
+    assert "fewer bytes than control (fine-tuned) (" in lc.results.summary_markdown({"99_test": named})
     # a control name that is not a row of the chapter: the baseline, as before
     (row,) = lc.results.summary_rows({"99_test": [ROW, dict(student, name="x", control="nope")]})
     assert row["smallest"]["control"] is None and row["smallest"]["ratio"] == ROW["size_bytes"] / 10
