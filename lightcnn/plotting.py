@@ -19,7 +19,7 @@ from ._checks import (check_bool, check_float, check_int, check_mapping, check_s
                       check_str, check_tensor)
 
 __all__ = ["set_style", "plot_images", "plot_history", "plot_confusion_matrix",
-           "plot_filters", "plot_feature_maps", "plot_tradeoff", "plot_curves"]
+           "plot_filters", "plot_feature_maps", "plot_tradeoff", "plot_curves", "plot_histograms"]
 
 FIGSIZE = (6.4, 4.0)
 
@@ -414,5 +414,49 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: 
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_histograms(values: dict[str, Sequence[float]], xlabel: str, title: str | None = None,
+                    low: float | None = None, high: float | None = None, bins: int = 40,
+                    logx: bool = False):
+    """Overlaid histograms of several named sets of values on shared bins (e.g. the
+    batch-norm scales of a network before and after a sparsity penalty).
+
+    The bins span ``[low, high]`` (the values' own range by default), evenly on a log
+    scale when ``logx``; values outside are drawn in the first or last bin, so every value
+    is counted (with ``logx``, zeros land in the first bin: say so in ``xlabel``).
+    """
+    check_mapping("values", values)
+    for name, v in values.items():
+        _check_values(f"values[{name!r}]", v)
+    check_str("xlabel", xlabel, empty=True)
+    check_str("title", title, none=True, empty=True)
+    check_float("low", low, none=True)
+    check_float("high", high, none=True)
+    check_int("bins", bins, 1)
+    check_bool("logx", logx)
+    if not values or not all(len(v) for v in values.values()):
+        raise ValueError("values must name at least one non-empty set of numbers")
+    arrays = {name: np.asarray(torch.as_tensor(v, dtype=torch.float64)) for name, v in values.items()}
+    everything = np.concatenate(list(arrays.values()))
+    low = float(everything.min()) if low is None else low
+    high = float(everything.max()) if high is None else high
+    if logx and low <= 0:
+        raise ValueError(f"low must be > 0 on a log axis, got {low!r}")
+    if not high > low:
+        raise ValueError(f"high must be above low ({low!r}), got {high!r}")
+    edges = np.geomspace(low, high, bins + 1) if logx else np.linspace(low, high, bins + 1)
+    fig, ax = plt.subplots()
+    for name, array in arrays.items():
+        ax.hist(np.clip(array, low, high), bins=edges, alpha=0.6, label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig, ax

@@ -1,9 +1,11 @@
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 matplotlib.use("Agg")
 
 import pytest
+import torch
 
 import lightcnn as lc
 from lightcnn import plotting
@@ -198,3 +200,26 @@ def test_plot_curves_draws_the_samples_behind_each_point():
         lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", samples={"a": [[1]]})
     with pytest.raises(TypeError, match=r"samples\['a'\]\[1\]"):
         lc.plotting.plot_curves([1, 2], {"a": [1, 2]}, "x", "y", samples={"a": [[1], 2]})
+
+
+def test_plot_histograms_counts_every_value_on_log_bins():
+    values = {"a": torch.tensor([1e-6, 1e-3, 1e-3, 0.5, 2.0]), "b": [0.0, 0.1, 0.2]}
+    fig, ax = lc.plotting.plot_histograms(values, "|gamma|", low=1e-8, high=10.0, bins=9, logx=True)
+    patches = [c for c in ax.containers]
+    assert len(patches) == 2
+    # every value lands in a bin: zeros are drawn at the low edge, not dropped
+    assert [sum(p.get_height() for p in bars) for bars in patches] == [5, 3]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    plt.close(fig)
+
+
+def test_plot_histograms_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="values"):
+        lc.plotting.plot_histograms({}, "x")
+    with pytest.raises(ValueError, match="low"):
+        lc.plotting.plot_histograms({"a": [1.0]}, "x", low=0.0, high=1.0, logx=True)
+    with pytest.raises(ValueError, match="high"):
+        lc.plotting.plot_histograms({"a": [1.0]}, "x", low=2.0, high=1.0)
+    with pytest.raises(TypeError, match="values"):
+        lc.plotting.plot_histograms({"a": "abc"}, "x")
