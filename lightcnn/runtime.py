@@ -43,7 +43,7 @@ from .budget import Budget, get_budget
 from .models import create_model
 from .profile import Latency, _latency, measure_latency
 
-__all__ = ["DEFAULT_THREADS", "cpu_name", "cpuinfo_fields", "page_faults_per_pass", "pin_allocator", "seed_everything",
+__all__ = ["DEFAULT_THREADS", "INT8_DOT_FLAGS", "cpu_name", "cpuinfo_fields", "int8_dot_product", "page_faults_per_pass", "pin_allocator", "seed_everything",
            "set_threads", "setup", "process_state", "fresh_process_latency", "DRIFT_STEPS",
            "drift_experiment", "cpu_speed_probe", "thread_levels"]
 
@@ -85,6 +85,25 @@ def cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     except OSError:
         pass
     return fields
+
+
+# x86 flags of an 8-bit dot-product instruction (VNNI's vpdpbusd, or AMX tiles): with one,
+# int8 kernels accumulate u8 x s8 products in int32; without (AVX2 alone), oneDNN and ONNX
+# Runtime use vpmaddubsw, whose pairwise sums of two u8 x s8 products saturate at int16
+# (255 * 127 * 2 = 64,770 > 32,767), so int8 results can differ from exact integer math
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's 8-bit dot-product instruction set (the first of :data:`INT8_DOT_FLAGS` in
+    its flags), or ``None`` where it has none (x86 with AVX2 alone, or no ``/proc/cpuinfo``).
+
+    Without one, x86 int8 kernels add pairs of u8 x s8 products in int16 and saturate, so
+    an int8 model's outputs depend on the CPU: chapters print it beside int8 results.
+    """
+    check_path("cpuinfo", cpuinfo)
+    flags = cpuinfo_fields(cpuinfo).get("flags", "").split()
+    return next((f for f in INT8_DOT_FLAGS if f in flags), None)
 
 
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:

@@ -78,6 +78,18 @@ def test_page_faults_per_pass_rejects_bad_arguments():
         lc.runtime.page_faults_per_pass(torch.nn.ReLU(), 1, warmup=-1)
 
 
+def test_int8_dot_product_reads_the_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert lc.runtime.int8_dot_product(str(info)) == "avx512_vnni"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert lc.runtime.int8_dot_product(str(info)) is None
+    assert lc.runtime.int8_dot_product(str(tmp_path / "absent")) is None
+    with pytest.raises(TypeError, match="cpuinfo"):
+        lc.runtime.int8_dot_product(3)
+
+
 def test_cpu_name_reads_the_model_name(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t:  Intel(R)   Xeon(R) Processor\n")
