@@ -71,6 +71,7 @@ CHOICES = {"method", "scheme", "fmt", "init", "observer", "scope", "config", "ac
 ALLOWED = {
     "architectures.compound_scaling.phi": {"-1"},          # phi < 0 scales down from B0
     "quantization.qparams.x_min": {"-1"},                  # a negative range end
+    "plotting.plot_histograms.low": {"-1"},                # a linear axis's left end
     "quantization.qparams.x_max": {"-1"},
     "quantization.quantize.zero_point": {"-1"},            # a signed zero point
     "quantization.fake_quantize.zero_point": {"-1"},
@@ -641,6 +642,7 @@ EXAMPLES = {
     "plotting.plot_tradeoff": lambda: dict(rows=[
         dict(name="a", macs=100, accuracy=0.5), dict(name="b", macs=200, accuracy=0.6)]),
     "plotting.plot_curves": R(x=[1, 2], series={"a": [0.1, 0.2]}, xlabel="x", ylabel="y"),
+    "plotting.plot_histograms": R(values={"a": [0.1, 0.2]}, xlabel="x"),
     # profile
     **{f"profile.{name}": {} for name in (
         "count_params", "count_nonzero_params", "count_macs", "count_macs_by_module",
@@ -730,7 +732,7 @@ EXAMPLES = {
     "results.summary_markdown": lambda: dict(results={"01_sweep": result_rows()}),
     "results.write_summary": lambda: dict(folder=_TMP),
     # runtime
-    "runtime.cpu_name": {}, "runtime.cpuinfo_fields": {},
+    "runtime.cpu_name": {}, "runtime.cpuinfo_fields": {}, "runtime.int8_dot_product": {},
     "runtime.cpu_speed_probe": R(rounds=1, iterations=1000, pause_s=0.0),
     "runtime.thread_levels": R(rounds=1, warmup=1, repeats=2, pause_s=0.0),
     "runtime.page_faults_per_pass": R(batch_size=2, warmup=1, repeats=1),
@@ -801,6 +803,7 @@ EXAMPLES = {
     "zoo.ZooEntry": R(name="sweep", model="lenet5", recipe=dict(lc.zoo.RECIPES["lenet5"]), version=1, epochs=1),
     "zoo.load": R(name="lenet5"),
     "zoo.shipped": R(name="lenet5"),
+    "zoo.partial_checkpoint": lambda: dict(entry=lc.zoo.ENTRIES["lenet5"]),
     "zoo.expect_entry": lambda: dict(trained=lc.zoo.load("lenet5"), name="lenet5", budget="ci"),
     "zoo.main": R(argv=["list"]),
     "zoo.table": R(),
