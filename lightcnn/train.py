@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
 from ._checks import (check_bool, check_callable, check_float, check_int, check_module,
-                      check_str, check_tensor, is_real)
+                      check_path, check_str, check_tensor, is_real)
 
 __all__ = ["History", "fit", "evaluate", "accuracy", "predict", "confusion_matrix", "make_optimizer",
            "resolve_device"]
@@ -274,7 +275,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         loss_fn: LossFn | None = None, progress: bool = True,
         after_step: Callable[[nn.Module], None] | None = None,
         device: str | torch.device | None = None, val_loader: DataLoader | None = None,
-        keep_best: bool = False) -> History:
+        keep_best: bool = False, checkpoint: str | os.PathLike | None = None) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
     Args:
@@ -304,6 +305,14 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             highest validation accuracy, the earliest among ties, instead of the last
             epoch's; ``history.best_epoch`` says which, and the model's test accuracy is
             ``history.test_accuracy[history.best_epoch]``. Needs ``val_loader``.
+        checkpoint: a file to resume from: after every epoch the weights, the optimizer and
+            schedule, the random generators' states and the history so far are written
+            there (atomically), and a call that finds the file resumes after its last
+            epoch, with the same weights, bit for bit, as one uninterrupted call (on the
+            CPU). A file written by a call with other settings, or a damaged one, is
+            refused (``ValueError``), never overwritten; the file is removed when the call
+            ends. A zoo build passes one, so a model interrupted mid-training (a session
+            that ends) loses at most one epoch. Not supported in several processes.
 
     In several processes (``torchrun``, a process group initialized, e.g. by
     :func:`lightcnn.distributed.init_distributed`), the same call trains data-parallel:
@@ -348,7 +357,11 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
     if keep_best and val_loader is None:
         raise ValueError("keep_best needs val_loader (the epoch is chosen on validation "
                          "data, never on the test set)")
+    check_path("checkpoint", checkpoint, none=True)
     parallel, rank = distributed.is_distributed(), distributed.get_rank()
+    if parallel and checkpoint is not None:
+        raise ValueError("checkpoint is not supported in several processes (each rank's "
+                         "random state would have to be saved); pass checkpoint=None")
     device = resolve_device(device)
     if parallel and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", _local_rank())
@@ -377,8 +390,28 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         train_loader.generator.manual_seed(seed)
     history = History()
     best_state = None   # keep_best: a copy of the best epoch's weights so far
+    first_epoch = 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = dict(epochs=epochs, batches=len(train_loader), lr=lr,
+                           weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
+                           seed=seed, keep_best=keep_best, validation=val_loader is not None,
+                           parameters=[[n, list(p.shape)] for n, p in model.named_parameters()])
+        if checkpoint.exists():
+            saved = _read_checkpoint(checkpoint, fingerprint)
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(saved["schedule"])
+            torch.set_rng_state(saved["rng"])
+            if saved["loader_rng"] is not None:
+                train_loader.generator.set_state(saved["loader_rng"])
+            if saved["cuda_rng"] is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"], device)
+            history = History.from_dict(saved["history"])
+            best_state, first_epoch = saved["best_state"], saved["epoch"]
     reporter = _Progress(steps, epochs, progress and rank == 0)
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         if parallel:
             train_loader.sampler.set_epoch(epoch)   # a new common permutation each epoch
         model.train()
@@ -419,12 +452,52 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
                 history.best_epoch = epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         reporter.epoch_end(epoch, history)
+        if checkpoint is not None:
+            _write_checkpoint(checkpoint, dict(
+                fingerprint=fingerprint, epoch=epoch + 1, model=model.state_dict(),
+                optimizer=opt.state_dict(), schedule=None if sched is None else sched.state_dict(),
+                rng=torch.get_rng_state(),
+                loader_rng=(train_loader.generator.get_state()
+                            if getattr(train_loader, "generator", None) is not None else None),
+                cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                history=history.as_dict(), best_state=best_state))
     reporter.close()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)   # done: what it held is the model now
     if best_state is not None:
         model.load_state_dict(best_state)
     del trainee        # a DDP wrapper takes its gradient hooks off the parameters with it
     model.to(home)     # the book measures latency on the CPU, where the model came from
     return history
+
+
+def _read_checkpoint(path: Path, fingerprint: dict) -> dict:
+    """A checkpoint written by :func:`fit` with the same settings, or a ``ValueError``
+    that names the file and what differs (the file is left as it is)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # truncated, not a torch file, not the checkpoint's types
+        raise ValueError(f"checkpoint {path} is not readable ({type(err).__name__}: {err}); "
+                         "delete it to train from the start") from err
+    if not isinstance(saved, dict) or "fingerprint" not in saved:
+        raise ValueError(f"checkpoint {path} is not readable (not a lightcnn fit checkpoint); "
+                         "delete it to train from the start")
+    theirs = saved["fingerprint"]
+    differ = [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in fingerprint.items()
+              if theirs.get(k) != v]
+    if differ:
+        raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(differ)}); "
+                         "delete it to train from the start")
+    return saved
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
+    """``state`` saved to ``path`` through a temporary file: an interruption while writing
+    leaves the previous epoch's checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 @torch.no_grad()

@@ -60,7 +60,7 @@ from .train import History, fit
 from .weights import ZooError
 
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
-           "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
+           "partial_checkpoint", "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
            "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
            "ZooError", "load", "shipped", "expect_entry", "estimate_pace", "build",
            "check", "table", "main"]
@@ -875,7 +875,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, recipe: dict | None = None, epochs: int | None = None,
                 channels_last: bool = False, init_from: TrainedModel | None = None,
                 teacher: TrainedModel | None = None, distill: dict | None = None,
-                device: str | None = None, **model_kwargs) -> TrainedModel:
+                device: str | None = None, checkpoint: str | os.PathLike | None = None,
+                **model_kwargs) -> TrainedModel:
     """Return model ``name`` trained at ``budget``: shipped in the zoo, from the cache, or
     trained now and cached.
 
@@ -912,6 +913,11 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
             one); ``None`` reads ``LIGHTCNN_DEVICE`` (default ``"cpu"``). The device kind
             is part of the key, since a GPU's kernels give other weights; the returned
             model is always on the CPU, where the book measures it.
+        checkpoint: when the model is trained here, a file to resume from after an
+            interruption (``lightcnn.fit``'s ``checkpoint``: written after every epoch,
+            removed when done); ``make zoo`` passes ``zoo/partial/<entry>.v<version>.ckpt``
+            so a model longer than a session is trained across sessions. Not with
+            ``teacher`` (the teacher's logits are not part of the file).
         **model_kwargs: passed to ``create_model`` (e.g. ``width_mult=0.5``).
     """
     train_device = _train.resolve_device(device)
@@ -938,6 +944,10 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
                              f"{name!r} ({err})") from err
         if after_step is not None:  # e.g. clip loaded latent weights before the first step
             after_step(model)
+    check_path("checkpoint", checkpoint, none=True)
+    if checkpoint is not None and teacher is not None:
+        raise ValueError("checkpoint is not supported with a teacher (the teacher's logits are "
+                         "not in the file); pass checkpoint=None")
     distiller, distill_spec = None, None
     if teacher is not None:
         if not isinstance(teacher, TrainedModel):
@@ -1006,7 +1016,8 @@ def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
     history = fit(trainee, train_loader, budget.epochs, test_loader, lr=recipe["lr"],
                   weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
                   schedule=recipe["schedule"], seed=seed, progress=progress,
-                  loss_fn=loss_fn, after_step=after_step, device=train_device)
+                  loss_fn=loss_fn, after_step=after_step, device=train_device,
+                  checkpoint=checkpoint)
     # back to the CPU, where the book measures every model, in the default format
     model.to("cpu", memory_format=torch.contiguous_format)
     if teacher is not None:
@@ -1545,6 +1556,13 @@ def subset_correct(model: nn.Module) -> int:
     return int((logits.argmax(1) == labels).sum())
 
 
+def partial_checkpoint(entry: ZooEntry) -> Path:
+    """Where a build keeps ``entry``'s training between epochs (trained from scratch):
+    ``zoo/partial/<name>.v<version>.ckpt``, so that a new recipe version starts afresh."""
+    check_instance("entry", entry, ZooEntry)
+    return _weights.zoo_dir() / "partial" / f"{entry.name}.v{entry.version}.ckpt"
+
+
 def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
                  progress: bool = True, threads: int | None = None
                  ) -> tuple[str, dict, dict, dict]:
@@ -1575,8 +1593,12 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
                                    **entry.quantize)
             seconds = sum(result.history.seconds)
         else:
+            # a model trained from scratch resumes from its last finished epoch: the
+            # checkpoint lives in the zoo folder, committed when a session ends mid-model
+            partial = (None if entry.teacher is not None or _distributed.is_distributed()
+                       else partial_checkpoint(entry))
             result = get_trained(
-                entry.model, budget=full, seed=entry.seed, progress=progress,
+                entry.model, budget=full, seed=entry.seed, progress=progress, checkpoint=partial,
                 recipe=entry.recipe, epochs=entry.epochs, channels_last=entry.channels_last,
                 init_from=None if entry.init_from is None else load(entry.init_from),
                 teacher=None if entry.teacher is None else load(entry.teacher),

@@ -258,3 +258,68 @@ def test_fit_outside_a_process_group_does_not_touch_torch_distributed(tiny_budge
     monkeypatch.setattr(lc.distributed, "distributed_loader", None)
     history = lc.fit(lc.create_model("lenet5"), train, 1, progress=False)
     assert len(history.train_loss) == 1
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(steps):
+    count = {"n": 0}
+
+    def after_step(model):
+        count["n"] += 1
+        if count["n"] == steps:
+            raise _Interrupt
+    return after_step
+
+
+@pytest.mark.parametrize("schedule,optimizer,keep_best", [("onecycle", "sgd", False),
+                                                           ("cosine", "adamw", True)])
+def test_fit_resumed_from_its_checkpoint_equals_one_uninterrupted_fit(tiny_budget, tmp_path,
+                                                                       schedule, optimizer,
+                                                                       keep_best):
+    # a zoo build interrupted mid-training (the session ends) resumes after the last
+    # finished epoch: the same weights, bit for bit, and the same history
+    train, test = _loaders(tiny_budget)
+    val = test if keep_best else None
+    kwargs = dict(epochs=3, test_loader=test, lr=0.05, schedule=schedule, optimizer=optimizer,
+                  seed=3, progress=False, val_loader=val, keep_best=keep_best)
+    torch.manual_seed(0)
+    straight = lc.create_model("lenet5")
+    expected = lc.fit(straight, train, **kwargs)
+    path = tmp_path / "run.ckpt"
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    with pytest.raises(_Interrupt):           # stopped in the middle of the second epoch
+        lc.fit(model, train, checkpoint=path, after_step=_interrupt_after(len(train) + 2),
+               **kwargs)
+    assert path.is_file()
+    torch.manual_seed(99)                    # a fresh process: other weights, other RNG state
+    resumed = lc.create_model("lenet5")
+    history = lc.fit(resumed, train, checkpoint=path, **kwargs)
+    assert not path.exists()                 # done: the checkpoint is removed
+    state = resumed.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in straight.state_dict().items())
+    for field in ("train_loss", "test_loss", "test_accuracy", "lr", "val_accuracy"):
+        assert getattr(history, field) == getattr(expected, field), field
+    assert history.best_epoch == expected.best_epoch and len(history.seconds) == 3
+
+
+def test_fit_refuses_a_checkpoint_of_another_run_or_a_damaged_one(tiny_budget, tmp_path):
+    train, test = _loaders(tiny_budget)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupt):
+        lc.fit(lc.create_model("lenet5"), train, epochs=2, lr=0.05, progress=False,
+               checkpoint=path, after_step=_interrupt_after(len(train) + 1))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="checkpoint .* another run.*lr"):
+        lc.fit(lc.create_model("lenet5"), train, epochs=2, lr=0.01, progress=False,
+               checkpoint=path)
+    assert path.read_bytes() == before       # not overwritten
+    path.write_bytes(before[: len(before) // 2])
+    with pytest.raises(ValueError, match="checkpoint .* not readable"):
+        lc.fit(lc.create_model("lenet5"), train, epochs=2, lr=0.05, progress=False,
+               checkpoint=path)
+    with pytest.raises(TypeError, match="checkpoint"):
+        lc.fit(lc.create_model("lenet5"), train, epochs=1, progress=False, checkpoint=3)

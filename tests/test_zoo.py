@@ -1323,3 +1323,40 @@ def test_estimate_pace_is_the_median_ratio_of_recorded_to_estimated_minutes():
     assert zoo.estimate_pace({}) == (1.0, 0)
     with pytest.raises((TypeError, ValueError), match="manifest"):
         zoo.estimate_pace([1, 2])
+
+
+def test_a_build_keeps_each_scratch_models_progress_in_the_zoo_folder(shipped_zoo, monkeypatch):
+    # a model longer than a session resumes from its last epoch: get_trained gets a
+    # checkpoint under zoo/partial/ (named by entry and version); a distilled one does not
+    entry = zoo.ENTRIES["efficientnet_b0_x0.25"]
+    assert zoo.partial_checkpoint(entry) == (weights.zoo_dir() / "partial"
+                                             / f"efficientnet_b0_x0.25.v{entry.version}.ckpt")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_get_trained(name, **kwargs):
+        seen[name] = kwargs.get("checkpoint")
+        raise Stop
+    monkeypatch.setattr(zoo, "get_trained", fake_get_trained)
+    full = lc.get_budget("full")
+    for name in ("efficientnet_b0_x0.25", "cnn_x0.25+kd_s0"):
+        with pytest.raises(Stop):
+            zoo._train_entry(zoo.ENTRIES[name], full, progress=False)
+    assert seen[entry.model] == zoo.partial_checkpoint(entry)
+    assert seen[zoo.ENTRIES["cnn_x0.25+kd_s0"].model] is None   # the teacher's logits are not saved
+    with pytest.raises(TypeError, match="entry must be a ZooEntry"):
+        zoo.partial_checkpoint("efficientnet_b0_x0.25")
+
+
+def test_get_trained_trains_through_a_checkpoint_and_removes_it(tiny_budget, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTCNN_CACHE", str(tmp_path / "cache"))     # nothing cached: it trains
+    path = tmp_path / "partial" / "lenet5.ckpt"
+    trained = zoo.get_trained("lenet5", budget=tiny_budget, seed=5, progress=False, checkpoint=path)
+    assert trained.trained_now and not path.exists()
+    with pytest.raises(TypeError, match="checkpoint"):
+        zoo.get_trained("lenet5", budget=tiny_budget, seed=6, progress=False, checkpoint=1)
+    with pytest.raises(ValueError, match="checkpoint .* teacher"):
+        zoo.get_trained("lenet5", budget=tiny_budget, seed=6, progress=False, checkpoint=path,
+                        teacher=trained)
