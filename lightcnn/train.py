@@ -275,7 +275,8 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         loss_fn: LossFn | None = None, progress: bool = True,
         after_step: Callable[[nn.Module], None] | None = None,
         device: str | torch.device | None = None, val_loader: DataLoader | None = None,
-        keep_best: bool = False, checkpoint: str | os.PathLike | None = None) -> History:
+        keep_best: bool = False, checkpoint: str | os.PathLike | None = None,
+        keep_checkpoint: bool = False) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
     Args:
@@ -313,6 +314,10 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
             refused (``ValueError``), never overwritten; the file is removed when the call
             ends. A zoo build passes one, so a model interrupted mid-training (a session
             that ends) loses at most one epoch. Not supported in several processes.
+        keep_checkpoint: leave ``checkpoint`` in place when the call ends (the caller
+            removes it): a caller with several training phases (network slimming's penalty,
+            cut and fine-tuning) resumes past a finished phase, whose file a new call
+            replays, weights, history and random state, without training.
 
     In several processes (``torchrun``, a process group initialized, e.g. by
     :func:`lightcnn.distributed.init_distributed`), the same call trains data-parallel:
@@ -358,6 +363,9 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
         raise ValueError("keep_best needs val_loader (the epoch is chosen on validation "
                          "data, never on the test set)")
     check_path("checkpoint", checkpoint, none=True)
+    check_bool("keep_checkpoint", keep_checkpoint)
+    if keep_checkpoint and checkpoint is None:
+        raise ValueError("keep_checkpoint needs a checkpoint file")
     parallel, rank = distributed.is_distributed(), distributed.get_rank()
     if parallel and checkpoint is not None:
         raise ValueError("checkpoint is not supported in several processes (each rank's "
@@ -462,7 +470,7 @@ def fit(model: nn.Module, train_loader: DataLoader, epochs: int,
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 history=history.as_dict(), best_state=best_state))
     reporter.close()
-    if checkpoint is not None:
+    if checkpoint is not None and not keep_checkpoint:
         checkpoint.unlink(missing_ok=True)   # done: what it held is the model now
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1077,12 +1077,36 @@ def _initial_weights(entry: ZooEntry) -> dict[str, torch.Tensor]:
         return _models.create_model(entry.model, **entry.kwargs).state_dict()
 
 
+class _Phases:
+    """The checkpoint files of a derived model's training phases: phase ``i`` of
+    ``dir/name.ckpt`` is ``dir/name.phase<i>.ckpt``. Each is kept when its phase ends (a
+    resumed run replays a finished phase from it) and all are removed when the model is
+    stored; with no ``checkpoint`` every phase trains without a file."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None):
+        self.base = None if checkpoint is None else Path(checkpoint)
+        self.used: list[Path] = []
+
+    def next(self) -> dict:
+        """``fit``'s checkpoint arguments for the next phase."""
+        if self.base is None:
+            return {}
+        path = self.base.with_name(f"{self.base.stem}.phase{len(self.used)}{self.base.suffix}")
+        self.used.append(path)
+        return {"checkpoint": path, "keep_checkpoint": True}
+
+    def remove(self) -> None:
+        for path in self.used:
+            path.unlink(missing_ok=True)
+
+
 def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
                sparsity: float | None = None, macs_share: float | None = None,
                penalty: float = 1e-2, penalty_epochs: int | None = None,
                rounds: Sequence[float] | None = None, reinit_seed: int | None = None,
                lr: float | None = None, seed: int = 0, progress: bool = True,
-               round_to: int | None = None) -> TrainedModel:
+               round_to: int | None = None, checkpoint: str | os.PathLike | None = None
+               ) -> TrainedModel:
     """``base`` pruned by ``method`` and fine-tuned ``epochs`` epochs: from the zoo, the
     cache, or made now and cached (the key hashes ``base``'s cache entry, the method and
     its settings, the budget, the seed and the source of the pruning, training and data
@@ -1119,6 +1143,13 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
             no ``lr``.
         ``"finetune"``: nothing removed, the same fine-tuning: the control that separates
             a technique's effect from its extra training.
+
+    ``checkpoint``: when the model is made here, a file name (``zoo/partial/<name>.ckpt``
+    in a zoo build) from which each training phase's checkpoint is named
+    (``<name>.phase0.ckpt``, ...: slimming's penalty and fine-tuning, iterative's rounds):
+    a run interrupted in any phase resumes after the last finished epoch and gives the
+    same weights, bit for bit, as one uninterrupted run (on the CPU). Not for ``"agp"``,
+    whose pruner's schedule is not in the file.
 
     ``info`` of the result holds ``method``; ``sparsity`` (agp, iterative, lottery);
     ``round_sparsity`` and ``round_accuracy`` (iterative: after each round); ``ratio`` and
@@ -1169,6 +1200,10 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     if method == "lottery":
         check_int("reinit_seed", reinit_seed, 0, none=True)
     check_int("round_to", round_to, 1, none=True)
+    check_path("checkpoint", checkpoint, none=True)
+    if checkpoint is not None and method == "agp":
+        raise ValueError("checkpoint is not supported with method 'agp' (the pruner's "
+                         "schedule is not in the file); pass checkpoint=None")
     given = {"sparsity": sparsity, "macs_share": macs_share, "penalty_epochs": penalty_epochs,
              "rounds": rounds, "reinit_seed": reinit_seed, "lr": lr, "round_to": round_to}
     takes = {"sparsity": wanted == "sparsity", "macs_share": wanted == "macs_share",
@@ -1211,9 +1246,11 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
                            (scratch.recipe["batch_size"], scratch.recipe["augment"]))
     train_loader, test_loader = get_dataloaders(batch_size, budget, augment=augment, seed=seed)
 
+    phases = _Phases(checkpoint)
+
     def finetune(model: nn.Module, n: int, **kwargs) -> History:
         return fit(model, train_loader, n, test_loader, lr=lr, schedule="cosine", seed=seed,
-                   progress=progress, **kwargs)
+                   progress=progress, **phases.next(), **kwargs)
 
     model = copy.deepcopy(base.model)
     info: dict = {"method": method}
@@ -1243,7 +1280,8 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
         recipe = scratch.recipe
         history = fit(model, train_loader, epochs, test_loader, lr=recipe["lr"],
                       weight_decay=recipe["weight_decay"], optimizer=recipe["optimizer"],
-                      schedule=recipe["schedule"], seed=seed, progress=progress)
+                      schedule=recipe["schedule"], seed=seed, progress=progress,
+                      **phases.next())
         pruning.remove_masks(model)
         info["sparsity"] = pruning.sparsity(model)
     else:
@@ -1263,6 +1301,7 @@ def get_pruned(base: TrainedModel, method: str, epochs: int, budget: Budget | No
     accuracy = history.test_accuracy[-1]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
                   "history": history.as_dict(), "info": info, "key": key})
+    phases.remove()   # stored: the phases' files are no longer needed
     return TrainedModel(model.eval(), accuracy, history, path, trained_now=True, info=info)
 
 
@@ -1289,8 +1328,8 @@ def _decomposed_shapes(base: nn.Module, method: str, ranks: dict | None) -> nn.M
 def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
                    macs_ratio: float | None = None, round_to: int | None = None,
                    skip: Sequence[str] = (), n_iter_max: int | None = None, lr: float = 0.01,
-                   keep_best: bool = False, seed: int = 0, progress: bool = True
-                   ) -> TrainedModel:
+                   keep_best: bool = False, seed: int = 0, progress: bool = True,
+                   checkpoint: str | os.PathLike | None = None) -> TrainedModel:
     """``base`` with its layers decomposed by ``method`` into low-rank ones
     (``lowrank.decompose_model(model, method, macs_ratio=..., round_to=..., skip=...)``)
     and fine-tuned ``epochs`` epochs: from the zoo, the cache, or made now and cached (the
@@ -1319,6 +1358,10 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
     the test accuracy right after decomposing; and with ``keep_best`` ``val_size`` and
     ``val_seed``. The history holds ``val_accuracy`` and ``best_epoch``.
 
+    ``checkpoint``: when the model is made here, a file name from which the fine-tuning's
+    checkpoint is named (``<name>.phase0.ckpt``, as :func:`get_pruned`'s): an interrupted
+    run resumes after its last finished epoch, bit for bit.
+
     Raises:
         TypeError: ``base`` is not a :class:`TrainedModel`.
         ValueError: an unknown method, a missing or out-of-range setting, or a setting
@@ -1339,6 +1382,7 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
     check_bool("keep_best", keep_best)
     check_int("seed", seed, 0)
     check_bool("progress", progress)
+    check_path("checkpoint", checkpoint, none=True)
     if method == "finetune":   # the control: the same fine-tuning, nothing decomposed
         for arg, given in (("macs_ratio", macs_ratio), ("round_to", round_to),
                            ("skip", skip or None), ("n_iter_max", n_iter_max)):
@@ -1386,12 +1430,15 @@ def get_decomposed(base: TrainedModel, method: str, epochs: int, budget: Budget 
         info.update(ranks=plan, oneshot_accuracy=_train.evaluate(model, test_loader)["accuracy"])
     if keep_best:
         info.update(val_size=len(val_loader.dataset), val_seed=VAL_SEED)
+    phases = _Phases(checkpoint)
     history = fit(model, train_loader, epochs, test_loader, lr=lr, schedule="cosine",
-                  seed=seed, progress=progress, val_loader=val_loader, keep_best=keep_best)
+                  seed=seed, progress=progress, val_loader=val_loader, keep_best=keep_best,
+                  **phases.next())
     # fit scored every epoch on the test set: the kept epoch's score is the model's
     accuracy = history.test_accuracy[history.kept_epoch]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
                   "history": history.as_dict(), "info": info, "key": key})
+    phases.remove()
     return TrainedModel(model.eval(), accuracy, history, path, trained_now=True, info=info)
 
 
@@ -1427,8 +1474,8 @@ def _quantized_shapes(base: nn.Module, settings: dict) -> nn.Module:
 
 def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget | None = None,
                   bits: int | None = None, lr: float = 0.01, optimizer: str = "sgd",
-                  seed: int = 0, progress: bool = True, edge_bits: int | None = None
-                  ) -> TrainedModel:
+                  seed: int = 0, progress: bool = True, edge_bits: int | None = None,
+                  checkpoint: str | os.PathLike | None = None) -> TrainedModel:
     """``base`` quantized by ``method`` and fine-tuned ``epochs`` epochs: from the zoo, the
     cache, or made now and cached (the key hashes ``base``'s cache entry, the settings, the
     budget, the seed and the source of the quantization, weight-sharing, int8, training
@@ -1456,6 +1503,11 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
         ``"finetune"``: nothing quantized, the same fine-tuning: the control that
             separates a technique's effect from its extra training.
 
+    ``checkpoint``: when the model is made here, a file name from which the fine-tuning's
+    checkpoint is named (``<name>.phase0.ckpt``, as :func:`get_pruned`'s): an interrupted
+    run resumes after its last finished epoch, bit for bit. Not for ``"qat"``, whose
+    observers' running ranges are not in the model's state.
+
     ``info`` of the result holds ``method``, and for k-means ``oneshot_accuracy``, the test
     accuracy right after clustering.
 
@@ -1475,6 +1527,10 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
     check_str("optimizer", optimizer, ("sgd", "adamw"))
     check_int("seed", seed, 0)
     check_bool("progress", progress)
+    check_path("checkpoint", checkpoint, none=True)
+    if checkpoint is not None and method == "qat":
+        raise ValueError("checkpoint is not supported with method 'qat' (its observers' "
+                         "running ranges are not in the model's state); pass checkpoint=None")
     allowed = {"qat": quantization.UNIFORM_BITS, "kmeans": quantization.CODE_BITS}.get(method)
     if allowed is None and bits is not None:
         raise ValueError(f"method {method!r} does not take bits")
@@ -1514,13 +1570,15 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
         model = int8.prepare_int8_qat(copy.deepcopy(base.model), torch.zeros(_INT8_EXAMPLE_SHAPE))
     else:
         model = _quantized_shapes(base.model, settings)
+    phases = _Phases(checkpoint)
     history = fit(model, train_loader, epochs, test_loader, lr=lr, optimizer=optimizer,
-                  schedule="cosine", seed=seed, progress=progress)
+                  schedule="cosine", seed=seed, progress=progress, **phases.next())
     if method == "kmeans":   # stored plain: the same weights, no codebook to rebuild
         model = weight_sharing.unshare(model)
     accuracy = history.test_accuracy[-1]
     _store(path, {"state_dict": model.state_dict(), "accuracy": accuracy,
                   "history": history.as_dict(), "info": info, "key": key})
+    phases.remove()
     model.eval()
     return TrainedModel(model, accuracy, history, path, trained_now=True, info=info)
 
@@ -1557,8 +1615,12 @@ def subset_correct(model: nn.Module) -> int:
 
 
 def partial_checkpoint(entry: ZooEntry) -> Path:
-    """Where a build keeps ``entry``'s training between epochs (trained from scratch):
-    ``zoo/partial/<name>.v<version>.ckpt``, so that a new recipe version starts afresh."""
+    """Where a build keeps ``entry``'s training between epochs:
+    ``zoo/partial/<name>.v<version>.ckpt`` for a model trained from scratch, and for a
+    derived one (pruned, quantized, decomposed) ``<name>.v<version>.phase<i>.ckpt`` per
+    training phase; a new recipe version starts afresh. AGP, simulated QAT and distilled
+    models train without one (a pruner's schedule, observers' ranges, a teacher's logits
+    are not in the file) and start again when interrupted."""
     check_instance("entry", entry, ZooEntry)
     return _weights.zoo_dir() / "partial" / f"{entry.name}.v{entry.version}.ckpt"
 
@@ -1579,24 +1641,26 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
     _BUILDING.add(name)
     start = time.perf_counter()
     try:
+        # every model resumes from its last finished epoch: the checkpoints live in the
+        # zoo folder, committed when a session ends mid-model
+        partial = (None if entry.teacher is not None or _distributed.is_distributed()
+                   or (entry.prune or {}).get("method") == "agp"
+                   or (entry.quantize or {}).get("method") == "qat"
+                   else partial_checkpoint(entry))
         if entry.pruned_from is not None:
             result = get_pruned(load(entry.pruned_from), budget=full, progress=progress,
-                                **entry.prune)
+                                checkpoint=partial, **entry.prune)
             seconds = sum(result.history.seconds) + sum(
                 result.info.get("penalty_history", {}).get("seconds", []))
         elif entry.decomposed_from is not None:
             result = get_decomposed(load(entry.decomposed_from), budget=full,
-                                    progress=progress, **entry.decompose)
+                                    progress=progress, checkpoint=partial, **entry.decompose)
             seconds = sum(result.history.seconds)
         elif entry.quantized_from is not None:
             result = get_quantized(load(entry.quantized_from), budget=full, progress=progress,
-                                   **entry.quantize)
+                                   checkpoint=partial, **entry.quantize)
             seconds = sum(result.history.seconds)
         else:
-            # a model trained from scratch resumes from its last finished epoch: the
-            # checkpoint lives in the zoo folder, committed when a session ends mid-model
-            partial = (None if entry.teacher is not None or _distributed.is_distributed()
-                       else partial_checkpoint(entry))
             result = get_trained(
                 entry.model, budget=full, seed=entry.seed, progress=progress, checkpoint=partial,
                 recipe=entry.recipe, epochs=entry.epochs, channels_last=entry.channels_last,

@@ -323,3 +323,28 @@ def test_fit_refuses_a_checkpoint_of_another_run_or_a_damaged_one(tiny_budget, t
                checkpoint=path)
     with pytest.raises(TypeError, match="checkpoint"):
         lc.fit(lc.create_model("lenet5"), train, epochs=1, progress=False, checkpoint=3)
+
+
+def test_fit_keeps_a_finished_checkpoint_when_asked_and_replays_it_without_training(
+        tiny_budget, tmp_path):
+    # a caller with several training phases (slimming: penalty, cut, fine-tune) keeps each
+    # finished phase's file, so a resumed run passes the phase without training it again
+    train, test = _loaders(tiny_budget)
+    kwargs = dict(epochs=2, test_loader=test, lr=0.05, schedule="cosine", seed=4,
+                  progress=False)
+    path = tmp_path / "phase0.ckpt"
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5")
+    first = lc.fit(model, train, checkpoint=path, keep_checkpoint=True, **kwargs)
+    assert path.is_file()
+    torch.manual_seed(1)
+    again = lc.create_model("lenet5")
+    replayed = lc.fit(again, train, checkpoint=path, keep_checkpoint=True,
+                      after_step=_interrupt_after(1), **kwargs)   # would raise if it trained
+    assert replayed.as_dict() == first.as_dict() and path.is_file()
+    state = again.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="keep_checkpoint"):
+        lc.fit(again, train, checkpoint=path, keep_checkpoint=1, **kwargs)
+    with pytest.raises(ValueError, match="keep_checkpoint needs a checkpoint"):
+        lc.fit(again, train, keep_checkpoint=True, **kwargs)

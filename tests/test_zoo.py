@@ -1346,6 +1346,23 @@ def test_a_build_keeps_each_scratch_models_progress_in_the_zoo_folder(shipped_zo
             zoo._train_entry(zoo.ENTRIES[name], full, progress=False)
     assert seen[entry.model] == zoo.partial_checkpoint(entry)
     assert seen[zoo.ENTRIES["cnn_x0.25+kd_s0"].model] is None   # the teacher's logits are not saved
+    # derived models too (their phases are named from the same file), except AGP, whose
+    # pruner's schedule is not in the file
+    for getter, name in (("get_pruned", "baseline_cnn+slimming_half_macs_e20"),
+                         ("get_quantized", "baseline_cnn+kmeans2_e20"),
+                         ("get_decomposed", "baseline_cnn+tucker2_half_macs_e10"),
+                         ("get_pruned", "baseline_cnn+agp12x_e20"),
+                         ("get_quantized", "baseline_cnn+qat_w2a2_e20")):
+        def fake_derived(base, name=name, **kwargs):
+            seen[name] = kwargs.get("checkpoint")
+            raise Stop
+        monkeypatch.setattr(zoo, getter, fake_derived)
+        with pytest.raises(Stop):
+            zoo._train_entry(zoo.ENTRIES[name], full, progress=False)
+    for name in ("baseline_cnn+slimming_half_macs_e20", "baseline_cnn+kmeans2_e20",
+                 "baseline_cnn+tucker2_half_macs_e10"):
+        assert seen[name] == zoo.partial_checkpoint(zoo.ENTRIES[name])
+    assert seen["baseline_cnn+agp12x_e20"] is None and seen["baseline_cnn+qat_w2a2_e20"] is None
     with pytest.raises(TypeError, match="entry must be a ZooEntry"):
         zoo.partial_checkpoint("efficientnet_b0_x0.25")
 
@@ -1360,3 +1377,67 @@ def test_get_trained_trains_through_a_checkpoint_and_removes_it(tiny_budget, tmp
     with pytest.raises(ValueError, match="checkpoint .* teacher"):
         zoo.get_trained("lenet5", budget=tiny_budget, seed=6, progress=False, checkpoint=path,
                         teacher=trained)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("getter,settings", [
+    ("get_pruned", dict(method="slimming", epochs=2, macs_share=0.5, penalty_epochs=2)),
+    ("get_pruned", dict(method="iterative", epochs=3, sparsity=0.8, rounds=(0.5,))),
+    ("get_pruned", dict(method="finetune", epochs=2)),
+    ("get_quantized", dict(method="int8_qat", epochs=2)),
+    ("get_quantized", dict(method="kmeans", epochs=2, bits=2, lr=1e-4, optimizer="adamw")),
+])
+def test_derived_models_resume_from_their_checkpoint_bit_for_bit(tiny_base, tiny_budget, tmp_path,
+                                                                 monkeypatch, getter, settings):
+    # a zoo build of a pruned or quantized model, stopped in the middle of its last training
+    # phase (a session that ends), resumes: finished phases replay from their files, the
+    # interrupted one from its last epoch, and the model equals one uninterrupted run
+    get = getattr(lc.zoo, getter)
+    straight = get(tiny_base, budget=tiny_budget, progress=False, **settings)
+    monkeypatch.setenv("LIGHTCNN_CACHE", str(tmp_path / "second"))   # nothing cached
+    checkpoint = tmp_path / "partial" / "model.v1.ckpt"
+    real_fit, calls = zoo.fit, []
+
+    def fit_stopping_in_the_last_phase(model, loader, epochs, *args, **kwargs):
+        calls.append(kwargs["checkpoint"])
+        if len(calls) == phases:         # the last phase: stop after one epoch and a step
+            inner = kwargs.get("after_step")
+
+            def after_step(m):
+                if inner is not None:
+                    inner(m)
+                after_step.n += 1
+                if after_step.n == len(loader) + 1:
+                    raise _Stop
+            after_step.n = 0
+            kwargs["after_step"] = after_step
+        return real_fit(model, loader, epochs, *args, **kwargs)
+
+    phases = {"slimming": 2, "iterative": 2}.get(settings["method"], 1)
+    monkeypatch.setattr(zoo, "fit", fit_stopping_in_the_last_phase)
+    with pytest.raises(_Stop):
+        get(tiny_base, budget=tiny_budget, progress=False, checkpoint=checkpoint, **settings)
+    files = sorted(p.name for p in checkpoint.parent.iterdir())
+    assert files == [f"model.v1.phase{i}.ckpt" for i in range(phases)]
+    monkeypatch.setattr(zoo, "fit", real_fit)
+    resumed = get(tiny_base, budget=tiny_budget, progress=False, checkpoint=checkpoint, **settings)
+    assert resumed.trained_now and _same_state(resumed.model, straight.model)
+    assert resumed.history.as_dict() | {"seconds": []} == straight.history.as_dict() | {"seconds": []}
+    assert resumed.accuracy == straight.accuracy
+    assert not any(checkpoint.parent.iterdir())          # done: every phase's file removed
+    with pytest.raises(TypeError, match="checkpoint"):
+        get(tiny_base, budget=tiny_budget, progress=False, checkpoint=3, **settings)
+
+
+def test_agp_and_qat_take_no_checkpoint(tiny_base, tiny_budget, tmp_path):
+    # the pruner's schedule and the observers' running ranges are not in fit's file:
+    # refused rather than resumed wrong
+    with pytest.raises(ValueError, match="checkpoint .* .agp"):
+        lc.zoo.get_pruned(tiny_base, "agp", epochs=1, budget=tiny_budget, sparsity=0.9,
+                          progress=False, checkpoint=tmp_path / "agp.ckpt")
+    with pytest.raises(ValueError, match="checkpoint .* .qat"):
+        lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=4,
+                             progress=False, checkpoint=tmp_path / "qat.ckpt")
