@@ -235,8 +235,8 @@ def _converted(prepared: nn.Module) -> nn.Module:
 COMPILED_GRAPHS = 64
 
 
-def compile_cpu(model: nn.Module, examples: Sequence[Tensor] = (), threads: int | None = None
-                ) -> nn.Module:
+def compile_cpu(model: nn.Module, examples: Sequence[Tensor] = (), threads: int | None = None,
+                freezing: bool = True) -> nn.Module:
     """``model`` compiled by Inductor with freezing on, for CPU inference.
 
     Works for float models (the fair "compiled fp32" baseline) and converted int8 modules.
@@ -255,6 +255,11 @@ def compile_cpu(model: nn.Module, examples: Sequence[Tensor] = (), threads: int 
             timing's warm-up.
         threads: the thread count the examples compile for (that of the timings;
             ``None``: the current one, which ``lc.setup`` fixes).
+        freezing: Inductor's ``freezing`` (a process-wide setting, read when a graph
+            compiles; this call sets it): weights become constants, so oneDNN packs int8
+            weights once and folds what depends on them. ``False`` compiles them as
+            inputs, to measure what freezing buys; pass ``examples`` then, so that the
+            graphs compile before a later call sets it back.
 
     Evaluate such a model in the timing state too (:func:`lightcnn.deploy.engine_accuracy`
     does): with torch 2.14.1, an int8 graph compiled here for the timing state and then
@@ -273,10 +278,11 @@ def compile_cpu(model: nn.Module, examples: Sequence[Tensor] = (), threads: int 
                             f"dimension), got {type(x).__name__}"
                             f"{'' if not isinstance(x, Tensor) else f' of shape {tuple(x.shape)}'}")
     check_int("threads", threads, 1, none=True)
+    check_bool("freezing", freezing)
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    inductor_config.freezing = True  # weights as constants: int8 prepacking once, not per call
+    inductor_config.freezing = freezing  # weights as constants: int8 prepacking once, not per call
     # Every model of one class shares its forward's code object, and Dynamo keeps at most
     # recompile_limit graphs per code object (8 by default; each model and input shape
     # takes one): past it, it warns once and runs the rest in eager mode, so a chapter

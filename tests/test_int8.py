@@ -1,5 +1,7 @@
 """Tests for lightcnn.int8: real int8 through torchao's pt2e flow, checked against fp32."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,3 +165,28 @@ def test_compile_cpu_compiles_the_examples_in_the_state_the_timings_run_in():
         int8.compile_cpu(nn.Linear(3, 3), examples=[[1.0, 2.0]])
     with pytest.raises(ValueError, match="threads"):
         int8.compile_cpu(nn.Linear(3, 3), threads=0)
+
+
+def test_compile_cpu_without_freezing_computes_the_same_int8_outputs():
+    # chapter 05 times an int8 graph compiled with and without Inductor's freezing; both
+    # must compute what the reference graph computes, and the setting is the call's
+    import torch._inductor.config as inductor_config
+
+    model, x = _model(), _images(4)
+    q = int8.quantize_int8(model, [_images(8)])
+    with torch.no_grad():
+        ref = q(x)
+    try:
+        unfrozen = int8.compile_cpu(copy.deepcopy(q), examples=[x], threads=1, freezing=False)
+        assert inductor_config.freezing is False
+        frozen = int8.compile_cpu(q, examples=[x], threads=1)
+        assert inductor_config.freezing is True
+        with torch.inference_mode():
+            for compiled in (unfrozen, frozen):
+                out = compiled(x)
+                assert (out.argmax(1) == ref.argmax(1)).all()
+                assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item())
+    finally:
+        inductor_config.freezing = True
+    with pytest.raises(TypeError, match="freezing"):
+        int8.compile_cpu(nn.Linear(3, 3), freezing=1)
