@@ -49,7 +49,7 @@ from ._checks import (check_bool, check_int, check_ints, check_module, check_pat
 
 __all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
            "quantize_onnx_int8", "max_abs_difference", "Deployment", "deployments", "ENGINES",
-           "engine_accuracy"]
+           "engine_accuracy", "engine_outputs"]
 
 
 def _require(module: str, user: str = "lightcnn.deploy",
@@ -488,40 +488,55 @@ def deployments(model: nn.Module, name: str, folder: str | Path, example: torch.
     return rows
 
 
-def engine_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int = 256, threads: int | None = None) -> float:
-    """The fraction of ``images`` a deployed callable classifies as ``labels``.
-
-    It runs as the book times it (``lc.compare_latency``): inference mode, ``lc.setup``'s
-    deterministic mode off, ``threads`` threads (default: the current count), every batch
-    at ``batch_size`` with the last one padded by zero images whose logits are dropped. So
-    a compiled graph meets the very global state and shape it was compiled and timed
-    with, and the accuracy is that of the graph that was timed. It matters: a pt2e int8
-    graph compiled by :func:`lightcnn.int8.compile_cpu` for the timing state and then called
-    under deterministic mode compiles a second graph, which scored 92.79% where the
-    first scored 93.38% (the baseline, torch 2.14.1).
+def engine_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                   threads: int | None = None) -> torch.Tensor:
+    """The outputs (logits) of a deployed callable on ``images``, computed as the book
+    times it (``lc.compare_latency``): inference mode, ``lc.setup``'s deterministic mode
+    off, ``threads`` threads (default: the current count), every batch at ``batch_size``
+    with the last one padded by zero images whose outputs are dropped. So a compiled graph
+    meets the very global state and shape it was compiled and timed with, and the outputs
+    are those of the graph that was timed. It matters: a pt2e int8 graph compiled by
+    :func:`lightcnn.int8.compile_cpu` for the timing state and then called under
+    deterministic mode compiles a second graph, which scored 92.79% where the first scored
+    93.38% (the baseline, torch 2.14.1).
 
     Args:
         images: normalized images ``(N, C, H, W)``, as the model takes them.
-        labels: ``(N,)`` classes.
+
+    Returns:
+        ``(N, ...)`` outputs, one row per image.
     """
     from .profile import _inference
 
     check_module("model", model)
     _check_example(images, "images")
-    check_tensor("labels", labels, 1, integer=True)
-    if len(labels) != len(images):
-        raise ValueError(f"labels must hold one class per image ({len(images)}), "
-                         f"got {len(labels)}")
     check_int("batch_size", batch_size, 1)
     check_int("threads", threads, 1, none=True)
     # padded here, outside inference mode: a tensor made inside it has other dispatch keys
     # than the inputs a graph was compiled with, so Dynamo would compile again for it
     n = len(images)
     padded = torch.cat([images, images.new_zeros(-n % batch_size, *images.shape[1:])])
-    correct = 0
+    outputs = []
     with _inference(model, threads or torch.get_num_threads()):
         for start in range(0, n, batch_size):
-            predicted = model(padded[start:start + batch_size])[:n - start].argmax(1)
-            correct += int((predicted == labels[start:start + batch_size]).sum())
-    return correct / n
+            outputs.append(model(padded[start:start + batch_size])[:n - start].clone())
+    return torch.cat(outputs)
+
+
+def engine_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int = 256, threads: int | None = None) -> float:
+    """The fraction of ``images`` a deployed callable classifies as ``labels``, its
+    outputs computed as :func:`engine_outputs` computes them (the graph that was timed).
+
+    Args:
+        images: normalized images ``(N, C, H, W)``, as the model takes them.
+        labels: ``(N,)`` classes.
+    """
+    check_module("model", model)
+    _check_example(images, "images")
+    check_tensor("labels", labels, 1, integer=True)
+    if len(labels) != len(images):
+        raise ValueError(f"labels must hold one class per image ({len(images)}), "
+                         f"got {len(labels)}")
+    predicted = engine_outputs(model, images, batch_size, threads).argmax(1)
+    return int((predicted == labels).sum()) / len(labels)

@@ -510,6 +510,7 @@ EXAMPLES = {
                                       size_bytes=1),
     "deploy.engine_accuracy": lambda: dict(model=tiny_net(), images=randn(4, 1, 28, 28),
                                            labels=torch.arange(4), batch_size=2),
+    "deploy.engine_outputs": lambda: dict(model=tiny_net(), images=randn(4, 1, 28, 28), batch_size=2),
     # design
     "design.DesignCNN": R(widths=(4, 8, 8)),
     "design.design_cnn": R(widths=(4, 8, 8)),

@@ -178,6 +178,20 @@ def test_openvino_int8_agrees_with_onnx_runtime_int8(shipped_zoo, data_dir, tmp_
     assert (deploy.OpenVinoModel(path, precision=precision)(x).argmax(1) == ort).float().mean() >= 0.99
 
 
+def test_engine_outputs_are_the_models_outputs_batch_by_batch_padding_dropped():
+    torch.manual_seed(0)
+    model = lc.create_model("lenet5").eval()
+    x = torch.randn(300, 1, 28, 28)            # 256 + 44: the last batch padded to 256
+    with torch.no_grad():
+        expected = model(x)
+    out = deploy.engine_outputs(model, x, batch_size=256, threads=1)
+    assert out.shape == (300, 10) and torch.allclose(out, expected, atol=1e-5)
+    labels = expected.argmax(1)
+    assert deploy.engine_accuracy(model, x, labels, threads=1) == 1.0
+    with pytest.raises(ValueError, match="batch_size"):
+        deploy.engine_outputs(model, x, batch_size=0)
+
+
 def test_engine_accuracy_scores_the_compiled_int8_graph_that_was_timed(shipped_zoo, data_dir):
     # compile_cpu(examples) compiles for the timing state; called under lc.setup's
     # deterministic mode the int8 graph compiled again, and that second graph scored
