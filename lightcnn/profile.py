@@ -708,7 +708,8 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
                    repeats: int = 50, macs: dict[str, int] | None = None,
                    size_bytes: dict[str, int] | None = None,
                    size_gzip_bytes: dict[str, int] | None = None, number: int | None = 1,
-                   until_stable: bool = False) -> list[dict]:
+                   until_stable: bool = False, controls: dict[str, str] | None = None
+                   ) -> list[dict]:
     """Rows of :func:`profile_model` for several models, their latency timed side by side.
 
     At each batch size the models run round-robin in one loop (:func:`compare_latency`),
@@ -727,6 +728,12 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
             counted one (see :func:`profile_model`).
         number, until_stable: passes per timed sample, and whether to retake the samples
             until they are stable (see :func:`time_interleaved`).
+        controls: row name -> the name of another row of ``models``, the same network
+            without the technique in the same engine (int8 compiled -> float32
+            compiled). The row gets ``control`` (that name), and per batch size
+            ``control_speedup_b{b}`` (control median / row median, from the same
+            round-robin run) and ``control_speedup_relative_iqr_b{b}`` (its spread, round
+            by round, as ``speedup_relative_iqr_b{b}``).
 
     Raises:
         ValueError: ``models`` is empty or not a dict, or a per-row dict names a row that
@@ -749,6 +756,12 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
                 check_float(f"accuracy[{name!r}]", value, 0, 1, none=True)
             else:
                 _check_count(f"{arg}[{name!r}]", value)
+    check_mapping("controls", controls, none=True, what="a dict of row name -> control row name")
+    controls = controls or {}
+    for name, control in controls.items():
+        if name not in models or control not in models or name == control:
+            raise ValueError(f"controls must map a row of models to another row of models, "
+                             f"got {name!r} -> {control!r}")
     _check_row_args(baseline, budget, batch_sizes)
     _check_repeat_args(number, until_stable, MAX_NUMBER)   # before the counts: they take time
     rows = {name: _counts_row(model, name, per_row["accuracy"].get(name),
@@ -763,6 +776,12 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
             ratio = (speedup(latency[baseline], latency[name])
                      if baseline in latency and name != baseline else None)
             _latency_fields(row, b, latency[name], ratio)
+        for name, control in controls.items():
+            against = speedup(latency[control], latency[name])
+            rows[name][f"control_speedup_b{b}"] = against.value
+            rows[name][f"control_speedup_relative_iqr_b{b}"] = against.relative_iqr
+    for name, control in controls.items():
+        rows[name]["control"] = control
     for row in rows.values():
         row["threads"] = threads
         row["budget"] = budget

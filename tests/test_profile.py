@@ -493,3 +493,35 @@ def test_profile_models_stores_each_speedups_spread(clock):
     assert rows[0]["speedup_relative_iqr_b1"] is None and rows[0]["latency_passes_b1"] == 1
     assert rows[1]["speedup_relative_iqr_b1"] == pytest.approx((4 - 2) / 3)
     assert "x?" in str(lc.compare(rows))
+
+
+def test_profile_models_gives_each_row_its_ratio_against_its_control(clock):
+    # int8 compiled against float32 compiled, from the same round-robin run as the
+    # ratios against the eager baseline
+    class Fake(torch.nn.Module):
+        def __init__(self, ms):
+            super().__init__()
+            self.net, self.step = torch.nn.Linear(1, 1), _cycling(clock, ms)
+
+        def forward(self, x):
+            self.step()
+            return x
+    models = {"eager": Fake([4.0]), "compiled": Fake([2.0]), "int8": Fake([1.0, 0.5])}
+    rows = lc.profile_models(models, baseline="eager", batch_sizes=(1, 2), threads=1, warmup=0,
+                             repeats=8, controls={"int8": "compiled"})
+    by_name = {r["name"]: r for r in rows}
+    int8 = by_name["int8"]
+    assert int8["control"] == "compiled" and "control" not in by_name["compiled"]
+    for b in (1, 2):
+        assert int8[f"control_speedup_b{b}"] == pytest.approx(
+            by_name["compiled"][f"latency_ms_b{b}"] / int8[f"latency_ms_b{b}"])
+        # round by round 2/1 and 2/0.5: ratios 2 and 4, spread (4 - 2) / 3
+        assert int8[f"control_speedup_relative_iqr_b{b}"] == pytest.approx((4 - 2) / 3)
+    assert int8["speedup_relative_iqr_b1"] == pytest.approx((8 - 4) / 6)
+    for bad in ({"int8": "missing"}, {"missing": "eager"}, {"int8": "int8"}):
+        with pytest.raises(ValueError, match="controls must map"):
+            lc.profile_models(models, baseline="eager", batch_sizes=(1,), threads=1, warmup=0,
+                              repeats=2, controls=bad)
+    with pytest.raises((TypeError, ValueError), match="controls"):
+        lc.profile_models(models, baseline="eager", batch_sizes=(1,), threads=1, warmup=0,
+                          repeats=2, controls=["int8"])
