@@ -479,7 +479,8 @@ def test_compare_marks_unstable_latencies_and_speedups_with_a_footnote():
     assert "?" not in clean and lc.profile.UNSTABLE_NOTE not in clean
 
 
-def test_profile_models_stores_each_speedups_spread(clock):
+def _timed_module(clock):
+    """A module class whose forward advances the fake clock by the given ms, in turn."""
     class Fake(torch.nn.Module):
         def __init__(self, ms):
             super().__init__()
@@ -488,6 +489,11 @@ def test_profile_models_stores_each_speedups_spread(clock):
         def forward(self, x):
             self.step()
             return x
+    return Fake
+
+
+def test_profile_models_stores_each_speedups_spread(clock):
+    Fake = _timed_module(clock)
     rows = lc.profile_models({"base": Fake([2.0]), "jittery": Fake([1.0, 0.5])}, baseline="base",
                              batch_sizes=(1,), threads=1, warmup=0, repeats=8)
     assert rows[0]["speedup_relative_iqr_b1"] is None and rows[0]["latency_passes_b1"] == 1
@@ -498,14 +504,7 @@ def test_profile_models_stores_each_speedups_spread(clock):
 def test_profile_models_gives_each_row_its_ratio_against_its_control(clock):
     # int8 compiled against float32 compiled, from the same round-robin run as the
     # ratios against the eager baseline
-    class Fake(torch.nn.Module):
-        def __init__(self, ms):
-            super().__init__()
-            self.net, self.step = torch.nn.Linear(1, 1), _cycling(clock, ms)
-
-        def forward(self, x):
-            self.step()
-            return x
+    Fake = _timed_module(clock)
     models = {"eager": Fake([4.0]), "compiled": Fake([2.0]), "int8": Fake([1.0, 0.5])}
     rows = lc.profile_models(models, baseline="eager", batch_sizes=(1, 2), threads=1, warmup=0,
                              repeats=8, controls={"int8": "compiled"})
