@@ -608,8 +608,11 @@ class FakeQuantize(nn.Module):
         # as tensors beside them, since the zoo's safetensors files hold nothing else
         for key, attribute in self._FLAGS.items():
             destination[prefix + key] = torch.tensor(getattr(self, attribute))
-        for key, value in self.observer.state_dict().items():
-            destination[f"{prefix}observer.{key}"] = value
+        # a frozen quantizer no longer observes: its observer is not stored (a calibrated
+        # PTQ model would otherwise carry every sample an MSE or percentile observer kept)
+        if self.observer_enabled:
+            for key, value in self.observer.state_dict().items():
+                destination[f"{prefix}observer.{key}"] = value
 
     def _apply(self, fn, recurse=True) -> FakeQuantize:
         # .to(), .cuda(), .double() reach buffers through _apply; the observer's statistics

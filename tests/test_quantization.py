@@ -355,11 +355,13 @@ def test_fake_quantize_state_dict_holds_the_observers_running_state(cls, kwargs,
         assert torch.equal(fresh.train()(x), fq.train()(x))   # the next batch, same statistics
     assert _observer_state_equal(fresh.observer, fq.observer)
     assert torch.equal(fresh.scale, fq.scale) and torch.equal(fresh.zero_point, fq.zero_point)
-    # the flags travel too: a frozen quantizer loads frozen
+    # the flags travel too: a frozen quantizer loads frozen, without its observer (it no
+    # longer observes; a calibrated PTQ model would otherwise carry every kept sample)
     fq.freeze()
+    assert not any(k.startswith("observer.") for k in fq.state_dict())
     fresh = Q.FakeQuantize(4, False, axis, cls, **kwargs)
     fresh.load_state_dict(fq.state_dict())
-    assert not fresh.observer_enabled and not fresh._stale
+    assert not fresh.observer_enabled and not fresh._stale and fresh.observer.min is None
     with torch.no_grad():
         assert torch.equal(fresh.train()(x * 10), fq.train()(x * 10))
 
