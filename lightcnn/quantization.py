@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -263,7 +263,9 @@ class Observer:
     """Calibration observer: ``update(x)`` for each batch, then ``scale_zero_point()``.
 
     Every observer keeps the running min and max of each channel; a subclass picks the
-    clipping range ``[lo, hi]`` handed to :func:`qparams` in :meth:`clip_range`.
+    clipping range ``[lo, hi]`` handed to :func:`qparams` in :meth:`clip_range`. The running
+    statistics (what :meth:`update` accumulates, tensors only) come out of
+    :meth:`state_dict` and go back with :meth:`load_state_dict`, so a training run resumes.
 
     Args:
         bits: code width, in ``UNIFORM_BITS``.
@@ -286,6 +288,9 @@ class Observer:
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
 
+    # the keys of state_dict(): the statistics this class accumulates
+    _STATE: tuple[str, ...] = ("min", "max")
+
     def update(self, x: torch.Tensor) -> None:
         """Add a batch (or a weight) to the statistics.
 
@@ -302,7 +307,61 @@ class Observer:
         if self.min is not None and rows.shape[0] != self.min.numel():
             raise ValueError(f"x has {rows.shape[0]} channels, earlier batches had "
                              f"{self.min.numel()}")
+        if self.min is not None and self.min.device != rows.device:
+            # statistics loaded on another device than the data's (a checkpoint read on the
+            # CPU into a model already on the GPU) follow the data
+            self._map_tensors(lambda t: t.to(rows.device))
         self._observe(rows)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running statistics: ``min`` and ``max``, ``(C,)`` (``(1,)`` per tensor), and
+        for sample observers ``sample`` ``(C, n)`` and ``stride`` (0-d: every
+        ``stride``-th value is kept). Empty before the first :meth:`update`. The tensors
+        are the observer's own (it replaces them, never changes them in place)."""
+        return {} if self.min is None else {"min": self.min, "max": self.max}
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Continue from the statistics :meth:`state_dict` returned (copies of them); an
+        empty one forgets every batch seen so far.
+
+        Raises:
+            TypeError: not a mapping of tensors.
+            ValueError: other keys than this observer's, or shapes that do not fit it or
+                each other (another channel count, several channels per tensor).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of name -> tensor (an "
+                            f"Observer.state_dict()), got {type(state_dict).__name__}")
+        if set(state_dict) not in (set(), set(self._STATE)):
+            raise ValueError(f"state_dict must hold {list(self._STATE)} (or nothing: an "
+                             f"observer that has seen no data), got {sorted(state_dict)}")
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"state_dict[{key!r}] must be a torch.Tensor, got "
+                                f"{type(value).__name__}")
+        if state_dict:
+            self._check_state(state_dict)
+        self._load({k: v.detach().clone() for k, v in state_dict.items()})
+
+    def _check_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` where a full :meth:`state_dict` does not fit this observer."""
+        lo, hi = state["min"], state["max"]
+        if lo.dim() != 1 or lo.shape != hi.shape:
+            raise ValueError(f"state_dict's min and max must be 1-D, one value per channel, "
+                             f"of one shape; got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        if self.per_channel_axis is None and lo.numel() != 1:
+            raise ValueError(f"state_dict holds {lo.numel()} channels; an observer with "
+                             "per_channel_axis=None keeps one range")
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the statistics from a checked, copied :meth:`state_dict` (empty: none)."""
+        self.min, self.max = state.get("min"), state.get("max")
+
+    def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace every statistic ``t`` by ``fn(t)`` (another device, a float dtype); the
+        integer ones (the sample's stride) are counts and stay as they are."""
+        self._load({k: fn(v) if v.is_floating_point() else v
+                    for k, v in self.state_dict().items()})
 
     def _observe(self, rows: torch.Tensor) -> None:
         lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
@@ -365,6 +424,8 @@ class MinMaxObserver(Observer):
 class _SampleObserver(Observer):
     """Also keeps a bounded, deterministic sample of each channel for range searches."""
 
+    _STATE = ("min", "max", "sample", "stride")
+
     def __init__(self, bits: int = 8, symmetric: bool = False,
                  per_channel_axis: int | None = None, signed: bool | None = None, *,
                  max_samples: int = 2**16):
@@ -381,6 +442,26 @@ class _SampleObserver(Observer):
         self.sample = new if self.sample is None else torch.cat([self.sample, new], dim=1)
         while self.sample.shape[1] > max(1, self.max_samples // rows.shape[0]):
             self.sample, self._stride = self.sample[:, ::2], self._stride * 2
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        if state:   # the stride as a tensor: state dicts and weights_only files hold tensors
+            state.update(sample=self.sample, stride=torch.tensor(self._stride))
+        return state
+
+    def _check_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        super()._check_state(state)
+        sample, stride, channels = state["sample"], state["stride"], state["min"].numel()
+        if sample.dim() != 2 or sample.shape[0] != channels:
+            raise ValueError(f"state_dict's sample must be (C, n) with C = {channels} channels, "
+                             f"got shape {tuple(sample.shape)}")
+        if stride.numel() != 1 or stride.is_floating_point() or int(stride) < 1:
+            raise ValueError(f"state_dict's stride must be one integer >= 1, got {stride!r}")
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        super()._load(state)
+        self.sample = state.get("sample")
+        self._stride = int(state["stride"]) if state else 1
 
 
 class PercentileObserver(_SampleObserver):
@@ -477,7 +558,20 @@ class FakeQuantize(nn.Module):
     ``(scale, zero_point)`` (buffers) are recomputed from it; in eval mode, or once frozen,
     they stay fixed. Gradient: the clipped STE of :func:`fake_quantize`. Extra keyword
     arguments go to ``observer_cls`` (e.g. ``averaging_constant``).
+
+    The state dict holds, besides ``scale`` and ``zero_point`` (once computed), what makes
+    the next forward what it would have been, so a checkpoint resumes training bit for
+    bit: the flags ``observer_enabled``, ``fake_quant_enabled`` and ``stale`` (0-d bool
+    tensors; ``stale``: new statistics since ``scale`` was computed) and the observer's
+    running statistics as ``observer.<name>`` (:meth:`Observer.state_dict`: ``min``,
+    ``max``, sample observers' ``sample`` and ``stride``; none before the first batch).
+    A state dict without the flags (saved before they were stored) still loads: the
+    observer keeps its own statistics and the loaded pair is used until new ones arrive.
     """
+
+    # the flags stored in the state dict, as the attribute each one sets
+    _FLAGS = {"observer_enabled": "observer_enabled", "fake_quant_enabled": "fake_quant_enabled",
+              "stale": "_stale"}
 
     def __init__(self, bits: int = 8, symmetric: bool = False,
                  per_channel_axis: int | None = None,
@@ -508,8 +602,31 @@ class FakeQuantize(nn.Module):
         o = self.observer
         return fake_quantize(x, self.scale, self.zero_point, o.bits, o.signed, o.per_channel_axis)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # the flags and the observer's statistics are plain attributes, not buffers; stored
+        # as tensors beside them, since the zoo's safetensors files hold nothing else
+        for key, attribute in self._FLAGS.items():
+            destination[prefix + key] = torch.tensor(getattr(self, attribute))
+        # a frozen quantizer no longer observes: its observer is not stored (a calibrated
+        # PTQ model would otherwise carry every sample an MSE or percentile observer kept)
+        if self.observer_enabled:
+            for key, value in self.observer.state_dict().items():
+                destination[f"{prefix}observer.{key}"] = value
+
+    def _apply(self, fn, recurse=True) -> FakeQuantize:
+        # .to(), .cuda(), .double() reach buffers through _apply; the observer's statistics
+        # go the same way, so a model moved back to the CPU saves no GPU tensor
+        self.observer._map_tensors(fn)
+        return super()._apply(fn, recurse)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
+        # The flags and the observer's statistics are not buffers: taken out of the (per
+        # module) copy of the state dict here, so nn.Module does not call them unexpected
+        flags = {k: state_dict.pop(prefix + k) for k in self._FLAGS if prefix + k in state_dict}
+        observed = ({k[len(prefix + "observer."):]: state_dict.pop(k) for k in list(state_dict)
+                     if k.startswith(prefix + "observer.")} if flags else {})
         # A quantizer that has observed nothing holds no (scale, zero_point) yet: give the
         # buffers the stored shapes (one value per tensor, or per channel), so a QAT model
         # saved after training loads into a fresh prepare_qat copy. The loaded pair is used
@@ -525,9 +642,19 @@ class FakeQuantize(nn.Module):
             setattr(self, name, torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if all(getattr(self, n) is not None for n in stored) and all(
-                v is not None for v in stored.values()):
-            self._stale = False
+        if not flags:   # the first format: no flags, no statistics (the observer keeps its own)
+            if all(getattr(self, n) is not None for n in stored) and all(
+                    v is not None for v in stored.values()):
+                self._stale = False
+            return
+        missing_keys.extend(prefix + k for k in self._FLAGS if k not in flags)
+        try:
+            self.observer.load_state_dict(observed)
+        except (TypeError, ValueError) as err:
+            error_msgs.append(f"{prefix}observer: {err}")
+            return
+        for key, value in flags.items():
+            setattr(self, self._FLAGS[key], bool(value))
 
     def extra_repr(self) -> str:
         return repr(self.observer)

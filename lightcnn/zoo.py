@@ -1490,7 +1490,8 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
             weights (per channel) and input activations of every conv and linear layer
             fake-quantized to ``bits``, straight-through gradients; with ``edge_bits``,
             the first conv and the last layer at that width instead. The model keeps its
-            quantizers; their scales and zero points are in its state dict.
+            quantizers; their scales and zero points, and their observers' running
+            statistics, are in its state dict.
         ``"int8_qat"``: the same through PyTorch's export flow (``int8.prepare_int8_qat``:
             X86InductorQuantizer's int8 fake quantizers, batch norm folded in training);
             the model is the prepared graph, which ``int8.convert_int8_qat`` turns into
@@ -1505,8 +1506,8 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
 
     ``checkpoint``: when the model is made here, a file name from which the fine-tuning's
     checkpoint is named (``<name>.phase0.ckpt``, as :func:`get_pruned`'s): an interrupted
-    run resumes after its last finished epoch, bit for bit. Not for ``"qat"``, whose
-    observers' running ranges are not in the model's state.
+    run resumes after its last finished epoch, bit for bit (for ``"qat"`` too: the
+    quantizers' observers keep their statistics in the model's state dict).
 
     ``info`` of the result holds ``method``, and for k-means ``oneshot_accuracy``, the test
     accuracy right after clustering.
@@ -1528,9 +1529,6 @@ def get_quantized(base: TrainedModel, method: str, epochs: int, budget: Budget |
     check_int("seed", seed, 0)
     check_bool("progress", progress)
     check_path("checkpoint", checkpoint, none=True)
-    if checkpoint is not None and method == "qat":
-        raise ValueError("checkpoint is not supported with method 'qat' (its observers' "
-                         "running ranges are not in the model's state); pass checkpoint=None")
     allowed = {"qat": quantization.UNIFORM_BITS, "kmeans": quantization.CODE_BITS}.get(method)
     if allowed is None and bits is not None:
         raise ValueError(f"method {method!r} does not take bits")
@@ -1618,9 +1616,9 @@ def partial_checkpoint(entry: ZooEntry) -> Path:
     """Where a build keeps ``entry``'s training between epochs:
     ``zoo/partial/<name>.v<version>.ckpt`` for a model trained from scratch, and for a
     derived one (pruned, quantized, decomposed) ``<name>.v<version>.phase<i>.ckpt`` per
-    training phase; a new recipe version starts afresh. AGP, simulated QAT and distilled
-    models train without one (a pruner's schedule, observers' ranges, a teacher's logits
-    are not in the file) and start again when interrupted."""
+    training phase; a new recipe version starts afresh. AGP and distilled models train
+    without one (a pruner's schedule, a teacher's logits are not in the file) and start
+    again when interrupted."""
     check_instance("entry", entry, ZooEntry)
     return _weights.zoo_dir() / "partial" / f"{entry.name}.v{entry.version}.ckpt"
 
@@ -1645,7 +1643,6 @@ def _train_entry(entry: ZooEntry, full: Budget, device: str | None = None,
         # zoo folder, committed when a session ends mid-model
         partial = (None if entry.teacher is not None or _distributed.is_distributed()
                    or (entry.prune or {}).get("method") == "agp"
-                   or (entry.quantize or {}).get("method") == "qat"
                    else partial_checkpoint(entry))
         if entry.pruned_from is not None:
             result = get_pruned(load(entry.pruned_from), budget=full, progress=progress,

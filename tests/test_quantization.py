@@ -1,5 +1,7 @@
 """Tests for lightcnn.quantization: the arithmetic, observers, STE, QAT/PTQ, packing, sharing."""
 
+import copy
+import io
 import math
 
 import pytest
@@ -305,6 +307,184 @@ def test_a_trained_qat_model_loads_into_a_fresh_copy():
     fresh.train()(x)                 # new statistics replace the loaded pair
     with pytest.raises(RuntimeError, match="size mismatch"):
         Q.prepare_qat(_lenet(), 4, 4, per_channel=False).load_state_dict(state)
+
+
+# the observers a FakeQuantize can hold, with settings that make them keep state: a moving
+# average (QAT's activations), the latest tensor (QAT's weights), and sample observers whose
+# sample outgrows max_samples (so their stride doubles)
+QUANTIZER_OBSERVERS = [
+    (Q.MinMaxObserver, {}), (Q.MinMaxObserver, dict(averaging_constant=0.01)),
+    (Q.MinMaxObserver, dict(averaging_constant=1.0)),
+    (Q.PercentileObserver, dict(percentile=99.0, max_samples=64)),
+    (Q.MSEObserver, dict(grid=10, max_samples=64)),
+]
+
+
+def _observer_state_equal(a: Q.Observer, b: Q.Observer) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _train_a_little(qat: nn.Module, steps: int = 3) -> None:
+    """A few SGD steps on fixed random batches: weights move, observers accumulate."""
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05)
+    qat.train()
+    for step in range(steps):
+        x = _randn(8, 1, 28, 28, seed=10 + step) * (1 + step)
+        opt.zero_grad()
+        qat(x).square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+@pytest.mark.parametrize("cls, kwargs", QUANTIZER_OBSERVERS)
+def test_fake_quantize_state_dict_holds_the_observers_running_state(cls, kwargs, axis):
+    fq = Q.FakeQuantize(4, False, axis, cls, **kwargs).train()
+    for seed in range(4):
+        fq(_randn(3, 50, seed=seed) * (seed + 1))
+    state = fq.state_dict()
+    fresh = Q.FakeQuantize(4, False, axis, cls, **kwargs)
+    fresh.load_state_dict(state)                   # strict: every stored key has a place
+    assert _observer_state_equal(fresh.observer, fq.observer) and fresh.observer.min is not None
+    assert (fresh.observer_enabled, fresh.fake_quant_enabled, fresh._stale) == (
+        fq.observer_enabled, fq.fake_quant_enabled, fq._stale)
+    x = _randn(3, 50, seed=9) * 3
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), fq.eval()(x))
+        assert torch.equal(fresh.train()(x), fq.train()(x))   # the next batch, same statistics
+    assert _observer_state_equal(fresh.observer, fq.observer)
+    assert torch.equal(fresh.scale, fq.scale) and torch.equal(fresh.zero_point, fq.zero_point)
+    # the flags travel too: a frozen quantizer loads frozen, without its observer (it no
+    # longer observes; a calibrated PTQ model would otherwise carry every kept sample)
+    fq.freeze()
+    assert not any(k.startswith("observer.") for k in fq.state_dict())
+    fresh = Q.FakeQuantize(4, False, axis, cls, **kwargs)
+    fresh.load_state_dict(fq.state_dict())
+    assert not fresh.observer_enabled and not fresh._stale and fresh.observer.min is None
+    with torch.no_grad():
+        assert torch.equal(fresh.train()(x * 10), fq.train()(x * 10))
+
+
+def test_a_qat_model_resumes_from_its_state_dict_bit_for_bit():
+    """What a fit checkpoint holds of a QAT model (its state dict) restores it exactly: a
+    prepare_qat copy that has observed nothing takes the next training step and evaluates
+    as the original does. Without the observers' statistics it would not: the moving
+    average of the activation ranges would start again from one batch."""
+    qat = Q.prepare_qat(_lenet(), 4, 4, edge_bits=8)
+    _train_a_little(qat)
+    state = torch.load(_saved(qat.state_dict()), weights_only=True)   # as fit's checkpoint
+    fresh = Q.prepare_qat(_lenet(), 4, 4, edge_bits=8)
+    fresh.load_state_dict(state)
+    pairs = [(a, b) for a, b in zip(qat.modules(), fresh.modules()) if isinstance(a, Q.FakeQuantize)]
+    assert len(pairs) == 10
+    assert all(_observer_state_equal(a.observer, b.observer) for a, b in pairs)
+    x = _randn(8, 1, 28, 28, seed=20) * 2
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), qat.eval()(x))
+    _train_a_little(qat, 2)
+    _train_a_little(fresh, 2)
+    assert all(torch.equal(a, b) for a, b in zip(qat.state_dict().values(),
+                                                 fresh.state_dict().values()))
+    with torch.no_grad():
+        assert torch.equal(fresh.train()(x), qat.train()(x))
+        assert torch.equal(fresh.eval()(x), qat.eval()(x))
+    # the control: the same weights and scales without the observers' statistics
+    forgetful = Q.prepare_qat(_lenet(), 4, 4, edge_bits=8)
+    forgetful.load_state_dict(_first_format(qat.state_dict()))
+    with torch.no_grad():
+        assert not torch.equal(forgetful.train()(x), qat.train()(x))
+
+
+def _saved(state: dict) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _first_format(state: dict) -> dict:
+    """A QAT state dict as the first versions stored it: weights, buffers, scales and zero
+    points, no flags and no observer statistics."""
+    extra = (".observer_enabled", ".fake_quant_enabled", ".stale")
+    return {k: v for k, v in state.items() if not k.endswith(extra) and ".observer." not in k}
+
+
+def test_a_qat_state_dict_of_the_first_format_still_loads():
+    qat = Q.prepare_qat(_lenet(), 4, 4)
+    _train_a_little(qat)
+    old = _first_format(qat.state_dict())
+    assert len(old) < len(qat.state_dict())
+    x = _randn(8, 1, 28, 28, seed=20)
+    for target in (Q.prepare_qat(_lenet(), 4, 4), copy.deepcopy(qat)):   # fresh, or trained
+        target.load_state_dict(old)                # strict: the missing state is no error
+        with torch.no_grad():
+            assert torch.equal(target.eval()(x), qat.eval()(x))
+    fresh = Q.prepare_qat(_lenet(), 4, 4)
+    fresh.load_state_dict(old)
+    # as before: the loaded scales are used until new statistics arrive, which start anew
+    assert all(not m._stale and m.observer.min is None
+               for m in fresh.modules() if isinstance(m, Q.FakeQuantize))
+    fresh.train()(x)
+
+
+def test_a_quantizer_that_has_observed_nothing_round_trips():
+    qat = Q.prepare_qat(_lenet(), 4, 4)
+    state = qat.state_dict()
+    assert not any(".observer." in k or k.endswith("scale") for k in state)
+    fresh = Q.prepare_qat(_lenet(), 4, 4)
+    fresh.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert all(m.observer.min is None and m._stale
+               for m in fresh.modules() if isinstance(m, Q.FakeQuantize))
+    x = _randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(fresh.train()(x), qat.train()(x))
+    # and an empty observer's state forgets what a trained one had seen
+    obs = Q.PercentileObserver(max_samples=8)
+    obs.update(_randn(100))
+    obs.load_state_dict(Q.PercentileObserver().state_dict())
+    assert obs.min is None and obs.sample is None and obs.state_dict() == {}
+    obs.update(_randn(100))
+    again = Q.PercentileObserver(max_samples=8)
+    again.update(_randn(100))
+    assert _observer_state_equal(obs, again)
+
+
+@pytest.mark.parametrize("cls, kwargs", QUANTIZER_OBSERVERS)
+def test_observer_state_dict_round_trips_and_rejects_others(cls, kwargs):
+    obs = cls(4, per_channel_axis=0, **kwargs)
+    for seed in range(3):
+        obs.update(_randn(3, 40, seed=seed))
+    state = obs.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    other = cls(4, per_channel_axis=0, **kwargs)
+    other.load_state_dict(state)
+    assert _observer_state_equal(other, obs)
+    assert torch.equal(torch.stack(other.scale_zero_point()), torch.stack(obs.scale_zero_point()))
+    with pytest.raises(ValueError, match="state_dict must hold"):
+        other.load_state_dict({"min": state["min"]})
+    with pytest.raises(ValueError, match="state_dict must hold"):
+        other.load_state_dict(dict(state, extra=torch.ones(1)))
+    with pytest.raises(TypeError, match=r"state_dict\['max'\] must be a torch.Tensor"):
+        other.load_state_dict(dict(state, max=[1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="per_channel_axis=None"):
+        cls(4, **kwargs).load_state_dict(state)    # 3 channels into a per-tensor observer
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        other.load_state_dict([("min", state["min"])])
+    # inside a model's load_state_dict, the same mistakes are load errors
+    fq = Q.FakeQuantize(4, observer_cls=cls, **kwargs).train()
+    fq(_randn(40))
+    bad = fq.state_dict() | {f"observer.{k}": v for k, v in state.items()}   # 3 channels
+    with pytest.raises(RuntimeError, match="observer: .*per_channel_axis=None"):
+        Q.FakeQuantize(4, observer_cls=cls, **kwargs).load_state_dict(bad)
+
+
+def test_the_observers_statistics_move_with_the_module():
+    fq = Q.FakeQuantize(4, per_channel_axis=0, observer_cls=Q.PercentileObserver).train()
+    fq(_randn(3, 40))
+    fq.to("meta")       # .to() moves buffers and the observer's statistics alike
+    o = fq.observer
+    assert fq.scale.is_meta and o.min.is_meta and o.max.is_meta and o.sample.is_meta
 
 
 def test_ptq_and_qat_at_8_bits_are_close_to_float_and_lower_bits_are_worse():

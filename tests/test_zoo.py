@@ -1346,7 +1346,8 @@ def test_a_build_keeps_each_scratch_models_progress_in_the_zoo_folder(shipped_zo
             zoo._train_entry(zoo.ENTRIES[name], full, progress=False)
     assert seen[entry.model] == zoo.partial_checkpoint(entry)
     assert seen[zoo.ENTRIES["cnn_x0.25+kd_s0"].model] is None   # the teacher's logits are not saved
-    # derived models too (their phases are named from the same file), except AGP, whose
+    # derived models too (their phases are named from the same file; simulated QAT's
+    # observers keep their statistics in the model's state dict), except AGP, whose
     # pruner's schedule is not in the file
     for getter, name in (("get_pruned", "baseline_cnn+slimming_half_macs_e20"),
                          ("get_quantized", "baseline_cnn+kmeans2_e20"),
@@ -1360,9 +1361,9 @@ def test_a_build_keeps_each_scratch_models_progress_in_the_zoo_folder(shipped_zo
         with pytest.raises(Stop):
             zoo._train_entry(zoo.ENTRIES[name], full, progress=False)
     for name in ("baseline_cnn+slimming_half_macs_e20", "baseline_cnn+kmeans2_e20",
-                 "baseline_cnn+tucker2_half_macs_e10"):
+                 "baseline_cnn+tucker2_half_macs_e10", "baseline_cnn+qat_w2a2_e20"):
         assert seen[name] == zoo.partial_checkpoint(zoo.ENTRIES[name])
-    assert seen["baseline_cnn+agp12x_e20"] is None and seen["baseline_cnn+qat_w2a2_e20"] is None
+    assert seen["baseline_cnn+agp12x_e20"] is None
     with pytest.raises(TypeError, match="entry must be a ZooEntry"):
         zoo.partial_checkpoint("efficientnet_b0_x0.25")
 
@@ -1389,6 +1390,7 @@ class _Stop(Exception):
     ("get_pruned", dict(method="finetune", epochs=2)),
     ("get_quantized", dict(method="int8_qat", epochs=2)),
     ("get_quantized", dict(method="kmeans", epochs=2, bits=2, lr=1e-4, optimizer="adamw")),
+    ("get_quantized", dict(method="qat", epochs=2, bits=2, edge_bits=8)),
 ])
 def test_derived_models_resume_from_their_checkpoint_bit_for_bit(tiny_base, tiny_budget, tmp_path,
                                                                  monkeypatch, getter, settings):
@@ -1432,12 +1434,9 @@ def test_derived_models_resume_from_their_checkpoint_bit_for_bit(tiny_base, tiny
         get(tiny_base, budget=tiny_budget, progress=False, checkpoint=3, **settings)
 
 
-def test_agp_and_qat_take_no_checkpoint(tiny_base, tiny_budget, tmp_path):
-    # the pruner's schedule and the observers' running ranges are not in fit's file:
-    # refused rather than resumed wrong
+def test_agp_takes_no_checkpoint(tiny_base, tiny_budget, tmp_path):
+    # the pruner's schedule is not in fit's file: refused rather than resumed wrong (QAT's
+    # observers are in the model's state dict: it resumes, as the test above shows)
     with pytest.raises(ValueError, match="checkpoint .* .agp"):
         lc.zoo.get_pruned(tiny_base, "agp", epochs=1, budget=tiny_budget, sparsity=0.9,
                           progress=False, checkpoint=tmp_path / "agp.ckpt")
-    with pytest.raises(ValueError, match="checkpoint .* .qat"):
-        lc.zoo.get_quantized(tiny_base, "qat", epochs=1, budget=tiny_budget, bits=4,
-                             progress=False, checkpoint=tmp_path / "qat.ckpt")
