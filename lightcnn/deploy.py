@@ -16,8 +16,8 @@ compares the two on the same images (float32: within about 1e-4 on logits; int8 
 the same quantization error as PyTorch's int8, so compare predictions, not logits).
 
 Int8 through ORT uses ORT's own static quantizer (per-channel int8 weights, uint8
-activations, min-max calibration on the images given), the path ORT documents and
-maintains; chapter 05's torchao int8 model is lowered by ``torch.compile`` instead and is
+activations, min-max calibration on the images given; 7-bit weights on x86 CPUs without
+VNNI, :func:`reduce_range_for_cpu`), the path ORT documents and maintains; chapter 05's torchao int8 model is lowered by ``torch.compile`` instead and is
 not an exportable graph.
 
 OpenVINO reads the same ONNX files (:class:`OpenVinoModel`): the float32 export, and the
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from ._checks import (check_bool, check_int, check_ints, check_module, check_pat
 
 __all__ = ["export_onnx", "OnnxModel", "OpenVinoModel", "list_executed_layers",
            "quantize_onnx_int8", "max_abs_difference", "Deployment", "deployments", "ENGINES",
-           "engine_accuracy", "engine_outputs"]
+           "engine_accuracy", "engine_outputs", "reduce_range_for_cpu"]
 
 
 def _require(module: str, user: str = "lightcnn.deploy",
@@ -291,18 +292,39 @@ class _Calibration:
         raise NotImplementedError
 
 
+def reduce_range_for_cpu() -> bool:
+    """Whether ONNX Runtime's guidance asks for 7-bit weights (``reduce_range``) on this CPU:
+    x86 without an 8-bit dot-product instruction (:func:`lightcnn.runtime.int8_dot_product`).
+
+    There, u8 x s8 kernels add pairs of products in int16 (AVX2's ``VPMADDUBSW``), and a
+    pair of products of up to ``255 * 127`` each can exceed 32,767 and saturate; with
+    weights in ``[-64, 64]`` no pair can. VNNI (and ARM's dot product) accumulate in int32.
+    """
+    from . import runtime
+
+    return (runtime.int8_dot_product() is None
+            and platform.machine().lower() in ("x86_64", "amd64"))
+
+
 def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: torch.Tensor,
-                       per_channel: bool = True, batch_size: int = 64) -> Path:
+                       per_channel: bool = True, batch_size: int = 64,
+                       reduce_range: bool | None = None) -> Path:
     """Static int8 quantization of an exported float32 ONNX file with ONNX Runtime's
     quantizer, in QDQ format; return ``path``.
 
     Weights: int8, symmetric, one scale per output channel (``per_channel``); activations:
     uint8 with scales from the min and max observed on ``calibration`` (normalized images
     of shape (N, C, H, W)), as in chapter 05's post-training quantization.
+
+    ``reduce_range``: weights in 7 bits (``[-64, 64]``), which ORT's documentation asks for
+    on x86 CPUs without VNNI to avoid int16 saturation; ``None`` decides for this CPU
+    (:func:`reduce_range_for_cpu`). The file is then made for CPUs like this one; OpenVINO
+    runs it too, with the same 7-bit weights.
     """
     check_path("fp32_path", fp32_path)
     check_path("path", path)
     check_bool("per_channel", per_channel)
+    check_bool("reduce_range", reduce_range, none=True)
     fp32_path, path = Path(fp32_path), Path(path)
     if not fp32_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {fp32_path}")
@@ -321,6 +343,7 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: tor
         quantization.quantize_static(
             str(prepared), str(path), _Calibration(input_name, calibration, batch_size),
             quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
+            reduce_range=reduce_range_for_cpu() if reduce_range is None else reduce_range,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax)
@@ -398,7 +421,8 @@ def deployments(model: nn.Module, name: str, folder: str | Path, example: torch.
       compiled now for each of ``compile_batches``; int8 by torchao's pt2e flow
       (:func:`lightcnn.int8.quantize_int8`, ``X86InductorQuantizer``).
     - ``ort``: the ONNX export (:func:`export_onnx`) in ONNX Runtime; int8 by ORT's static
-      quantizer (:func:`quantize_onnx_int8`, QDQ).
+      quantizer (:func:`quantize_onnx_int8`, QDQ; 7-bit weights on x86 without VNNI, as
+      ORT's documentation advises).
     - ``openvino``: the same ONNX files in OpenVINO, float32 forced
       (``INFERENCE_PRECISION_HINT=f32``), the plugin's default precision when it is not
       float32 (``openvino_default``: bf16 on CPUs with AVX512-BF16 or AMX), and the QDQ

@@ -12,9 +12,11 @@ into one table where each variant is also expressed against the baseline it name
     speedup at b    = latency_baseline(b) / latency(b)      (both medians, same run)
 
 A speedup is only ever a ratio of two latencies that the same chapter measured side by
-side; the leaderboard never divides numbers taken in different runs.
-
-Taught in chapters/09_putting_it_together.
+side; the leaderboard never divides numbers taken in different runs. Rows of different
+chapters are still not comparable with each other by latency (each chapter timed its own
+run), which is why chapters/09_putting_it_together times every chapter's final model
+again in one run and draws its fronts from that run only; this module remains the way to
+see every chapter's published rows in one table.
 """
 
 from __future__ import annotations

@@ -218,16 +218,20 @@ def prune_weights(sparsity: float, epochs: int) -> Step:
 
 
 def prune_channels(macs_share: float = 0.5, epochs: int = 1,
-                   importance: cp.Importance = cp.l1_importance, scope: str = "layer") -> Step:
+                   importance: cp.Importance = cp.l1_importance, scope: str = "layer",
+                   round_to: int | None = None) -> Step:
     """Remove channels (chapter 4) until at most ``macs_share`` of the MACs remain, then
-    fine-tune ``epochs`` epochs."""
+    fine-tune ``epochs`` epochs. ``round_to`` keeps every pruned width a multiple of it
+    (:func:`lightcnn.channel_pruning.prune_to_macs`): kernels fill whole vector lanes."""
     _check_share(macs_share)
     _check_epochs(epochs)
     check_callable("importance", importance)
     check_str("scope", scope, ("layer", "global"))
+    check_int("round_to", round_to, 1, none=True)
 
     def step(model: nn.Module, context: Context) -> nn.Module:
-        smaller, _ = cp.prune_to_macs(model, importance, share=macs_share, scope=scope)
+        smaller, _ = cp.prune_to_macs(model, importance, share=macs_share, scope=scope,
+                                      round_to=round_to)
         _finetune(smaller, context, epochs)
         return smaller
     return step
@@ -260,10 +264,22 @@ def slim(macs_share: float = 0.5, penalty: float = 1e-2, penalty_epochs: int = 1
     return step
 
 
-def share_weights(bits: int, epochs: int = 0, lr: float = 1e-4) -> Step:
+def share_weights(bits: int | dict[str, int], epochs: int = 0, lr: float = 1e-4) -> Step:
     """k-means weight sharing of the nonzero weights (chapter 5; zeros stay zero), the
-    centroids fine-tuned ``epochs`` epochs with AdamW at ``lr``. Reports the shared bytes."""
-    _check_bits(bits, CODE_BITS)
+    centroids fine-tuned ``epochs`` epochs with AdamW at ``lr``. Reports the shared bytes.
+
+    ``bits``: the index width of every layer, or ``{layer name: bits}`` as Deep Compression
+    gives convolutions and fully connected layers their own widths (layers not named stay
+    unshared; the names are checked when the step runs)."""
+    if isinstance(bits, dict):
+        check_mapping("bits", bits, nonempty=True, what="a dict of layer name -> bits")
+        for name, b in bits.items():
+            if isinstance(b, bool) or not isinstance(b, int):
+                raise TypeError(f"bits[{name!r}] must be an int in [{CODE_BITS[0]}, "
+                                f"{CODE_BITS[1]}], got {b!r}")
+            _check_bits(b, CODE_BITS, f"bits[{name!r}]")
+    else:
+        _check_bits(bits, CODE_BITS)
     _check_epochs(epochs)
     check_float("lr", lr, 0, low_open=True)
 

@@ -1,6 +1,7 @@
 """lightcnn.deploy: ONNX export (dynamo), ONNX Runtime and OpenVINO, checked against PyTorch."""
 
 import importlib.util
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -364,3 +365,28 @@ def test_deployments_bad_arguments_name_themselves(baseline, images, tmp_path, k
     args = dict(model=baseline, name="cnn", folder=tmp_path, example=images)
     with pytest.raises((TypeError, ValueError), match=match):
         deploy.deployments(**{**args, **kwargs})
+
+
+def _int8_weight_range(path) -> tuple[int, int]:
+    from onnx import numpy_helper
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+
+
+def test_reduce_range_keeps_int8_weights_in_7_bits_and_follows_the_cpu(exported, images, tmp_path,
+                                                                      monkeypatch):
+    # ORT's guidance: x86 without VNNI adds u8 x s8 pairs in int16 (VPMADDUBSW), which
+    # saturates; 7-bit weights (reduce_range) keep every pair sum in range
+    low, high = _int8_weight_range(deploy.quantize_onnx_int8(exported, tmp_path / "full.onnx", images,
+                                                             reduce_range=False))
+    assert high == 127 or low <= -127                          # symmetric per channel: the max is used
+    low, high = _int8_weight_range(deploy.quantize_onnx_int8(exported, tmp_path / "seven.onnx", images,
+                                                             reduce_range=True))
+    assert -64 <= low and high <= 64 and max(-low, high) >= 63
+    assert deploy.reduce_range_for_cpu() == (lc.runtime.int8_dot_product() is None
+                                             and platform.machine().lower() in ("x86_64", "amd64"))
+    monkeypatch.setattr(lc.runtime, "int8_dot_product", lambda *a, **k: "avx512_vnni")
+    assert deploy.reduce_range_for_cpu() is False
+    with pytest.raises(TypeError, match="reduce_range"):
+        deploy.quantize_onnx_int8(exported, tmp_path / "q.onnx", images, reduce_range="yes")

@@ -97,3 +97,30 @@ def test_slim_and_binarize_refuse_what_they_cannot_handle(context):
         pipeline.binarize("ternary", 1)
     with pytest.raises(ValueError, match="penalty_epochs >= 1"):
         pipeline.slim(penalty_epochs=0)
+
+
+def test_share_weights_takes_bits_per_layer_as_deep_compression_does(context):
+    model = _lenet()
+    bits = {name: 3 if isinstance(layer, torch.nn.Conv2d) else 2
+            for name, layer in lc.pruning.prunable_layers(model).items()}
+    record = pipeline.run_pipeline(model, [("share", pipeline.share_weights(bits))], context)[-1]
+    books = lc.weight_sharing.shared_layers(record.model)
+    assert {name: b.codebook.numel() for name, b in books.items()} == {n: 2 ** b for n, b in bits.items()}
+    reference = lc.weight_sharing.share_weights(model, bits, keep_zeros=True)
+    assert record.size_bytes == lc.weight_sharing.weight_sharing_bytes(reference)["total"]
+    with pytest.raises(ValueError, match="bits"):
+        pipeline.share_weights({"features.0": 9})
+    with pytest.raises(TypeError, match="bits"):
+        pipeline.share_weights({"features.0": "4"})
+
+
+def test_prune_channels_rounds_widths_as_prune_to_macs_does(context):
+    model = lc.create_model("baseline_cnn", widths=(24, 40, 56)).eval()
+    record = pipeline.run_pipeline(model, [("prune", pipeline.prune_channels(0.5, epochs=0, round_to=8))],
+                                   context)[-1]
+    reference, _ = lc.channel_pruning.prune_to_macs(model, share=0.5, round_to=8)
+    widths = [m.out_channels for m in record.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [m.out_channels for m in reference.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+    with pytest.raises(ValueError, match="round_to"):
+        pipeline.prune_channels(round_to=0)
