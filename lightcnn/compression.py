@@ -3,11 +3,12 @@
 Han, Mao & Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained
 Quantization and Huffman Coding", ICLR 2016 (arXiv 1510.00149). After pruning (chapter 4)
 and k-means weight sharing with fine-tuned centroids (chapter 5), a layer is a set of
-surviving positions and one b-bit cluster index per survivor. Section 4 of the paper
-stores the positions as *relative* indices (the gap from one survivor to the next, in a
-few bits, with a filler entry when a gap does not fit) and Huffman-codes both streams,
-because neither is uniform: k-means puts few weights in the extreme clusters, and gaps
-are mostly short.
+surviving positions and one b-bit cluster index per survivor. The paper stores the
+positions as *relative* indices (section 2: the gap from one survivor to the next, in a
+few bits; a gap that does not fit gets a filler zero, a stored zero weight) and, in
+section 4, Huffman-codes both streams, because neither is uniform: k-means puts few
+weights in the extreme clusters, and gaps are mostly short. Here a filler symbol stores
+no weight (it only says "skip this many zeros").
 
 A Huffman code gives a symbol of probability ``p_s`` a codeword of about ``-log2 p_s``
 bits, so its mean length ``L = sum_s p_s l_s`` satisfies ``H <= L < H + 1`` with
