@@ -564,7 +564,8 @@ class FakeQuantize(nn.Module):
     bit: the flags ``observer_enabled``, ``fake_quant_enabled`` and ``stale`` (0-d bool
     tensors; ``stale``: new statistics since ``scale`` was computed) and the observer's
     running statistics as ``observer.<name>`` (:meth:`Observer.state_dict`: ``min``,
-    ``max``, sample observers' ``sample`` and ``stride``; none before the first batch).
+    ``max``, sample observers' ``sample`` and ``stride``; none before the first batch, and
+    none once frozen: a frozen quantizer no longer observes, and loads with an empty one).
     A state dict without the flags (saved before they were stored) still loads: the
     observer keeps its own statistics and the loaded pair is used until new ones arrive.
     """
