@@ -17,8 +17,8 @@ the same quantization error as PyTorch's int8, so compare predictions, not logit
 
 Int8 through ORT uses ORT's own static quantizer (per-channel int8 weights, uint8
 activations, min-max calibration on the images given; 7-bit weights on x86 CPUs without
-VNNI, :func:`reduce_range_for_cpu`), the path ORT documents and maintains; chapter 05's torchao int8 model is lowered by ``torch.compile`` instead and is
-not an exportable graph.
+VNNI, :func:`reduce_range_for_cpu`), the path ORT documents and maintains; chapter 05's
+torchao int8 model is lowered by ``torch.compile`` instead and is not an exportable graph.
 
 OpenVINO reads the same ONNX files (:class:`OpenVinoModel`): the float32 export, and the
 QDQ int8 file, whose QuantizeLinear/DequantizeLinear pairs its CPU plugin turns into int8
@@ -293,7 +293,7 @@ class _Calibration:
 
 
 def reduce_range_for_cpu() -> bool:
-    """Whether ONNX Runtime's guidance asks for 7-bit weights (``reduce_range``) on this CPU:
+    """Whether ONNX Runtime's guidance recommends 7-bit weights (``reduce_range``) on this CPU:
     x86 without an 8-bit dot-product instruction (:func:`lightcnn.runtime.int8_dot_product`).
 
     There, u8 x s8 kernels add pairs of products in int16 (AVX2's ``VPMADDUBSW``), and a
@@ -316,7 +316,7 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, calibration: tor
     uint8 with scales from the min and max observed on ``calibration`` (normalized images
     of shape (N, C, H, W)), as in chapter 05's post-training quantization.
 
-    ``reduce_range``: weights in 7 bits (``[-64, 64]``), which ORT's documentation asks for
+    ``reduce_range``: weights in 7 bits (``[-64, 64]``), which ORT's documentation recommends
     on x86 CPUs without VNNI to avoid int16 saturation; ``None`` decides for this CPU
     (:func:`reduce_range_for_cpu`). The file is then made for CPUs like this one; OpenVINO
     runs it too, with the same 7-bit weights.
