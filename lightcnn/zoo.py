@@ -62,7 +62,8 @@ from .weights import ZooError
 __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "cache_path",
            "partial_checkpoint", "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
            "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
-           "ZooError", "load", "shipped", "expect_entry", "estimate_pace", "build",
+           "ZooError", "load", "shipped", "expect_entry", "fetch_entry", "estimate_pace",
+           "build",
            "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
@@ -605,6 +606,33 @@ def expect_entry(trained: "TrainedModel", name: str, budget: Budget | str | None
                        + ("" if shipped(entry.name) else ", or the entry is not built yet "
                           f"({_weights.rebuild_command(entry.name)})"))
     return trained
+
+
+def fetch_entry(name: str, get: Callable[..., "TrainedModel"], base: "TrainedModel",
+                budget: Budget | str | None = None, *, optional: bool = False,
+                **settings) -> "TrainedModel | None":
+    """Zoo entry ``name``, made by the call ``get(base, budget=budget, progress=False,
+    **settings)`` (``get`` is :func:`get_pruned`, :func:`get_quantized` or
+    :func:`get_decomposed`) and checked by :func:`expect_entry`.
+
+    ``optional=True`` returns None, without calling ``get``, while the zoo does not ship the
+    entry: a chapter prints "not in the zoo yet" instead of training it (a control or a
+    longer schedule that a conclusion can do without). Otherwise the rules of
+    :func:`expect_entry` hold: at ``full`` an entry not shipped raises; at ``ci`` it is
+    trained small.
+
+    Raises:
+        ValueError: ``name`` is not a zoo entry.
+        TypeError: ``get`` is not callable.
+        ZooError: the call does not describe entry ``name`` (see :func:`expect_entry`).
+    """
+    _entry(name)  # an unknown name fails before anything runs
+    if not callable(get):
+        raise TypeError(f"get must be a callable such as lc.zoo.get_pruned, got "
+                        f"{type(get).__name__}: {get!r}")
+    if optional and not shipped(name):
+        return None
+    return expect_entry(get(base, budget=budget, progress=False, **settings), name, budget)
 
 
 def _entry(name: str) -> ZooEntry:

@@ -1440,3 +1440,32 @@ def test_agp_takes_no_checkpoint(tiny_base, tiny_budget, tmp_path):
     with pytest.raises(ValueError, match="checkpoint .* .agp"):
         lc.zoo.get_pruned(tiny_base, "agp", epochs=1, budget=tiny_budget, sparsity=0.9,
                           progress=False, checkpoint=tmp_path / "agp.ckpt")
+
+
+def test_fetch_entry_calls_get_and_checks_the_entry(monkeypatch):
+    """The helper chapters 04 and 05 share: the get call's result, checked against the
+    entry; None for an optional entry the zoo does not ship, without calling get."""
+    shipped = {"baseline_cnn+finetune_e10"}
+    monkeypatch.setattr(zoo, "shipped", lambda name: name in shipped)
+    base = _stub("baseline_cnn")
+    loaded = _stub("baseline_cnn+finetune_e10")
+    calls = []
+
+    def get(b, budget=None, progress=True, **settings):
+        calls.append((b, budget, progress, settings))
+        return loaded
+
+    got = zoo.fetch_entry("baseline_cnn+finetune_e10", get, base, "ci", method="finetune", epochs=10)
+    assert got is loaded
+    assert calls == [(base, "ci", False, dict(method="finetune", epochs=10))]
+    # an optional entry not shipped: None, and nothing trained
+    assert zoo.fetch_entry("baseline_cnn+finetune_e20", get, base, "full", optional=True,
+                           method="finetune", epochs=20) is None
+    assert len(calls) == 1
+    # not optional and not shipped: at full the zoo is required (expect_entry's error)
+    with pytest.raises(ZooError, match="expected entry 'baseline_cnn\\+finetune_e20'"):
+        zoo.fetch_entry("baseline_cnn+finetune_e20", get, base, "full", method="finetune", epochs=20)
+    with pytest.raises(ValueError, match="unknown zoo entry"):
+        zoo.fetch_entry("nope", get, base, "ci", optional=True)
+    with pytest.raises(TypeError, match="get"):
+        zoo.fetch_entry("baseline_cnn+finetune_e10", "get_pruned", base, "ci")
