@@ -680,6 +680,7 @@ def _latency_fields(row: dict, b: int, lat: Latency, ratio: Ratio | None) -> Non
     row[f"latency_ms_b{b}"] = lat.median_ms
     row[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
     row[f"latency_passes_b{b}"] = lat.number
+    row[f"speedup_b{b}"] = None if ratio is None else ratio.value
     row[f"speedup_relative_iqr_b{b}"] = None if ratio is None else ratio.relative_iqr
 
 
@@ -714,10 +715,11 @@ def profile_models(models: dict[str, nn.Module], accuracy: dict[str, float] | No
 
     At each batch size the models run round-robin in one loop (:func:`compare_latency`),
     so a ratio of two rows' medians, ``baseline_ms / model_ms``, compares runs taken
-    under the same conditions. When the baseline is one of ``models``, each other row's
-    ``speedup_relative_iqr_b{b}`` is the relative IQR of that ratio, round by round
-    (:func:`speedup`); :func:`compare` marks it when it is above
-    :data:`STABLE_RELATIVE_IQR`.
+    under the same conditions. When the baseline is one of ``models``, each other row gets
+    ``speedup_b{b}``, that ratio (baseline median / row median), and
+    ``speedup_relative_iqr_b{b}``, its relative IQR, round by round (:func:`speedup`);
+    :func:`compare` marks it when it is above :data:`STABLE_RELATIVE_IQR`. Otherwise both
+    are None.
 
     Args:
         models: row name -> model, in the order of the rows.

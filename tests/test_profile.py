@@ -517,6 +517,11 @@ def test_profile_models_gives_each_row_its_ratio_against_its_control(clock):
         # round by round 2/1 and 2/0.5: ratios 2 and 4, spread (4 - 2) / 3
         assert int8[f"control_speedup_relative_iqr_b{b}"] == pytest.approx((4 - 2) / 3)
     assert int8["speedup_relative_iqr_b1"] == pytest.approx((8 - 4) / 6)
+    for b in (1, 2):   # the ratio against the baseline, from the same run, as each row's field
+        assert by_name["eager"][f"speedup_b{b}"] is None
+        for name in ("compiled", "int8"):
+            assert by_name[name][f"speedup_b{b}"] == pytest.approx(
+                by_name["eager"][f"latency_ms_b{b}"] / by_name[name][f"latency_ms_b{b}"])
     for bad in ({"int8": "missing"}, {"missing": "eager"}, {"int8": "int8"}):
         with pytest.raises(ValueError, match="controls must map"):
             lc.profile_models(models, baseline="eager", batch_sizes=(1,), threads=1, warmup=0,
