@@ -38,6 +38,7 @@ import statistics
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -1748,6 +1749,20 @@ def _estimate_text(minutes: float, manifest: dict[str, dict]) -> str:
                f"models (median x{pace:.2f} of their estimates)" if shipped_count else ""))
 
 
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """A build worker's initializer: a daemon thread ends the worker as soon as the build
+    that started it (process ``parent``) is gone. Without it, a build killed mid-run leaves
+    its ``-j`` workers training for hours, and the next build races them for the cores and
+    the partial checkpoints. Nothing is lost: each model resumes from its last finished
+    epoch (:func:`partial_checkpoint`)."""
+    def watch() -> None:
+        while os.getppid() == parent:   # an orphan is adopted by another process
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def build(names: list[str] | None = None, jobs: int = 1, device: str | None = None,
           progress: bool = True) -> list[str]:
     """Train the zoo's models that are not shipped at their current recipe version and
@@ -1812,7 +1827,9 @@ def build(names: list[str] | None = None, jobs: int = 1, device: str | None = No
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending, running = list(todo), {}
     context = __import__("multiprocessing").get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context,
+                                                initializer=_exit_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
         while pending or running:
             ready = [n for n in pending if all(d in written or d not in todo
                                                for d in ENTRIES[n].dependencies())]

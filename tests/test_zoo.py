@@ -1,6 +1,9 @@
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 from typing import Callable
 
 import pytest
@@ -1469,3 +1472,41 @@ def test_fetch_entry_calls_get_and_checks_the_entry(monkeypatch):
         zoo.fetch_entry("nope", get, base, "ci", optional=True)
     with pytest.raises(TypeError, match="get"):
         zoo.fetch_entry("baseline_cnn+finetune_e10", "get_pruned", base, "ci")
+
+
+def test_build_workers_end_with_the_build(tmp_path):
+    """A -j build killed mid-run must not leave its workers training: a process that
+    starts a pool as build does and dies without shutting it down takes its worker with it."""
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import concurrent.futures, multiprocessing, os, time
+from lightcnn import zoo
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"),
+        initializer=zoo._exit_with_parent, initargs=(os.getpid(), 0.2))
+    pool.submit(time.sleep, 120)
+    while not pool._processes:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    open({str(pid_file)!r}, "w").write(str(next(iter(pool._processes))))
+    os._exit(0)          # killed: no shutdown, no cleanup
+""")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    worker = int(pid_file.read_text())
+
+    def alive() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return False
+        stat = Path(f"/proc/{worker}/stat")       # a zombie has ended too
+        return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        os.kill(worker, 9)
+        pytest.fail("the worker outlived the process that started it")
