@@ -22,6 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ._io import atomic_write
 from ._checks import check_float, check_instance, check_mapping, check_path
 from .budget import Budget, get_budget
 from .profile import STABLE_RELATIVE_IQR
@@ -129,10 +130,8 @@ def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -
     folder = results_dir(budget)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{chapter}.json"
-    # Write then rename: an interrupted run never leaves half a file.
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    tmp.replace(path)
+    # write then rename: an interrupted run never leaves half a file
+    atomic_write(path, (json.dumps(rows, indent=1) + "\n").encode())
     if budget.name == "full" and not os.environ.get("LIGHTCNN_RESULTS_DIR"):
         write_summary(folder)
     return path

@@ -23,6 +23,7 @@ Taught in chapters/01_cnn_basics.
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import os
 import sys
@@ -38,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
+from ._io import atomic_write
 from ._checks import (check_bool, check_callable, check_float, check_int, check_module,
                       check_path, check_str, check_tensor, is_real)
 
@@ -502,10 +504,9 @@ def _read_checkpoint(path: Path, fingerprint: dict) -> dict:
 def _write_checkpoint(path: Path, state: dict) -> None:
     """``state`` saved to ``path`` through a temporary file: an interruption while writing
     leaves the previous epoch's checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 @torch.no_grad()

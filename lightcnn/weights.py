@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import atomic_write
 from ._checks import check_bool, check_mapping, check_path, check_str, check_tensor
 
 __all__ = ["ZooError", "MANIFEST", "ENCODING", "bitwise_equal", "zoo_dir", "read_manifest",
@@ -365,15 +366,11 @@ def write_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict,
     entry = dict(meta, file=f"{name}.safetensors", bytes=len(blob), encoding=ENCODING,
                  sha256=hashlib.sha256(blob).hexdigest(), history=f"{name}.history.json",
                  written=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    _atomic_write(folder / entry["file"], blob)
-    _atomic_write(folder / entry["history"], (json.dumps(history, indent=1) + "\n").encode())
+    atomic_write(folder / entry["file"], blob)
+    atomic_write(folder / entry["history"], (json.dumps(history, indent=1) + "\n").encode())
     models = dict(models, **{name: entry})
     manifest = {"format": FORMAT, "models": dict(sorted(models.items()))}
-    _atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return entry
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)

@@ -53,6 +53,7 @@ from . import distributed as _distributed
 from . import models as _models
 from . import train as _train
 from . import weights as _weights
+from ._io import atomic_write
 from ._checks import (check_bool, check_float, check_instance, check_int, check_mapping,
                       check_module, check_path, check_sequence, check_str)
 from .budget import BUDGETS, Budget, get_budget
@@ -892,12 +893,9 @@ def _store(path: Path, entry: dict) -> None:
     buffer = io.BytesIO()
     torch.save(entry, buffer)
     blob = buffer.getvalue()
-    # Write both files through temporary names so an interrupted run leaves no entry.
-    for target, content in ((path, blob),
-                            (path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest().encode())):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(content)
-        tmp.replace(target)
+    # the entry first, its hash last: an interrupted run leaves no hash that vouches for it
+    atomic_write(path, blob)
+    atomic_write(path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest().encode())
 
 
 def get_trained(name: str, budget: Budget | None = None, seed: int = 0,
