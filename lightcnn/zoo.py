@@ -625,13 +625,16 @@ def fetch_entry(name: str, get: Callable[..., "TrainedModel"], base: "TrainedMod
 
     Raises:
         ValueError: ``name`` is not a zoo entry.
-        TypeError: ``get`` is not callable.
+        TypeError: ``get`` is not callable, ``base`` not a :class:`TrainedModel`,
+            ``optional`` not a bool.
         ZooError: the call does not describe entry ``name`` (see :func:`expect_entry`).
     """
     _entry(name)  # an unknown name fails before anything runs
     if not callable(get):
         raise TypeError(f"get must be a callable such as lc.zoo.get_pruned, got "
                         f"{type(get).__name__}: {get!r}")
+    check_instance("base", base, TrainedModel)
+    check_bool("optional", optional)
     if optional and not shipped(name):
         return None
     return expect_entry(get(base, budget=budget, progress=False, **settings), name, budget)

@@ -806,12 +806,14 @@ EXAMPLES = {
     "zoo.shipped": R(name="lenet5"),
     "zoo.partial_checkpoint": lambda: dict(entry=lc.zoo.ENTRIES["lenet5"]),
     "zoo.expect_entry": lambda: dict(trained=lc.zoo.load("lenet5"), name="lenet5", budget="ci"),
+    "zoo.fetch_entry": lambda: dict(name="lenet5", get=lambda base, **_: base, base=lc.zoo.load("lenet5"),
+                                    budget="ci", optional=True),
     "zoo.main": R(argv=["list"]),
     "zoo.table": R(),
 }
 
 # Functions that read the shipped zoo (the tests' conftest points LIGHTCNN_ZOO elsewhere).
-NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.expect_entry", "zoo.main", "zoo.table", "weights.rebuild_command"}
+NEEDS_SHIPPED_ZOO = {"zoo.load", "zoo.shipped", "zoo.expect_entry", "zoo.fetch_entry", "zoo.main", "zoo.table", "weights.rebuild_command"}
 
 
 def _sweep_model_factory():
