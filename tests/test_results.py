@@ -162,3 +162,24 @@ def test_a_row_naming_its_control_is_measured_against_it():
     # a control name that is not a row of the chapter: the baseline, as before
     (row,) = lc.results.summary_rows({"99_test": [ROW, dict(student, name="x", control="nope")]})
     assert row["smallest"]["control"] is None and row["smallest"]["ratio"] == ROW["size_bytes"] / 10
+
+
+def test_a_ratio_against_a_control_is_judged_by_its_own_spread():
+    # the quoted ratio is control / row, so its stability is that ratio's spread, not the
+    # spread of the row's ratio to the baseline (chapter 5: int8 QAT's ratio to compiled
+    # float32 was flagged while its ratio to eager float32 was not, and PTQ's the reverse)
+    rows = [ROW, dict(ROW, name="compiled", baseline="base", size_bytes=40, latency_ms_b256=6.0,
+                      technique="reference"),
+            dict(ROW, name="qat", baseline="base", accuracy=0.93, size_bytes=10, latency_ms_b256=2.0,
+                 control="compiled", speedup_relative_iqr_b256=0.05,
+                 control_speedup_relative_iqr_b256=0.25),
+            dict(ROW, name="ptq", baseline="base", accuracy=0.93, size_bytes=10, latency_ms_b256=3.0,
+                 control="compiled", speedup_relative_iqr_b256=0.25,
+                 control_speedup_relative_iqr_b256=0.05)]
+    (row,) = lc.results.summary_rows({"99_test": rows})
+    assert row["fastest"]["name"] == "ptq" and row["fastest"]["ratio"] == 2.0
+    assert row["fastest"]["control"] == "compiled"
+    # without a spread of its own against the control, the row's spread decides
+    (row,) = lc.results.summary_rows({"99_test": [dict(r, control_speedup_relative_iqr_b256=None)
+                                                  for r in rows]})
+    assert row["fastest"]["name"] == "qat"
