@@ -128,9 +128,8 @@ def save_results(chapter: str, rows: list[dict], budget: Budget | None = None) -
              "technique": row.get("technique") or ("reference" if row["baseline"] is None
                                                    else technique)} for row in rows]
     folder = results_dir(budget)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{chapter}.json"
-    # write then rename: an interrupted run never leaves half a file
+    # write then rename (creating the folder): an interrupted run never leaves half a file
     atomic_write(path, (json.dumps(rows, indent=1) + "\n").encode())
     if budget.name == "full" and not os.environ.get("LIGHTCNN_RESULTS_DIR"):
         write_summary(folder)

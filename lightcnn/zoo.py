@@ -65,8 +65,7 @@ __all__ = ["RECIPES", "TRAINING_BUDGET_FIELDS", "TrainedModel", "cache_key", "ca
            "partial_checkpoint", "get_trained", "PRUNING_METHODS", "get_pruned", "LOWRANK_METHODS", "VAL_SEED",
            "get_decomposed", "QUANTIZATION_METHODS", "get_quantized", "ZooEntry", "ENTRIES",
            "ZooError", "load", "shipped", "expect_entry", "fetch_entry", "estimate_pace",
-           "build",
-           "check", "table", "main"]
+           "build", "check", "table", "main"]
 
 # The budget fields that change a trained model (data seen, epochs, test set it is scored
 # on); latency and calibration settings do not, so changing them keeps the cache valid.
@@ -892,7 +891,6 @@ def _read_cache(path: Path) -> dict | None:
 def _store(path: Path, entry: dict) -> None:
     if not _distributed.is_main_process():   # under torchrun: rank 0 writes, once
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(entry, buffer)
     blob = buffer.getvalue()
